@@ -1,0 +1,77 @@
+"""Job parameters: one pydantic model shared by the CLI, the REST API and the workers.
+
+Validation errors name the field, so the API's 422 and the CLI's message say what is wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Method = Literal["diff-ii"]
+METHODS: tuple[str, ...] = ("diff-ii",)
+
+
+class ConceptParams(BaseModel):
+    """Concept learning: placeholder tokens per class plus one LoRA shared by all classes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(1000, ge=0, le=200_000, description="optimiser steps (published: 35000 on SD 1.5)")
+    lora_rank: int = Field(10, ge=1, le=256, description="LoRA rank on every UNet attention projection")
+    tokens_per_class: int = Field(1, ge=1, le=16, description="learned placeholder tokens per class")
+    learning_rate: float = Field(5e-5, gt=0, le=1.0, description="AdamW learning rate (LoRA and tokens)")
+    batch_size: int = Field(2, ge=1, le=64, description="training images per step")
+    checkpoint_every: int = Field(500, ge=1, le=200_000, description="steps between resumable checkpoints")
+
+
+class JobParams(BaseModel):
+    """Everything that decides a job's images. Same parameters and seed give the same bytes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Method = Field("diff-ii", description="augmentation method")
+    metaclass: str = Field("object", min_length=1, max_length=64, description='dataset theme, e.g. "bird"')
+    expansion: float = Field(5.0, gt=0, le=100, description="synthetic images per real image of a class")
+    split_ratio: float = Field(0.3, ge=0, le=1, description="share of early timesteps that use the suffix")
+    inference_steps: int = Field(25, ge=1, le=1000, description="DDIM denoising steps")
+    inversion_steps: int = Field(50, ge=1, le=1000, description="DDIM inversion steps (published: 200)")
+    guidance_scale: float = Field(7.5, ge=1.0, le=50.0, description="classifier-free guidance scale")
+    suffixes: list[str] | None = Field(
+        None, max_length=100, description="prompt suffixes; default: a list for the metaclass"
+    )
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="job seed; every image's seed derives from it")
+    model: str = Field("tiny", min_length=1, max_length=200, description="model name from the model list")
+    resolution: int | None = Field(
+        None, ge=32, le=2048, multiple_of=8, description="image side in pixels; default: the model's own"
+    )
+    concepts: ConceptParams = Field(default_factory=ConceptParams)
+
+    @field_validator("metaclass")
+    @classmethod
+    def _metaclass_is_words(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if not value:
+            raise ValueError("metaclass must contain a word")
+        return value
+
+    @field_validator("suffixes")
+    @classmethod
+    def _suffixes_are_text(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        cleaned = [" ".join(s.split()) for s in value]
+        if not cleaned:
+            raise ValueError("suffixes must hold at least one suffix, or be left out")
+        for s in cleaned:
+            if not s or len(s) > 200:
+                raise ValueError("each suffix must be 1 to 200 characters of text")
+        return cleaned
+
+
+def images_for_class(params: JobParams, n_real: int) -> int:
+    """Output count for a class of n_real images: int(expansion * N_c), as the method specifies."""
+    # The epsilon keeps 0.29 * 100 at 29: binary floats land just under whole numbers.
+    return math.floor(params.expansion * n_real + 1e-9)

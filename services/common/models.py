@@ -1,0 +1,170 @@
+"""The service's state in SQL: owners and keys, datasets, jobs and shards.
+
+Every unit of queued work is a `shards` row (kind prepare, learn, generate or package), so one
+mechanism (lease, heartbeat, attempts, re-enqueue by the sweeper) keeps every stage from being lost.
+The user-facing "shards" of a job are its `generate` rows.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class JobStatus(enum.StrEnum):
+    queued = "queued"
+    preparing = "preparing"
+    learning = "learning"
+    generating = "generating"
+    packaging = "packaging"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+TERMINAL_JOB_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+
+
+class ShardKind(enum.StrEnum):
+    prepare = "prepare"
+    learn = "learn"
+    generate = "generate"
+    package = "package"
+
+
+class ShardStatus(enum.StrEnum):
+    pending = "pending"  # row committed, message maybe not yet on the broker
+    queued = "queued"  # message sent to the broker
+    running = "running"  # a worker holds the lease
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+TZ = DateTime(timezone=True)
+
+
+class Owner(Base):
+    __tablename__ = "owners"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(TZ, default=utcnow)
+
+    keys: Mapped[list[ApiKey]] = relationship(back_populates="owner")
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
+    prefix: Mapped[str] = mapped_column(String(16), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the whole key
+    created_at: Mapped[datetime] = mapped_column(TZ, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(TZ, nullable=True)
+
+    owner: Mapped[Owner] = relationship(back_populates="keys")
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
+    object_key: Mapped[str] = mapped_column(String(1024))
+    filename: Mapped[str] = mapped_column(String(1024))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    images: Mapped[int] = mapped_column(Integer)
+    classes: Mapped[list[Any]] = mapped_column(JSON)  # [{"name": str, "images": int}]
+    skipped: Mapped[list[Any]] = mapped_column(JSON, default=list)  # [{"path": str, "reason": str}]
+    created_at: Mapped[datetime] = mapped_column(TZ, default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("owner_id", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
+        Index("ix_jobs_owner_created", "owner_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"), nullable=True)
+    dataset_uri: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)  # JobParams.model_dump(mode="json")
+    status: Mapped[JobStatus] = mapped_column(Enum(JobStatus, native_enum=False, length=16), index=True)
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # classes, skipped
+    model_revision: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    images_total: Mapped[int] = mapped_column(Integer, default=0)
+    archive_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(TZ, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(TZ, default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(TZ, nullable=True)
+
+    shards: Mapped[list[Shard]] = relationship(back_populates="job", order_by="Shard.seq")
+
+
+class Shard(Base):
+    __tablename__ = "shards"
+    __table_args__ = (
+        UniqueConstraint("job_id", "seq", name="uq_shards_job_seq"),
+        Index("ix_shards_status_lease", "status", "lease_expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)  # order within the job: prepare 0, learn 1, ...
+    kind: Mapped[ShardKind] = mapped_column(Enum(ShardKind, native_enum=False, length=16))
+    class_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    class_name: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    start: Mapped[int] = mapped_column(Integer, default=0)  # image indices [start, stop) of the class
+    stop: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[ShardStatus] = mapped_column(Enum(ShardStatus, native_enum=False, length=16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    seed: Mapped[int] = mapped_column(BigInteger, default=0)
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(TZ, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(TZ, nullable=True)
+    enqueued_at: Mapped[datetime | None] = mapped_column(TZ, nullable=True)
+    images_done: Mapped[int] = mapped_column(Integer, default=0)
+    images_total: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(TZ, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(TZ, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(TZ, nullable=True)
+
+    job: Mapped[Job] = relationship(back_populates="shards")
