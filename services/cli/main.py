@@ -1,0 +1,25 @@
+"""The `diffii` command. Each group of sub-commands lives in its own module and imports its heavy
+dependencies (torch, FastAPI, Celery) only when it runs, so `diffii --help` stays fast."""
+
+from __future__ import annotations
+
+import click
+
+from services.cli.augment import augment
+from services.cli.client import cancel, download, jobs, status, submit
+from services.cli.runtime import up, worker
+from services.cli.server import admin, migrate, serve
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="diffii")
+def cli() -> None:
+    """diffii: expand small labelled image datasets with Diff-II synthetic images."""
+
+
+for command in (augment, submit, status, jobs, download, cancel, serve, worker, up, migrate, admin):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli()
