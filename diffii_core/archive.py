@@ -1,0 +1,77 @@
+"""The synthetic dataset archive: `<class>/<image id>.png`, `metadata.jsonl`, `job.json`.
+
+Written as a stream (no seeks), so it can go straight into a multipart upload, with fixed timestamps so
+that the same job gives the same archive bytes."""
+
+from __future__ import annotations
+
+import json
+import platform
+import zipfile
+from collections.abc import Iterable
+from typing import Any, BinaryIO
+
+from diffii_core import __version__
+from diffii_core.params import JobParams
+
+FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+class ArchiveWriter:
+    def __init__(self, fileobj: BinaryIO) -> None:
+        self._zip = zipfile.ZipFile(fileobj, mode="w", allowZip64=True)
+        self._names: set[str] = set()
+
+    def _write(self, name: str, data: bytes, compress: int) -> None:
+        if name in self._names:
+            raise ValueError(f"archive already holds {name!r}")
+        self._names.add(name)
+        info = zipfile.ZipInfo(name, date_time=FIXED_TIME)
+        info.compress_type = compress
+        info.external_attr = 0o644 << 16
+        info.flag_bits |= 0x800  # UTF-8 names, for non-Latin class names
+        self._zip.writestr(info, data)
+
+    def add_image(self, file_name: str, png: bytes) -> None:
+        self._write(file_name, png, zipfile.ZIP_STORED)  # PNG is compressed already
+
+    def finish(self, metadata_lines: Iterable[dict[str, Any]], job: dict[str, Any]) -> None:
+        lines = "".join(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n" for line in metadata_lines)
+        self._write("metadata.jsonl", lines.encode("utf-8"), zipfile.ZIP_DEFLATED)
+        text = json.dumps(job, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+        self._write("job.json", text.encode("utf-8"), zipfile.ZIP_DEFLATED)
+        self._zip.close()
+
+
+def versions() -> dict[str, str]:
+    import diffusers
+    import peft
+    import torch
+    import transformers
+
+    return {
+        "diffii": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }
+
+
+def job_document(
+    params: JobParams,
+    model: dict[str, str],
+    classes: list[dict[str, Any]],
+    **extra: Any,
+) -> dict[str, Any]:
+    """job.json: all parameters, the model name and revision, the class index and the versions.
+    `classes`: [{"index", "name", "images" (real), "generated"}]."""
+    return {
+        "params": params.model_dump(mode="json"),
+        "model": model,
+        "class_index": {c["name"]: c["index"] for c in classes},
+        "classes": classes,
+        "versions": versions(),
+        **extra,
+    }

@@ -1,0 +1,114 @@
+"""The whole method in one process: dataset in, archive out. `diffii augment` is a thin shell on this;
+the service runs the same steps split into tasks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from diffii_core.archive import ArchiveWriter, job_document
+from diffii_core.concepts import Concepts, apply_concepts, learn_concepts
+from diffii_core.dataset import DatasetLimits, load_dataset
+from diffii_core.generate import generate_share
+from diffii_core.inversion import invert_class
+from diffii_core.models import load_model
+from diffii_core.params import JobParams, images_for_class
+
+# progress(stage, total) returns a function that advances that stage's bar by n.
+Progress = Callable[[str, int], Callable[[int], None]]
+
+
+def _no_progress(stage: str, total: int) -> Callable[[int], None]:
+    return lambda n: None
+
+
+@dataclass
+class AugmentSummary:
+    out: Path
+    classes: int
+    real_images: int
+    images: int
+    skipped: list[dict[str, str]]
+    seconds: float
+
+
+def augment(
+    source: str | Path,
+    out: str | Path,
+    params: JobParams,
+    *,
+    registry: Mapping[str, str] | None = None,
+    device: str | None = None,
+    batch_size: int = 8,
+    limits: DatasetLimits | None = None,
+    work_dir: Path | None = None,
+    concepts_dir: Path | None = None,
+    progress: Progress = _no_progress,
+) -> AugmentSummary:
+    """Run Diff-II on a dataset and write the archive to `out`; the file appears whole or not at all.
+    `work_dir` keeps concept-learning checkpoints (a rerun resumes); `concepts_dir` saves the learned
+    concepts, or reuses them when already there."""
+    began = time.monotonic()
+    out = Path(out)
+    dataset = load_dataset(source, limits or DatasetLimits())
+    model = load_model(params.model, registry, device=device)
+
+    if concepts_dir is not None and (concepts_dir / "concepts.json").exists():
+        concepts = Concepts.load(concepts_dir)
+    else:
+        bar = progress("learning concepts", params.concepts.steps)
+        concepts = learn_concepts(
+            model, dataset, params, checkpoint_dir=work_dir, progress=lambda step, total: bar(1)
+        )
+        if concepts_dir is not None:
+            concepts.save(concepts_dir)
+    apply_concepts(model, concepts)
+
+    class_names = dataset.class_names()
+    counts = [images_for_class(params, len(c.images)) for c in dataset.classes]
+    inverting = progress("inverting", dataset.images)
+    generating = progress("generating", sum(counts))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            writer = ArchiveWriter(handle)
+            metadata = []
+            for cls, count in zip(dataset.classes, counts, strict=True):
+                pool = invert_class(
+                    model, concepts, [item.open() for item in cls.images], cls.name, params,
+                    batch_size=batch_size, progress=inverting,
+                )
+                for image in generate_share(
+                    model, concepts, pool, class_name=cls.name, label_index=cls.index, class_names=class_names,
+                    source_names=[item.path for item in cls.images], params=params, start=0, stop=count,
+                    batch_size=batch_size,
+                ):
+                    writer.add_image(image.file_name, image.png)
+                    metadata.append(image.metadata)
+                    generating(1)
+            classes = [
+                {"index": c.index, "name": c.name, "images": len(c.images), "generated": n}
+                for c, n in zip(dataset.classes, counts, strict=True)
+            ]
+            skipped = [{"path": s.path, "reason": s.reason} for s in dataset.skipped]
+            writer.finish(metadata, job_document(params, {"name": model.name, "revision": model.revision}, classes, skipped=skipped))
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return AugmentSummary(
+        out=out,
+        classes=len(class_names),
+        real_images=dataset.images,
+        images=sum(counts),
+        skipped=skipped,
+        seconds=time.monotonic() - began,
+    )

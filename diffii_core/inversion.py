@@ -1,0 +1,69 @@
+"""DDIM inversion of a class's images with its concept prompt and no guidance: the inversion pool."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from diffii_core.ddim import Schedule, denoise_timesteps, invert, inversion_timesteps
+from diffii_core.errors import ArtifactError
+from diffii_core.images import encode_images, to_square, to_tensor
+from diffii_core.models import LoadedModel
+from diffii_core.params import JobParams
+from diffii_core.prompts import concept_prompt, encode_prompts
+from diffii_core.unet import predict_noise
+
+
+def invert_latents(
+    model: LoadedModel, latents: torch.Tensor, prompt: str, params: JobParams
+) -> torch.Tensor:
+    """Invert clean latents [N, c, h, w] up to the first timestep of the denoising schedule."""
+    schedule = Schedule.from_config(model.scheduler_config)
+    t_start = denoise_timesteps(model.scheduler_config, params.inference_steps)[0]
+    timesteps = inversion_timesteps(t_start, params.inversion_steps)
+    hidden = encode_prompts(model, [prompt])
+
+    def predict(x: torch.Tensor, t: int) -> torch.Tensor:
+        return predict_noise(model, x, t, hidden.expand(x.shape[0], -1, -1))
+
+    return invert(latents.float(), predict, schedule, timesteps)
+
+
+def invert_class(
+    model: LoadedModel,
+    concepts,
+    images: list[Image.Image],
+    class_name: str,
+    params: JobParams,
+    *,
+    batch_size: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """The class's inversion pool [N, c, h, w], fp32 on the CPU. Images are resized to the resolution."""
+    resolution = params.resolution or model.resolution
+    prompt = concept_prompt(concepts.tokens[class_name], params.metaclass)
+    pixels = torch.stack([to_tensor(to_square(image, resolution)) for image in images])
+    latents = encode_images(model, pixels, batch_size)
+    pools = []
+    for start in range(0, latents.shape[0], batch_size):
+        chunk = latents[start : start + batch_size]
+        pools.append(invert_latents(model, chunk, prompt, params))
+        if progress is not None:
+            progress(chunk.shape[0])
+    return torch.cat(pools)
+
+
+def save_pool(pool: torch.Tensor, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"pool": pool.float().contiguous()}, str(path))
+
+
+def load_pool(path: Path) -> torch.Tensor:
+    try:
+        return load_file(str(path))["pool"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise ArtifactError(f"inversion pool {path} is missing or unreadable: {exc}") from exc

@@ -1,0 +1,19 @@
+"""One UNet noise prediction, with the batch-of-one padding that keeps results batch-independent."""
+
+from __future__ import annotations
+
+import torch
+
+from diffii_core.models import LoadedModel
+
+
+@torch.no_grad()
+def predict_noise(model: LoadedModel, x: torch.Tensor, t: int, hidden: torch.Tensor) -> torch.Tensor:
+    """eps for latents x [N, c, h, w] at timestep t with text states hidden [N, 77, d]; fp32 on the CPU.
+    A batch of one is run as two identical rows (see images.run_padded)."""
+    n = x.shape[0]
+    if n == 1:
+        x, hidden = torch.cat([x, x]), torch.cat([hidden, hidden])
+    step = torch.full((x.shape[0],), t, device=model.device, dtype=torch.long)
+    eps = model.unet(x.to(model.device, model.dtype), step, hidden.to(model.device, model.dtype)).sample
+    return eps[:n].float().cpu()
