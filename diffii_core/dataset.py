@@ -68,7 +68,7 @@ _DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
 _READ_CHUNK = 1 << 20
 # Python's zipfile inflates bzip2/LZMA members without an output bound, so one small read can
 # expand to gigabytes before any size check runs; the common tools all write Stored or Deflate.
-_ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
+_ZIP_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
 _ZIP_METHOD_NAMES = {9: "deflate64", zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "LZMA", 93: "zstd"}
 # zipfile parses the whole central directory into Python objects before we can count entries,
 # so its declared size is bounded first: a generous budget per entry plus slack.
@@ -230,7 +230,7 @@ def inspect_archive(source: str | Path, limits: DatasetLimits = DEFAULT_LIMITS) 
 
 
 def detect_format(source: str | Path, limits: DatasetLimits = DEFAULT_LIMITS) -> SourceFormat:
-    """ "folder", "zip", "tar" or "tar.gz", judged by content (magic bytes), never by the suffix."""
+    """The source's format: "folder", "zip", "tar" or "tar.gz", judged by content, never by suffix."""
     path = Path(source)
     label = _label(path)
     try:
@@ -407,14 +407,15 @@ def _zip_members(path: Path, budget: _Budget, *, read_data: bool) -> list[_Membe
                 continue
             budget.add_file(source_path, info.file_size)
             data = None
-            if read_data and _wants_data(parts):
-                data = _read_zip_member(zf, info, source_path, budget)
+            if _wants_data(parts):
+                _check_zip_member_readable(info, source_path, label)
+                if read_data:
+                    data = _read_zip_member(zf, info, source_path, budget)
             members.append(_Member(source_path, parts, is_dir=False, data=data))
     return members
 
 
-def _read_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, budget: _Budget) -> bytes:
-    label = budget.label
+def _check_zip_member_readable(info: zipfile.ZipInfo, path: str, label: str) -> None:
     if info.flag_bits & 0x1:
         raise DatasetError(f"{label!r}: member {path!r} is encrypted; upload an archive without a password")
     if info.compress_type not in _ZIP_METHODS:
@@ -423,6 +424,10 @@ def _read_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, budg
             f"{label!r}: member {path!r} uses {method} compression; only stored and deflate zip members "
             "are accepted (the default of every common zip tool)"
         )
+
+
+def _read_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, budget: _Budget) -> bytes:
+    label = budget.label
     try:
         with zf.open(info) as fp:
             return budget.read(fp, path)
