@@ -22,6 +22,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 test: setup services
+	bash infra/install-tools.sh
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

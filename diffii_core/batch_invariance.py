@@ -3,7 +3,9 @@
 CPU GEMM kernels switch algorithm for small row counts (1 to 11 rows here: the time-embedding MLP and
 every ResNet time projection see one row per image), and convolutions switch for a batch of one. The
 last bits then differ with the batch size, and a different bit at step 1 is a different pixel at step
-25. Linear layers below MIN_ROWS rows are padded up to it, and callers never run a batch of one."""
+25. Linear layers below MIN_ROWS rows are padded up to it, group norms always read NCHW-contiguous
+input (convolutions return channels-last for some batch sizes, and group norm sums those in another
+order), and callers never run a batch of one."""
 
 from __future__ import annotations
 
@@ -25,9 +27,15 @@ class RowStableLinear(nn.Linear):
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
+class LayoutStableGroupNorm(nn.GroupNorm):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
+
+
 def stabilize(module: nn.Module) -> nn.Module:
-    """Swap every plain nn.Linear inside `module` for RowStableLinear (same parameters, same state)."""
+    """Swap the plain Linear and GroupNorm layers inside `module` for the stable ones (same parameters)."""
+    swaps = {nn.Linear: RowStableLinear, nn.GroupNorm: LayoutStableGroupNorm}
     for child in module.modules():
-        if type(child) is nn.Linear:
-            child.__class__ = RowStableLinear
+        if type(child) in swaps:
+            child.__class__ = swaps[type(child)]
     return module
