@@ -54,13 +54,23 @@ def run(resolution: int, batch_size: int, images: int, dataset, concepts_steps: 
     model.vae.decode = clock.wrap(model.vae.decode)
     cls = max(dataset.classes, key=lambda c: len(c.images))
     began = time.perf_counter()
-    pool = invert_class(model, concepts, [i.open() for i in cls.images], cls.name, params, batch_size=batch_size)
+    pool = invert_class(
+        model, concepts, [i.open() for i in cls.images], cls.name, params, batch_size=batch_size
+    )
     made = sum(
         1
         for _ in generate_share(
-            model, concepts, pool, class_name=cls.name, label_index=cls.index,
-            class_names=dataset.class_names(), source_names=[i.path for i in cls.images], params=params,
-            start=0, stop=images, batch_size=batch_size,
+            model,
+            concepts,
+            pool,
+            class_name=cls.name,
+            label_index=cls.index,
+            class_names=dataset.class_names(),
+            source_names=[i.path for i in cls.images],
+            params=params,
+            start=0,
+            stop=images,
+            batch_size=batch_size,
         )
     )
     total = time.perf_counter() - began
@@ -75,22 +85,27 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         dataset = load_dataset(write_sample_dataset(Path(tmp) / "data"))
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.images} images per row,"
-              f" 25 denoising + 50 inversion steps, CFG 7.5")
+        print(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.images} images per row,"
+            f" 25 denoising + 50 inversion steps, CFG 7.5"
+        )
         print(f"{'px':>4} {'batch':>5} {'images/s':>9} {'efficiency':>10} {'seconds':>8}")
         results = {}
         for resolution in (64, 128):
             for batch in (1, 8):
                 r = run(resolution, batch, args.images, dataset, args.concept_steps)
                 results[(resolution, batch)] = r
-                print(f"{resolution:>4} {batch:>5} {r['images_per_s']:>9.2f} {r['efficiency']:>10.3f} {r['seconds']:>8.1f}")
+                row = f"{r['images_per_s']:>9.2f} {r['efficiency']:>10.3f} {r['seconds']:>8.1f}"
+                print(f"{resolution:>4} {batch:>5} {row}")
         for resolution in (64, 128):
             speedup = results[(resolution, 8)]["images_per_s"] / results[(resolution, 1)]["images_per_s"]
             print(f"{resolution} px: batch 8 makes {speedup:.2f}x the images per second of batch 1")
         e = results[(128, 8)]["efficiency"]
         s = results[(128, 8)]["images_per_s"] / results[(128, 1)]["images_per_s"]
-        print(f"targets at 128 px, batch 8: efficiency {e:.3f} (>= 0.8: {'met' if e >= 0.8 else 'NOT met'}),"
-              f" speed-up {s:.2f}x (>= 2.5: {'met' if s >= 2.5 else 'NOT met'})")
+        print(
+            f"targets at 128 px, batch 8: efficiency {e:.3f} (>= 0.8: {'met' if e >= 0.8 else 'NOT met'}),"
+            f" speed-up {s:.2f}x (>= 2.5: {'met' if s >= 2.5 else 'NOT met'})"
+        )
 
 
 if __name__ == "__main__":

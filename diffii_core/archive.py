@@ -36,7 +36,9 @@ class ArchiveWriter:
         self._write(file_name, png, zipfile.ZIP_STORED)  # PNG is compressed already
 
     def finish(self, metadata_lines: Iterable[dict[str, Any]], job: dict[str, Any]) -> None:
-        lines = "".join(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n" for line in metadata_lines)
+        lines = "".join(
+            json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n" for line in metadata_lines
+        )
         self._write("metadata.jsonl", lines.encode("utf-8"), zipfile.ZIP_DEFLATED)
         text = json.dumps(job, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
         self._write("job.json", text.encode("utf-8"), zipfile.ZIP_DEFLATED)

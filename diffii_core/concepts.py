@@ -72,7 +72,11 @@ class Concepts:
             "steps": self.steps,
             "losses": self.losses,
         }
-        paths = [directory / "embeddings.safetensors", directory / "lora.safetensors", directory / "concepts.json"]
+        paths = [
+            directory / "embeddings.safetensors",
+            directory / "lora.safetensors",
+            directory / "concepts.json",
+        ]
         save_file({k: v.contiguous() for k, v in self.embeddings.items()}, str(paths[0]))
         save_file({k: v.contiguous() for k, v in self.lora.items()}, str(paths[1]))
         paths[2].write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
@@ -87,7 +91,9 @@ class Concepts:
         except (OSError, ValueError) as exc:
             raise ArtifactError(f"learned concepts in {directory} are missing or unreadable: {exc}") from exc
         if meta.get("format") != FORMAT:
-            raise ArtifactError(f"learned concepts in {directory} have format {meta.get('format')}, not {FORMAT}")
+            raise ArtifactError(
+                f"learned concepts in {directory} have format {meta.get('format')}, not {FORMAT}"
+            )
         missing = [t for toks in meta["tokens"].values() for t in toks if t not in embeddings]
         if missing:
             raise ArtifactError(f"learned concepts in {directory} lack embeddings for {missing[:3]}")
@@ -267,8 +273,14 @@ def learn_concepts(
     concepts = Concepts(
         class_names=class_names,
         tokens=tokens,
-        embeddings={t: embedding.weight[i].detach().float().cpu().clone() for t, i in zip(all_tokens, ids, strict=True)},
-        lora={k: v.detach().float().cpu().clone() for k, v in get_peft_model_state_dict(model.unet, adapter_name=ADAPTER).items()},
+        embeddings={
+            t: embedding.weight[i].detach().float().cpu().clone()
+            for t, i in zip(all_tokens, ids, strict=True)
+        },
+        lora={
+            k: v.detach().float().cpu().clone()
+            for k, v in get_peft_model_state_dict(model.unet, adapter_name=ADAPTER).items()
+        },
         lora_rank=cfg.lora_rank,
         metaclass=params.metaclass,
         model={"name": model.name, "revision": model.revision},
@@ -295,15 +307,26 @@ def _run_fingerprint(model: LoadedModel, params: JobParams, dataset: Any) -> str
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _checkpoint(path: Path, fingerprint: str, step: int, losses: list[float], model: LoadedModel,
-                ids: list[int], optimizer: torch.optim.Optimizer, gen: torch.Generator) -> None:
+def _checkpoint(
+    path: Path,
+    fingerprint: str,
+    step: int,
+    losses: list[float],
+    model: LoadedModel,
+    ids: list[int],
+    optimizer: torch.optim.Optimizer,
+    gen: torch.Generator,
+) -> None:
     weight = model.text_encoder.get_input_embeddings().weight
     state = {
         "fingerprint": fingerprint,
         "step": step,
         "losses": losses,
         "rows": weight[ids].detach().clone(),
-        "lora": {k: v.detach().clone() for k, v in get_peft_model_state_dict(model.unet, adapter_name=ADAPTER).items()},
+        "lora": {
+            k: v.detach().clone()
+            for k, v in get_peft_model_state_dict(model.unet, adapter_name=ADAPTER).items()
+        },
         "optimizer": optimizer.state_dict(),
         "generator": gen.get_state(),
     }
@@ -313,8 +336,14 @@ def _checkpoint(path: Path, fingerprint: str, step: int, losses: list[float], mo
     os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint whole
 
 
-def _resume(path: Path, fingerprint: str, model: LoadedModel, ids: list[int],
-            optimizer: torch.optim.Optimizer, gen: torch.Generator) -> tuple[int, list[float]]:
+def _resume(
+    path: Path,
+    fingerprint: str,
+    model: LoadedModel,
+    ids: list[int],
+    optimizer: torch.optim.Optimizer,
+    gen: torch.Generator,
+) -> tuple[int, list[float]]:
     state = torch.load(path, weights_only=False)
     if state.get("fingerprint") != fingerprint:
         return 0, []  # a checkpoint of other parameters or data: start over rather than mix runs
@@ -331,8 +360,11 @@ def _resume(path: Path, fingerprint: str, model: LoadedModel, ids: list[int],
 def evaluation_loss(model: LoadedModel, dataset: Any, params: JobParams, samples: int = 8) -> float:
     """The training loss on fixed images, noise and timesteps: comparable before and after training."""
     resolution = params.resolution or model.resolution
-    pool = [(pixels, c.index) for c in dataset.classes for pixels in _train_tensors(
-        [item.open() for item in c.images], resolution)]
+    pool = [
+        (pixels, c.index)
+        for c in dataset.classes
+        for pixels in _train_tensors([item.open() for item in c.images], resolution)
+    ]
     trainer = _Trainer(model, params, [c.name for c in dataset.classes], pool, resolution)
     gen = generator(params.seed, "evaluation")
     schedule = Schedule.from_config(model.scheduler_config)

@@ -66,7 +66,9 @@ def ddim_step(x: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha_to: f
     return math.sqrt(alpha_to) * x0 + math.sqrt(1.0 - alpha_to) * eps
 
 
-def invert(x0: torch.Tensor, predict: NoisePredictor, schedule: Schedule, timesteps: list[int]) -> torch.Tensor:
+def invert(
+    x0: torch.Tensor, predict: NoisePredictor, schedule: Schedule, timesteps: list[int]
+) -> torch.Tensor:
     """DDIM inversion: from a clean latent up to the last of `timesteps` (ascending). The noise is
     predicted at the current latent with the target timestep, as diffusers' inverse scheduler does."""
     x, alpha = x0, schedule.final_alpha

@@ -40,7 +40,8 @@ def is_interpolation(phi: float, theta: float) -> bool:
 
 
 def pair_from_index(k: int, n: int) -> tuple[int, int]:
-    """The k-th unordered pair (i < j) of n items, k in [0, n(n-1)/2): uniform draws of k give uniform pairs."""
+    """The k-th unordered pair (i < j) of n items, k in [0, n(n-1)/2).
+    Uniform draws of k give uniform pairs."""
     i = 0
     while k >= n - 1 - i:
         k -= n - 1 - i

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from diffii_core.ddim import Schedule, denoise_timesteps, invert, inversion_timesteps
+from diffii_core.ddim import Schedule, denoise_timesteps, inversion_timesteps, invert
 from diffii_core.errors import ArtifactError
 from diffii_core.images import encode_images, to_square, to_tensor
 from diffii_core.models import LoadedModel
@@ -18,9 +18,7 @@ from diffii_core.prompts import concept_prompt, encode_prompts
 from diffii_core.unet import predict_noise
 
 
-def invert_latents(
-    model: LoadedModel, latents: torch.Tensor, prompt: str, params: JobParams
-) -> torch.Tensor:
+def invert_latents(model: LoadedModel, latents: torch.Tensor, prompt: str, params: JobParams) -> torch.Tensor:
     """Invert clean latents [N, c, h, w] up to the first timestep of the denoising schedule."""
     schedule = Schedule.from_config(model.scheduler_config)
     t_start = denoise_timesteps(model.scheduler_config, params.inference_steps)[0]

@@ -46,7 +46,12 @@ class LoadedModel:
         return float(self.vae.config.scaling_factor)
 
     def describe(self) -> dict[str, str]:
-        return {"name": self.name, "revision": self.revision, "device": str(self.device), "dtype": str(self.dtype)}
+        return {
+            "name": self.name,
+            "revision": self.revision,
+            "device": str(self.device),
+            "dtype": str(self.dtype),
+        }
 
 
 def pick_device(device: str | None = None) -> tuple[torch.device, torch.dtype]:
@@ -130,8 +135,17 @@ def _read_scheduler_config(where: str, common: dict[str, Any]) -> dict[str, Any]
 
     config = dict(DDIMScheduler.load_config(where, subfolder="scheduler", **common))
     # Sampling is DDIM (eta 0) whatever scheduler the model ships with; keep only what DDIM reads.
-    keep = {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
-            "set_alpha_to_one", "steps_offset", "prediction_type", "timestep_spacing"}
+    keep = {
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "trained_betas",
+        "set_alpha_to_one",
+        "steps_offset",
+        "prediction_type",
+        "timestep_spacing",
+    }
     return {k: v for k, v in config.items() if k in keep}
 
 

@@ -45,17 +45,35 @@ def _params(options: dict[str, Any]):
 
 @click.command()
 @click.argument("dataset", type=click.Path(exists=True, path_type=Path))
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="archive to write")
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="archive to write"
+)
 @job_options
-@click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True,
-              help="images per network call (changes speed and memory, never the images)")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 256),
+    default=8,
+    show_default=True,
+    help="images per network call (changes speed and memory, never the images)",
+)
 @click.option("--device", help="torch device [default: cuda when present, else cpu]")
-@click.option("--model-path", "model_paths", multiple=True, metavar="NAME=PATH",
-              help="add a model: a diffusers directory or hub id (repeatable)")
-@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="keep concept-learning checkpoints here; a rerun resumes")
-@click.option("--concepts-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="save the learned concepts here, or reuse them when present")
+@click.option(
+    "--model-path",
+    "model_paths",
+    multiple=True,
+    metavar="NAME=PATH",
+    help="add a model: a diffusers directory or hub id (repeatable)",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="keep concept-learning checkpoints here; a rerun resumes",
+)
+@click.option(
+    "--concepts-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="save the learned concepts here, or reuse them when present",
+)
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def augment(
     dataset: Path,
@@ -85,8 +103,15 @@ def augment(
 
     try:
         summary = run(
-            dataset, out, params, registry=registry, device=device, batch_size=batch_size,
-            work_dir=work_dir, concepts_dir=concepts_dir, progress=progress,
+            dataset,
+            out,
+            params,
+            registry=registry,
+            device=device,
+            batch_size=batch_size,
+            work_dir=work_dir,
+            concepts_dir=concepts_dir,
+            progress=progress,
         )
     except DiffiiError as exc:
         raise click.ClickException(str(exc)) from exc

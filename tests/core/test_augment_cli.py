@@ -42,7 +42,17 @@ def test_archive_has_int_expansion_times_n_images_per_class_and_full_metadata(ar
             assert len(pngs) == int(1.5 * len(cls.images))
             assert Image.open(io.BytesIO(zf.read(pngs[0]))).size == (64, 64)
     assert sorted(line["file_name"] for line in lines) == sorted(n for n in names if n.endswith(".png"))
-    fields = {"file_name", "label", "label_index", "method", "seed", "sources", "phi", "suffix", "split_ratio"}
+    fields = {
+        "file_name",
+        "label",
+        "label_index",
+        "method",
+        "seed",
+        "sources",
+        "phi",
+        "suffix",
+        "split_ratio",
+    }
     assert all(fields <= set(line) for line in lines)
     index = job["class_index"]
     assert index == {c.name: c.index for c in sample.classes}

@@ -11,8 +11,12 @@ from diffii_core.params import ConceptParams, JobParams
 
 
 def _params(steps: int, **extra) -> JobParams:
-    return JobParams(seed=3, inference_steps=6, inversion_steps=6, concepts=ConceptParams(
-        steps=steps, learning_rate=3e-3, lora_rank=4, **extra))
+    return JobParams(
+        seed=3,
+        inference_steps=6,
+        inversion_steps=6,
+        concepts=ConceptParams(steps=steps, learning_rate=3e-3, lora_rank=4, **extra),
+    )
 
 
 def test_training_lowers_the_fixed_noise_loss_and_touches_only_placeholder_rows(sample, fresh_model):
@@ -41,14 +45,29 @@ def test_saved_concepts_reproduce_the_trained_pipeline_on_a_fresh_model(sample, 
 
     def make(model, c):
         pool = invert_class(model, c, images, cls.name, params)
-        return [g.png for g in generate_share(
-            model, c, pool, class_name=cls.name, label_index=0, class_names=[cls.name],
-            source_names=[i.path for i in cls.images], params=params, start=0, stop=3)]
+        return [
+            g.png
+            for g in generate_share(
+                model,
+                c,
+                pool,
+                class_name=cls.name,
+                label_index=0,
+                class_names=[cls.name],
+                source_names=[i.path for i in cls.images],
+                params=params,
+                start=0,
+                stop=3,
+            )
+        ]
 
     trained_images = make(fresh_model, concepts)
     concepts.save(tmp_path / "concepts")
     assert {p.name for p in (tmp_path / "concepts").iterdir()} == {
-        "concepts.json", "embeddings.safetensors", "lora.safetensors"}
+        "concepts.json",
+        "embeddings.safetensors",
+        "lora.safetensors",
+    }
     other = load_model("tiny")
     reloaded = Concepts.load(tmp_path / "concepts")
     apply_concepts(other, reloaded)
@@ -69,13 +88,20 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_result(sampl
 
     interrupted = load_model("tiny")
     try:
-        learn_concepts(interrupted, sample, params, checkpoint_dir=tmp_path, should_stop=stop_after_four_steps)
+        learn_concepts(
+            interrupted, sample, params, checkpoint_dir=tmp_path, should_stop=stop_after_four_steps
+        )
     except Cancelled:
         pass
     else:
         raise AssertionError("learning was not stopped")
     seen = []
-    resumed = learn_concepts(load_model("tiny"), sample, params, checkpoint_dir=tmp_path,
-                             progress=lambda step, total: seen.append(step))
+    resumed = learn_concepts(
+        load_model("tiny"),
+        sample,
+        params,
+        checkpoint_dir=tmp_path,
+        progress=lambda step, total: seen.append(step),
+    )
     assert seen == [5, 6]  # steps 1-4 came from the checkpoint
     assert resumed.fingerprint == straight.fingerprint

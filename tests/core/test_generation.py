@@ -8,11 +8,21 @@ from diffii_core.params import JobParams
 
 
 def _share(model, concepts, pool, cls, params, batch_size, start=0, stop=6):
-    return list(generate_share(
-        model, concepts, pool, class_name=cls.name, label_index=cls.index,
-        class_names=[c.name for c in []] or [cls.name], source_names=[i.path for i in cls.images],
-        params=params, start=start, stop=stop, batch_size=batch_size,
-    ))
+    return list(
+        generate_share(
+            model,
+            concepts,
+            pool,
+            class_name=cls.name,
+            label_index=cls.index,
+            class_names=[c.name for c in []] or [cls.name],
+            source_names=[i.path for i in cls.images],
+            params=params,
+            start=start,
+            stop=stop,
+            batch_size=batch_size,
+        )
+    )
 
 
 def test_same_seed_gives_identical_bytes_for_batch_sizes_1_and_4(trained, sample, fast_params):
