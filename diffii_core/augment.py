@@ -17,7 +17,7 @@ from diffii_core.dataset import DatasetLimits, load_dataset
 from diffii_core.generate import generate_share
 from diffii_core.inversion import invert_class
 from diffii_core.models import load_model
-from diffii_core.params import JobParams, images_for_class
+from diffii_core.params import JobParams, images_for_class, uses_concepts, uses_inversion, uses_references
 
 # progress(stage, total) returns a function that advances that stage's bar by n.
 Progress = Callable[[str, int], Callable[[int], None]]
@@ -50,7 +50,8 @@ def augment(
     concepts_dir: Path | None = None,
     progress: Progress = _no_progress,
 ) -> AugmentSummary:
-    """Run Diff-II on a dataset and write the archive to `out`; the file appears whole or not at all.
+    """Run params.method (Diff-II or a baseline) on a dataset and write the archive to `out`; the file
+    appears whole or not at all. Methods without concepts skip learning; only Diff-II inverts.
     `work_dir` keeps concept-learning checkpoints (a rerun resumes); `concepts_dir` saves the learned
     concepts, or reuses them when already there."""
     began = time.monotonic()
@@ -58,7 +59,10 @@ def augment(
     dataset = load_dataset(source, limits or DatasetLimits())
     model = load_model(params.model, registry, device=device)
 
-    if concepts_dir is not None and (concepts_dir / "concepts.json").exists():
+    concepts: Concepts | None = None
+    if not uses_concepts(params.method):
+        pass  # real-guidance / real-mix: the base model with plain class names, nothing to learn
+    elif concepts_dir is not None and (concepts_dir / "concepts.json").exists():
         concepts = Concepts.load(concepts_dir)
     else:
         bar = progress("learning concepts", params.concepts.steps)
@@ -71,7 +75,7 @@ def augment(
 
     class_names = dataset.class_names()
     counts = [images_for_class(params, len(c.images)) for c in dataset.classes]
-    inverting = progress("inverting", dataset.images)
+    inverting = progress("inverting", dataset.images if uses_inversion(params.method) else 0)
     generating = progress("generating", sum(counts))
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
@@ -81,14 +85,25 @@ def augment(
             writer = ArchiveWriter(handle)
             metadata = []
             for cls, count in zip(dataset.classes, counts, strict=True):
-                pool = invert_class(
-                    model, concepts, [item.open() for item in cls.images], cls.name, params,
-                    batch_size=batch_size, progress=inverting,
-                )
+                images = [item.open() for item in cls.images]
+                pool = None
+                if uses_inversion(params.method):
+                    pool = invert_class(
+                        model, concepts, images, cls.name, params, batch_size=batch_size, progress=inverting
+                    )
                 for image in generate_share(
-                    model, concepts, pool, class_name=cls.name, label_index=cls.index, class_names=class_names,
-                    source_names=[item.path for item in cls.images], params=params, start=0, stop=count,
+                    model,
+                    concepts,
+                    pool,
+                    class_name=cls.name,
+                    label_index=cls.index,
+                    class_names=class_names,
+                    source_names=[item.path for item in cls.images],
+                    params=params,
+                    start=0,
+                    stop=count,
                     batch_size=batch_size,
+                    references=images if uses_references(params.method) else None,
                 ):
                     writer.add_image(image.file_name, image.png)
                     metadata.append(image.metadata)
@@ -98,7 +113,12 @@ def augment(
                 for c, n in zip(dataset.classes, counts, strict=True)
             ]
             skipped = [{"path": s.path, "reason": s.reason} for s in dataset.skipped]
-            writer.finish(metadata, job_document(params, {"name": model.name, "revision": model.revision}, classes, skipped=skipped))
+            writer.finish(
+                metadata,
+                job_document(
+                    params, {"name": model.name, "revision": model.revision}, classes, skipped=skipped
+                ),
+            )
         os.replace(tmp, out)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -17,5 +17,5 @@ class ArtifactError(DiffiiError):
     """A stored artifact (concepts, inversion pool) is missing or does not fit the job."""
 
 
-class Cancelled(DiffiiError):  # noqa: N818 - it is a signal, not a failure
+class Cancelled(DiffiiError):
     """Raised inside a long loop when the caller asked to stop."""

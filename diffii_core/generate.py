@@ -7,7 +7,7 @@ networks never see a batch of one, so an image's bytes do not depend on the batc
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +53,12 @@ def image_id(label_index: int, index: int) -> str:
 
 
 def plan_diff_ii(
-    pool: torch.Tensor, source_names: list[str], suffixes: list[str], params: JobParams, class_name: str, index: int
+    pool: torch.Tensor,
+    source_names: list[str],
+    suffixes: list[str],
+    params: JobParams,
+    class_name: str,
+    index: int,
 ) -> ImagePlan:
     """A random pair of distinct inversions and a random phi on their great circle; a class of one image
     starts from fresh Gaussian noise (the paper's fallback; the published code crashed)."""
@@ -111,7 +116,7 @@ def sample_two_stage(
 def generate_share(
     model: LoadedModel,
     concepts,
-    pool: torch.Tensor,
+    pool: torch.Tensor | None,
     *,
     class_name: str,
     label_index: int,
@@ -122,9 +127,23 @@ def generate_share(
     stop: int,
     batch_size: int = 8,
     should_stop: Callable[[], bool] | None = None,
+    references: Sequence[Any] | None = None,
 ) -> Iterator[GeneratedImage]:
-    """Diff-II images [start, stop) of one class, from its inversion pool. `concepts` must already be
-    applied to `model` (apply_concepts)."""
+    """Images [start, stop) of one class by params.method. Diff-II draws from the class's inversion pool;
+    the other methods (diffii_core.methods) ignore `pool` (may be None) and the img2img ones take the
+    class's images as `references` (PIL images aligned with source_names). `concepts` must already be
+    applied to `model` (apply_concepts); real-guidance / real-mix use the base model and may get None."""
+    if params.method != "diff-ii":
+        from diffii_core.methods import generate_baseline
+
+        yield from generate_baseline(
+            model, concepts, class_name=class_name, label_index=label_index, class_names=class_names,
+            source_names=source_names, params=params, start=start, stop=stop, references=references,
+            batch_size=batch_size, should_stop=should_stop,
+        )  # fmt: skip
+        return
+    if pool is None:
+        raise ValueError("diff-ii needs the class's inversion pool")
     suffixes = suffixes_for(params.metaclass, params.suffixes)
     tokens = concepts.tokens[class_name]
     plain_prompt = concept_prompt(tokens, params.metaclass)
@@ -141,9 +160,7 @@ def generate_share(
         ]
         latents = torch.stack([p.latent for p in plans])
         suffixed = torch.stack([by_suffix[p.suffix] if p.suffix else plain[0] for p in plans])
-        out = sample_two_stage(
-            model, latents, plain.expand(len(plans), -1, -1), suffixed, uncond, params
-        )
+        out = sample_two_stage(model, latents, plain.expand(len(plans), -1, -1), suffixed, uncond, params)
         arrays = decode_latents(model, out)
         for plan, array in zip(plans, arrays, strict=True):
             yield finish_image(plan, array, class_name, label_index, params, "diff-ii")
@@ -166,5 +183,3 @@ def finish_image(
         "split_ratio": params.split_ratio,
     }
     return GeneratedImage(class_name, label_index, plan.index, ident, file_name, png_bytes(array), metadata)
-
-

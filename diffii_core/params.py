@@ -8,10 +8,47 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Method = Literal["diff-ii"]
-METHODS: tuple[str, ...] = ("diff-ii",)
+Method = Literal["diff-ii", "diff-mix", "diff-aug", "diff-gen", "real-guidance", "real-mix", "da-fusion"]
+METHODS: tuple[str, ...] = (
+    "diff-ii",
+    "diff-mix",
+    "diff-aug",
+    "diff-gen",
+    "real-guidance",
+    "real-mix",
+    "da-fusion",
+)
+
+# Published img2img strengths: Diff-Mix's default 0.5 (0.7 recommended), DA-Fusion's list drawn per image;
+# diff-gen is text to image (strength 1).
+DEFAULT_STRENGTH: dict[str, list[float]] = {
+    "diff-mix": [0.5],
+    "real-mix": [0.5],
+    "diff-aug": [0.5],
+    "real-guidance": [0.5],
+    "da-fusion": [0.25, 0.5, 0.75, 1.0],
+    "diff-gen": [1.0],
+}
+# Methods whose prompt is the plain class name on the base model: no concept learning, no inversion.
+BASE_MODEL_METHODS: frozenset[str] = frozenset({"real-guidance", "real-mix"})
+SOFT_LABEL_METHODS: frozenset[str] = frozenset({"diff-mix", "real-mix"})
+
+
+def uses_concepts(method: str) -> bool:
+    """Whether a method needs learned concepts (tokens + LoRA); real-guidance and real-mix do not."""
+    return method not in BASE_MODEL_METHODS
+
+
+def uses_inversion(method: str) -> bool:
+    """Whether a method starts from a DDIM inversion pool (only Diff-II)."""
+    return method == "diff-ii"
+
+
+def uses_references(method: str) -> bool:
+    """Whether a method starts from real reference images (the img2img / SDEdit methods)."""
+    return method in {"diff-mix", "real-mix", "diff-aug", "real-guidance", "da-fusion"}
 
 
 class ConceptParams(BaseModel):
@@ -48,6 +85,37 @@ class JobParams(BaseModel):
         None, ge=32, le=2048, multiple_of=8, description="image side in pixels; default: the model's own"
     )
     concepts: ConceptParams = Field(default_factory=ConceptParams)
+    strength: list[float] | None = Field(
+        None,
+        min_length=1,
+        max_length=32,
+        description="img2img strengths in (0, 1], one drawn per image; default: the method's published value",
+    )
+    kappa: float = Field(1.0, gt=0, le=1.0, description="soft-label mass of diff-mix / real-mix")
+    gamma: float = Field(
+        0.5, gt=0, le=10.0, description="soft-label exponent: target weight kappa * s**gamma"
+    )
+    resize_to_source: bool = Field(False, description="resize img2img outputs back to the reference's size")
+
+    @field_validator("strength", mode="before")
+    @classmethod
+    def _strength_is_a_list(cls, value):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return [value]
+        return value
+
+    @field_validator("strength")
+    @classmethod
+    def _strength_in_range(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and not all(0 < s <= 1 for s in value):
+            raise ValueError("each strength must lie in (0, 1]")
+        return value
+
+    @model_validator(mode="after")
+    def _strength_fits_method(self) -> JobParams:
+        if self.strength is not None and self.method == "diff-gen" and any(s != 1.0 for s in self.strength):
+            raise ValueError("diff-gen is text to image: strength must be 1 or left out")
+        return self
 
     @field_validator("metaclass")
     @classmethod
@@ -75,3 +143,10 @@ def images_for_class(params: JobParams, n_real: int) -> int:
     """Output count for a class of n_real images: int(expansion * N_c), as the method specifies."""
     # The epsilon keeps 0.29 * 100 at 29: binary floats land just under whole numbers.
     return math.floor(params.expansion * n_real + 1e-9)
+
+
+def strengths(params: JobParams) -> list[float]:
+    """The strengths an image's strength is drawn from: the job's, else the method's published default."""
+    if params.strength is not None:
+        return list(params.strength)
+    return list(DEFAULT_STRENGTH.get(params.method, [1.0]))
