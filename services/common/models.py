@@ -18,6 +18,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -37,7 +38,7 @@ def new_id() -> str:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}  # noqa: RUF012 - SQLAlchemy reads it
 
 
 class JobStatus(enum.StrEnum):
@@ -62,6 +63,7 @@ class ShardKind(enum.StrEnum):
 
 
 class ShardStatus(enum.StrEnum):
+    waiting = "waiting"  # created by prepare; becomes pending when its stage is reached (no message yet)
     pending = "pending"  # row committed, message maybe not yet on the broker
     queued = "queued"  # message sent to the broker
     running = "running"  # a worker holds the lease
@@ -122,6 +124,9 @@ class Job(Base):
     dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"), nullable=True)
     dataset_uri: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # sha256 of the creating request's body, so a retry with the same Idempotency-Key but a different
+    # body is told apart (409) from a true retry, even when the server picked the seed.
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     params: Mapped[dict[str, Any]] = mapped_column(JSON)  # JobParams.model_dump(mode="json")
     status: Mapped[JobStatus] = mapped_column(Enum(JobStatus, native_enum=False, length=16), index=True)
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -163,6 +168,10 @@ class Shard(Base):
     images_done: Mapped[int] = mapped_column(Integer, default=0)
     images_total: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Worker figures for /metrics, stored as seconds so SQL sums them the same on SQLite and Postgres
+    # (migration 0002): queue wait of the last claim, run time of the last successful attempt.
+    queue_wait_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    run_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(TZ, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(TZ, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(TZ, nullable=True)

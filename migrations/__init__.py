@@ -1,0 +1,1 @@
+"""Alembic migrations of the diffii state database (run by `diffii migrate`)."""

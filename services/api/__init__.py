@@ -1,0 +1,1 @@
+"""The REST API: a thin FastAPI adapter over services/common (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,90 @@
+"""The FastAPI application: `create_app(settings)` wires settings, database, storage and routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, HTTPException, Request, status
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+
+from services.api.metrics import (
+    DEFAULT_METRIC_SOURCES,
+    DatabaseCollector,
+    HttpMetrics,
+    MetricsMiddleware,
+    MetricSource,
+)
+from services.api.routes import datasets, health, jobs, objects
+from services.api.settings import ApiSettings
+from services.common import dispatch
+from services.common.db import make_session_factory
+from services.common.storage import InvalidKey, ObjectNotFound, StorageError, make_storage
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Expand small labelled image datasets with Diff-II synthetic images.
+
+Upload a dataset (`POST /v1/datasets`), start a job (`POST /v1/jobs`), poll it
+(`GET /v1/jobs/{id}`) and download the archive (`GET /v1/jobs/{id}/archive`).
+Every `/v1` call needs `Authorization: Bearer <api key>`.
+"""
+
+
+def create_app(
+    settings: ApiSettings | None = None, *, metric_sources: list[MetricSource] | None = None
+) -> FastAPI:
+    settings = settings or ApiSettings()
+    settings.ensure_home()
+    session_factory = make_session_factory(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        session_factory.kw["bind"].dispose()
+
+    app = FastAPI(
+        title="diffii", version="0.1.0", description=DESCRIPTION, docs_url="/docs", lifespan=lifespan
+    )
+
+    app.state.settings = settings
+    app.state.session_factory = session_factory
+    app.state.storage = make_storage(settings)
+    # Job creation sends its first task to this app's broker, not whatever the environment names.
+    dispatch.configure(settings)
+
+    registry = CollectorRegistry()
+    registry.register(DatabaseCollector(app.state.session_factory, metric_sources or DEFAULT_METRIC_SOURCES))
+    app.state.metrics_registry = registry
+    app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
+
+    for module in (datasets, jobs, objects, health):
+        app.include_router(module.router)
+
+    @app.exception_handler(ObjectNotFound)
+    async def _object_missing(_request: Request, exc: ObjectNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)
+
+    @app.exception_handler(InvalidKey)
+    async def _bad_key(_request: Request, exc: InvalidKey) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_400_BAD_REQUEST)
+
+    @app.exception_handler(StorageError)
+    async def _storage_down(_request: Request, exc: StorageError) -> JSONResponse:
+        log.error("storage error: %s", exc)
+        return JSONResponse(
+            {"detail": f"object storage failed: {exc}"}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, HTTPException):  # pragma: no cover - FastAPI handles these first
+            raise exc
+        log.exception("unhandled error")
+        return JSONResponse(
+            {"detail": "internal server error"}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR
+        )
+
+    return app

@@ -1,0 +1,63 @@
+"""Request dependencies: settings, storage, database sessions and the caller's identity."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.api.settings import ApiSettings
+from services.common.auth import authenticate
+from services.common.storage import Storage
+
+
+def get_settings(request: Request) -> ApiSettings:
+    return request.app.state.settings
+
+
+def get_storage(request: Request) -> Storage:
+    return request.app.state.storage
+
+
+def get_session_factory(request: Request) -> sessionmaker[Session]:
+    return request.app.state.session_factory
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """A session per request; the endpoint commits what it means to keep."""
+    session = request.app.state.session_factory()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+_bearer = HTTPBearer(auto_error=False, description="an API key from `diffii admin create-key`")
+
+
+def current_owner_id(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> str:
+    """The owner id behind `Authorization: Bearer <key>`; 401 for a missing, unknown or revoked key."""
+    if credentials is None:
+        if request.headers.get("authorization"):
+            raise _unauthorized("malformed Authorization header: expected 'Bearer <key>'")
+        raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    with request.app.state.session_factory() as session:
+        owner = authenticate(session, credentials.credentials.strip())
+        if owner is None:
+            raise _unauthorized("invalid or revoked API key")
+        return owner.id
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+OwnerDep = Annotated[str, Depends(current_owner_id)]
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
+StorageDep = Annotated[Storage, Depends(get_storage)]

@@ -1,0 +1,71 @@
+"""Job rows -> API documents: status, parameters and progress summed over the job's shards."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.api.schemas import JobOut, ProgressOut, ShardOut
+from services.api.timeutil import as_utc, as_utc_or_none
+from services.common.models import Job, Shard, ShardKind, ShardStatus
+
+
+def _progress(job: Job, shards: list[Shard], with_detail: bool) -> ProgressOut:
+    # The user-facing "shards" are the generate rows; prepare/learn/package show up as the stage.
+    generate = [s for s in shards if s.kind == ShardKind.generate]
+    images_total = job.images_total or sum(s.images_total for s in generate)
+    return ProgressOut(
+        stage=str(job.status.value),
+        shards_done=sum(1 for s in generate if s.status == ShardStatus.succeeded),
+        shards_total=len(generate),
+        images_done=sum(s.images_done for s in generate),
+        images_total=images_total,
+        shards=[
+            ShardOut(
+                class_name=s.class_name,
+                class_index=s.class_index,
+                start=s.start,
+                stop=s.stop,
+                status=str(s.status.value),
+                attempts=s.attempts,
+                images_done=s.images_done,
+                images_total=s.images_total,
+                error=s.error,
+                worker=s.worker,
+                heartbeat_at=as_utc_or_none(s.heartbeat_at),
+            )
+            for s in generate
+        ]
+        if with_detail
+        else None,
+    )
+
+
+def job_out(job: Job, shards: list[Shard], *, with_detail: bool = True) -> JobOut:
+    return JobOut(
+        id=job.id,
+        status=job.status,
+        message=job.message,
+        dataset_id=job.dataset_id,
+        dataset_uri=job.dataset_uri,
+        params=job.params,
+        cancel_requested=job.cancel_requested,
+        archive_ready=job.archive_key is not None,
+        created_at=as_utc(job.created_at),
+        updated_at=as_utc(job.updated_at),
+        finished_at=as_utc_or_none(job.finished_at),
+        progress=_progress(job, shards, with_detail),
+    )
+
+
+def shards_of(session: Session, job_ids: Iterable[str]) -> dict[str, list[Shard]]:
+    """Every job's shards in one query, ordered the way the job runs them."""
+    ids = list(job_ids)
+    grouped: dict[str, list[Shard]] = defaultdict(list)
+    if ids:
+        for shard in session.scalars(select(Shard).where(Shard.job_id.in_(ids)).order_by(Shard.seq)):
+            grouped[shard.job_id].append(shard)
+    return grouped

@@ -1,0 +1,154 @@
+"""POST /v1/datasets: receive an archive under the size cap, validate it, store it, list its classes."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
+
+from diffii_core.errors import DatasetError
+from services.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
+from services.api.schemas import ClassOut, DatasetOut, Problem, SkippedOut
+from services.api.settings import ApiSettings
+from services.api.timeutil import as_utc
+from services.api.upload import new_temp_dir, receive_file
+from services.common.db import session_scope
+from services.common.models import Dataset, new_id
+from services.common.storage import Storage
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": ".zip, .tar or .tar.gz in ImageFolder layout: <class>/<image>",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _skipped_entry(item: Any) -> SkippedOut:
+    if isinstance(item, dict):
+        return SkippedOut(path=str(item.get("path", "")), reason=str(item.get("reason", "")))
+    if hasattr(item, "path") and hasattr(item, "reason"):
+        return SkippedOut(path=str(item.path), reason=str(item.reason))
+    if isinstance(item, tuple | list) and len(item) == 2:
+        return SkippedOut(path=str(item[0]), reason=str(item[1]))
+    return SkippedOut(path="", reason=str(item))
+
+
+def _validate(path: Path, settings: ApiSettings) -> tuple[str, list[ClassOut], list[SkippedOut]]:
+    """Run the engine's own dataset checks, so an upload passes exactly when a job could use it."""
+    from diffii_core.dataset import detect_format, load_dataset
+
+    limits = settings.make_dataset_limits()
+    dataset = load_dataset(path, limits)
+    classes = [ClassOut(name=c.name, images=len(c.images)) for c in dataset.classes]
+    return detect_format(path, limits), classes, [_skipped_entry(item) for item in dataset.skipped]
+
+
+def _display_name(filename: str) -> str:
+    """The uploaded file's own name (errors quote it), made safe to use as a local file name."""
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch if ch.isprintable() else "_" for ch in name).strip(" .")
+    return name[:200] or "dataset"
+
+
+def _store(storage: Storage, key: str, path: Path, max_bytes: int) -> None:
+    with path.open("rb") as handle:
+        storage.upload_stream(key, handle, max_bytes=max_bytes)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DatasetOut,
+    openapi_extra=UPLOAD_BODY,
+    responses={
+        400: {"model": Problem, "description": "not a usable dataset (the message says why)"},
+        413: {"model": Problem, "description": "archive over the size limit"},
+        415: {"model": Problem, "description": "not a multipart/form-data request"},
+    },
+)
+async def upload_dataset(
+    request: Request, owner_id: OwnerDep, settings: SettingsDep, storage: StorageDep
+) -> DatasetOut:
+    """Upload an archive (multipart field `file`); it is validated before anything is stored."""
+    with new_temp_dir() as tmp:
+        received = await receive_file(request, Path(tmp), settings.max_upload_bytes)
+        named = Path(tmp) / "named"
+        named.mkdir()
+        source = received.path.rename(named / _display_name(received.filename))
+        try:
+            ext, classes, skipped = await run_in_threadpool(_validate, source, settings)
+        except DatasetError as exc:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+
+        dataset_id = new_id()
+        key = f"datasets/{dataset_id}/source.{ext}"
+        prefix = f"datasets/{dataset_id}/"
+        try:
+            await run_in_threadpool(_store, storage, key, source, settings.max_upload_bytes)
+            row = Dataset(
+                id=dataset_id,
+                owner_id=owner_id,
+                object_key=key,
+                filename=_display_name(received.filename),
+                bytes=received.size,
+                images=sum(c.images for c in classes),
+                classes=[c.model_dump() for c in classes],
+                skipped=[s.model_dump() for s in skipped],
+            )
+
+            def insert() -> None:
+                with session_scope(request.app.state.session_factory) as session:
+                    session.add(row)
+
+            await run_in_threadpool(insert)
+        except BaseException:
+            # No row without its object and no object without its row.
+            await run_in_threadpool(storage.delete_prefix, prefix)
+            raise
+    return DatasetOut(
+        id=row.id,
+        filename=row.filename,
+        classes=classes,
+        images=row.images,
+        bytes=row.bytes,
+        skipped=skipped,
+        created_at=as_utc(row.created_at),
+    )
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut, responses={404: {"model": Problem}})
+def get_dataset(dataset_id: str, owner_id: OwnerDep, session: SessionDep) -> DatasetOut:
+    """A dataset the caller uploaded: its classes and the files that were skipped."""
+    row = session.get(Dataset, dataset_id)
+    if row is None or row.owner_id != owner_id:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset {dataset_id} not found")
+    return DatasetOut(
+        id=row.id,
+        filename=row.filename,
+        classes=[ClassOut(**c) for c in row.classes],
+        images=row.images,
+        bytes=row.bytes,
+        skipped=[_skipped_entry(s) for s in row.skipped],
+        created_at=as_utc(row.created_at),
+    )

@@ -1,0 +1,78 @@
+"""Liveness, readiness (database, broker, storage) and Prometheus metrics; no API key needed."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable
+
+from fastapi import APIRouter, Request, status
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from services.api.settings import ApiSettings
+
+router = APIRouter(tags=["health"])
+
+
+def check_database(request: Request) -> None:
+    with request.app.state.session_factory() as session:
+        session.execute(text("SELECT 1"))
+
+
+def check_broker(settings: ApiSettings) -> None:
+    from kombu import Connection
+
+    with Connection(settings.broker_url, connect_timeout=settings.readiness_timeout) as connection:
+        connection.ensure_connection(
+            max_retries=1, interval_start=0, interval_step=0, timeout=settings.readiness_timeout
+        )
+
+
+def check_storage(request: Request) -> None:
+    request.app.state.storage.check()
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is up and serving (no dependency is checked)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "a dependency is down; the body says which"}})
+def readyz(request: Request) -> JSONResponse:
+    """Ready when the database, the broker and the object store all answer."""
+    settings: ApiSettings = request.app.state.settings
+    checks: dict[str, Callable[[], None]] = {
+        "database": lambda: check_database(request),
+        "broker": lambda: check_broker(settings),
+        "storage": lambda: check_storage(request),
+    }
+    results: dict[str, str] = {}
+    # In parallel and each under a deadline: a hung dependency must not hang the probe.
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=len(checks), thread_name_prefix="readyz")
+    try:
+        futures = {name: executor.submit(fn) for name, fn in checks.items()}
+        for name, future in futures.items():
+            try:
+                future.result(timeout=settings.readiness_timeout + 1)
+                results[name] = "ok"
+            except concurrent.futures.TimeoutError:
+                results[name] = f"no answer within {settings.readiness_timeout:g}s"
+            except Exception as exc:
+                results[name] = f"{type(exc).__name__}: {exc}"[:500]
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+    failed = sorted(name for name, result in results.items() if result != "ok")
+    if failed:
+        return JSONResponse(
+            {"status": "unavailable", "detail": f"not ready: {', '.join(failed)} failed", "checks": results},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+    return JSONResponse({"status": "ready", "checks": results})
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    """Prometheus exposition format."""
+    return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,238 @@
+"""Jobs: create (idempotent), read with progress, list (keyset pages), cancel, fetch the archive."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi.responses import RedirectResponse
+from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from services.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
+from services.api.jobs_view import job_out, shards_of
+from services.api.pagination import decode_cursor, encode_cursor
+from services.api.schemas import S3_URI, JobOut, JobPage, JobRequest, Problem
+from services.api.settings import ApiSettings
+from services.common.dispatch import dispatch
+from services.common.models import (
+    TERMINAL_JOB_STATUSES,
+    Dataset,
+    Job,
+    JobStatus,
+    Shard,
+    ShardKind,
+    ShardStatus,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+NOT_FOUND = {404: {"model": Problem, "description": "no such job for this API key"}}
+
+
+def _field_error(field: str, msg: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT, [{"loc": ["body", field], "msg": msg, "type": "value_error"}]
+    )
+
+
+def _request_hash(body: JobRequest) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def owned_job(session: Session, owner_id: str, job_id: str, *, for_update: bool = False) -> Job:
+    """The caller's job, or 404: another owner's job is indistinguishable from a missing one."""
+    query = select(Job).where(Job.id == job_id, Job.owner_id == owner_id)
+    if for_update:
+        query = query.with_for_update()
+    job = session.scalar(query)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
+    return job
+
+
+def _check_request(session: Session, body: JobRequest, owner_id: str, settings: ApiSettings) -> None:
+    if body.model not in settings.models:
+        names = ", ".join(sorted(settings.models)) or "none"
+        raise _field_error("model", f"unknown model {body.model!r}; this server offers: {names}")
+    if body.dataset_uri is not None:
+        match = S3_URI.match(body.dataset_uri)
+        assert match is not None  # the schema already checked the shape
+        if match["bucket"] not in settings.allowed_dataset_buckets:
+            raise _field_error("dataset_uri", f"bucket {match['bucket']!r} is not one this server may read")
+    if body.dataset_id is not None:
+        dataset = session.get(Dataset, body.dataset_id)
+        if dataset is None or dataset.owner_id != owner_id:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset {body.dataset_id} not found")
+
+
+def _replay(session: Session, job: Job, request_hash: str, response: Response) -> JobOut:
+    if job.request_hash != request_hash:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"Idempotency-Key already used for job {job.id} with a different request body",
+        )
+    response.status_code = status.HTTP_200_OK
+    response.headers["Idempotent-Replayed"] = "true"
+    return job_out(job, shards_of(session, [job.id])[job.id])
+
+
+def _dispatch(session: Session, shard_id: str) -> None:
+    try:
+        dispatch(session, [shard_id])
+    except Exception:
+        # The rows are committed; the sweeper re-sends pending shards, so the job is not lost.
+        log.exception("could not send shard %s to the broker; the sweeper will retry", shard_id)
+        session.rollback()
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobOut,
+    responses={
+        200: {"model": JobOut, "description": "a retry with the same Idempotency-Key: the original job"},
+        404: {"model": Problem, "description": "dataset not found"},
+        409: {"model": Problem, "description": "Idempotency-Key reused with a different body"},
+    },
+)
+def create_job(
+    body: JobRequest,
+    response: Response,
+    owner_id: OwnerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+) -> JobOut:
+    """Start a job on an uploaded dataset (`dataset_id`) or an allowed `s3://` archive (`dataset_uri`)."""
+    request_hash = _request_hash(body)
+
+    def previous() -> Job | None:
+        if idempotency_key is None:
+            return None
+        return session.scalar(
+            select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == idempotency_key)
+        )
+
+    if (existing := previous()) is not None:
+        return _replay(session, existing, request_hash, response)
+
+    _check_request(session, body, owner_id, settings)
+    seed = body.seed if body.seed is not None else secrets.randbits(63)
+    params = body.job_params(seed)
+    job = Job(
+        owner_id=owner_id,
+        dataset_id=body.dataset_id,
+        dataset_uri=body.dataset_uri,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        params=params.model_dump(mode="json"),
+        status=JobStatus.queued,
+    )
+    prepare = Shard(job=job, seq=0, kind=ShardKind.prepare, status=ShardStatus.pending, seed=seed)
+    session.add_all([job, prepare])
+    try:
+        session.commit()
+    except IntegrityError:
+        # Two requests with one Idempotency-Key raced; the unique constraint let one through.
+        session.rollback()
+        if (existing := previous()) is None:
+            raise
+        return _replay(session, existing, request_hash, response)
+
+    _dispatch(session, prepare.id)
+    session.refresh(job)
+    return job_out(job, shards_of(session, [job.id])[job.id])
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(
+    owner_id: OwnerDep,
+    session: SessionDep,
+    status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> JobPage:
+    """The caller's jobs, newest first; follow `next_cursor` until it is null."""
+    query = select(Job).where(Job.owner_id == owner_id)
+    if status_filter is not None:
+        query = query.where(Job.status == status_filter)
+    if cursor:
+        created_at, job_id = decode_cursor(cursor)
+        query = query.where(
+            or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < job_id))
+        )
+    rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    page, more = rows[:limit], len(rows) > limit
+    shards = shards_of(session, [job.id for job in page])
+    return JobPage(
+        jobs=[job_out(job, shards[job.id], with_detail=False) for job in page],
+        next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if more else None,
+    )
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
+def get_job(job_id: str, owner_id: OwnerDep, session: SessionDep) -> JobOut:
+    """Status, parameters and progress, with one entry per generation shard."""
+    job = owned_job(session, owner_id, job_id)
+    return job_out(job, shards_of(session, [job.id])[job.id])
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobOut,
+    responses={**NOT_FOUND, 409: {"model": Problem, "description": "the job has already ended"}},
+)
+def cancel_job(job_id: str, owner_id: OwnerDep, session: SessionDep) -> JobOut:
+    """Ask the job to stop. Nothing running: `cancelled` at once; else running shards stop between batches."""
+    job = owned_job(session, owner_id, job_id, for_update=True)
+    if job.status in TERMINAL_JOB_STATUSES:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job.id} has already ended: {job.status.value}")
+    job.cancel_requested = True
+    shards = list(session.scalars(select(Shard).where(Shard.job_id == job.id).with_for_update()))
+    if not any(s.status == ShardStatus.running for s in shards):
+        now = utcnow()
+        for shard in shards:
+            if shard.status in (ShardStatus.pending, ShardStatus.queued):
+                shard.status = ShardStatus.cancelled
+                shard.finished_at = now
+        job.status = JobStatus.cancelled
+        job.message = "cancelled at the user's request"
+        job.finished_at = now
+    session.commit()
+    return job_out(job, shards_of(session, [job.id])[job.id])
+
+
+@router.get(
+    "/{job_id}/archive",
+    status_code=status.HTTP_307_TEMPORARY_REDIRECT,
+    response_class=RedirectResponse,
+    responses={
+        307: {"description": "redirect to a short-lived download URL of the archive"},
+        **NOT_FOUND,
+        409: {"model": Problem, "description": "the archive does not exist (yet)"},
+    },
+)
+def get_archive(
+    job_id: str, owner_id: OwnerDep, session: SessionDep, settings: SettingsDep, storage: StorageDep
+) -> RedirectResponse:
+    """Redirect to the synthetic dataset archive (zip) once the job has succeeded."""
+    job = owned_job(session, owner_id, job_id)
+    if job.archive_key is None:
+        if job.status in TERMINAL_JOB_STATUSES:
+            detail = f"job {job.id} ended {job.status.value} without an archive"
+        else:
+            detail = f"the archive is not ready: job {job.id} is {job.status.value}"
+        raise HTTPException(status.HTTP_409_CONFLICT, detail)
+    url = storage.presigned_url(
+        job.archive_key, expires=settings.presign_ttl, filename=f"diffii-{job.id}.zip"
+    )
+    return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)

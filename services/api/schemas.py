@@ -1,0 +1,112 @@
+"""Request and response bodies of the REST API (they are also the OpenAPI schema at /docs)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from diffii_core.params import JobParams
+from services.common.models import JobStatus
+
+S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(?P<key>.+)$")
+
+
+class ClassOut(BaseModel):
+    name: str
+    images: int
+
+
+class SkippedOut(BaseModel):
+    path: str
+    reason: str
+
+
+class DatasetOut(BaseModel):
+    id: str
+    filename: str
+    classes: list[ClassOut]
+    images: int
+    bytes: int
+    skipped: list[SkippedOut] = Field(
+        description="files left out, with the reason (undecodable, too large...)"
+    )
+    created_at: datetime
+
+
+class JobRequest(JobParams):
+    """Job parameters plus where the dataset is. Unknown fields are refused (422 naming them)."""
+
+    dataset_id: str | None = Field(None, max_length=64, description="id returned by POST /v1/datasets")
+    dataset_uri: str | None = Field(
+        None, max_length=2048, description="s3://bucket/key of an archive in a bucket the operator allowed"
+    )
+    seed: int | None = Field(  # type: ignore[assignment]
+        None, ge=0, le=2**63 - 1, description="job seed; omitted: the server picks one and reports it"
+    )
+
+    @model_validator(mode="after")
+    def _one_dataset(self) -> JobRequest:
+        if (self.dataset_id is None) == (self.dataset_uri is None):
+            raise ValueError("give exactly one of dataset_id and dataset_uri")
+        return self
+
+    @field_validator("dataset_uri")
+    @classmethod
+    def _s3_uri(cls, value: str | None) -> str | None:
+        if value is not None and not S3_URI.match(value):
+            raise ValueError("dataset_uri must look like s3://bucket/key")
+        return value
+
+    def job_params(self, seed: int) -> JobParams:
+        data = self.model_dump(exclude={"dataset_id", "dataset_uri", "seed"})
+        return JobParams(**data, seed=seed)
+
+
+class ShardOut(BaseModel):
+    class_name: str | None
+    class_index: int | None
+    start: int
+    stop: int
+    status: str
+    attempts: int
+    images_done: int
+    images_total: int
+    error: str | None
+    worker: str | None
+    heartbeat_at: datetime | None
+
+
+class ProgressOut(BaseModel):
+    stage: str
+    shards_done: int
+    shards_total: int
+    images_done: int
+    images_total: int
+    shards: list[ShardOut] | None = Field(None, description="per-shard detail (GET /v1/jobs/{id} only)")
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatus
+    message: str | None
+    dataset_id: str | None
+    dataset_uri: str | None
+    params: dict[str, Any]
+    cancel_requested: bool
+    archive_ready: bool
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    progress: ProgressOut
+
+
+class JobPage(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at the end")
+
+
+class Problem(BaseModel):
+    detail: Any

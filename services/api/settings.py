@@ -1,0 +1,47 @@
+"""Settings of the API process (`DIFFII_*` environment variables)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, SecretStr
+
+from services.common.settings import CommonSettings
+from services.common.signing import load_or_create_secret
+
+
+class ApiSettings(CommonSettings):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    public_base_url: str | None = Field(
+        None,
+        description="URL clients reach the API at (signed local download links); default http://host:port",
+    )
+    max_upload_bytes: int = Field(2 * 1024**3, ge=1, description="largest dataset archive accepted")
+    dataset_limits: dict[str, Any] = Field(
+        default_factory=dict,
+        description="JSON overrides of diffii_core.dataset.DatasetLimits fields (counts, sizes, pixels)",
+    )
+    presign_ttl: int = Field(300, ge=10, le=7 * 24 * 3600, description="seconds a download link stays valid")
+    signing_secret: SecretStr | None = Field(
+        None, description="HMAC secret of local-storage download links; default: a file under DIFFII_HOME"
+    )
+    readiness_timeout: float = Field(3.0, gt=0, le=60, description="seconds per /readyz dependency check")
+
+    @property
+    def public_url(self) -> str:
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    def signing_secret_value(self) -> str:
+        if self.signing_secret is not None:
+            return self.signing_secret.get_secret_value()
+        return load_or_create_secret(self.home / "signing.key")
+
+    def make_dataset_limits(self) -> Any:
+        from diffii_core.dataset import DatasetLimits
+
+        # The upload cap already bounds the archive; an explicit override still wins.
+        return DatasetLimits(**{"max_archive_bytes": self.max_upload_bytes, **self.dataset_limits})

@@ -1,0 +1,88 @@
+"""Settings shared by every service process (API, worker, CLI admin commands).
+
+One pydantic-settings class per service, all reading `DIFFII_*` environment variables. The defaults
+are the embedded ones: everything lives under DIFFII_HOME, so `diffii up` needs no server.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_home() -> Path:
+    return Path("~/.diffii").expanduser()
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DIFFII_", extra="ignore", validate_default=True)
+
+    home: Path = Field(default_factory=default_home, description="embedded state folder")
+    # Empty means "derive from home"; resolved in _fill_embedded_defaults.
+    database_url: str = Field("", description="SQLAlchemy URL; default sqlite:///{home}/diffii.db")
+    broker_url: str = Field("", description="Celery broker URL; default sqla+sqlite:///{home}/broker.db")
+
+    storage: Literal["local", "s3"] = "local"
+    storage_dir: Path | None = Field(None, description="local object store root; default {home}/objects")
+    s3_endpoint_url: str | None = None
+    s3_public_endpoint_url: str | None = Field(
+        None, description="endpoint that presigned URLs are signed for (what clients can reach)"
+    )
+    s3_bucket: str = "diffii"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_region: str = "us-east-1"
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "path"
+
+    models: dict[str, str] = Field(default_factory=lambda: {"tiny": "tiny"})
+    model_cache_dir: Path | None = None
+    allowed_dataset_buckets: list[str] = Field(
+        default_factory=list, description="buckets a job's dataset_uri may name (s3://bucket/key)"
+    )
+
+    @model_validator(mode="after")
+    def _fill_embedded_defaults(self) -> CommonSettings:
+        self.home = self.home.expanduser()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'diffii.db'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{self.home / 'broker.db'}"
+        if self.storage_dir is None:
+            self.storage_dir = self.home / "objects"
+        self.storage_dir = self.storage_dir.expanduser()
+        return self
+
+    @property
+    def uses_embedded_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def ensure_home(self) -> None:
+        """Create the folders the embedded defaults write into (SQLite files need their parent)."""
+        for url in (self.database_url, self.broker_url):
+            path = sqlite_path(url)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+        if self.storage == "local":
+            assert self.storage_dir is not None
+            self.storage_dir.mkdir(parents=True, exist_ok=True)
+
+    def redacted(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        for name in ("s3_secret_access_key",):
+            if data.get(name):
+                data[name] = "***"
+        return data
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a sqlite:/// or sqla+sqlite:/// URL, None for anything else or in-memory."""
+    for scheme in ("sqla+sqlite:///", "sqlite+pysqlite:///", "sqlite:///"):
+        if url.startswith(scheme):
+            rest = url[len(scheme) :].split("?", 1)[0]
+            if not rest or rest == ":memory:":
+                return None
+            return Path(rest)
+    return None

@@ -1,0 +1,454 @@
+"""Jobs over the REST API: creation, 422 per field, idempotency, pagination, cancel, archive links."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from services.common.db import session_scope
+from services.common.models import Job, JobStatus, Shard, ShardKind, ShardStatus, utcnow
+from services.common.storage import make_storage
+from tests.dataset_builders import good_members, zip_bytes
+from tests.service_helpers import auth
+
+
+@pytest.fixture
+def owner(api: Any, make_api_key: Any) -> dict[str, Any]:
+    """A fresh owner with one uploaded dataset."""
+    key = make_api_key()
+    response = api.post(
+        "/v1/datasets", headers=auth(key), files={"file": ("b.zip", zip_bytes(good_members()))}
+    )
+    assert response.status_code == 201, response.text
+    return {"key": key, "headers": auth(key), "dataset_id": response.json()["id"]}
+
+
+def test_create_job_stores_job_and_prepare_shard(
+    api: Any, owner: dict[str, Any], pg_session_factory: Any
+) -> None:
+    response = api.post(
+        "/v1/jobs",
+        headers=owner["headers"],
+        json={"dataset_id": owner["dataset_id"], "metaclass": "bird", "concepts": {"lora_rank": 4}},
+    )
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["status"] == "queued"
+    assert job["params"]["metaclass"] == "bird"
+    assert job["params"]["concepts"]["lora_rank"] == 4
+    assert job["params"]["expansion"] == 5.0  # defaults are filled in and reported
+    assert isinstance(job["params"]["seed"], int)  # omitted seed: picked by the server and kept
+    assert job["progress"] == {
+        "stage": "queued",
+        "shards_done": 0,
+        "shards_total": 0,
+        "images_done": 0,
+        "images_total": 0,
+        "shards": [],
+    }
+    with pg_session_factory() as session:
+        shards = session.scalars(select(Shard).where(Shard.job_id == job["id"])).all()
+        assert [(s.kind, s.seq) for s in shards] == [(ShardKind.prepare, 0)]
+        # Committed first, then sent to the broker (Redis is up here), which marks it queued.
+        assert shards[0].status == ShardStatus.queued
+        assert session.get(Job, job["id"]).params["seed"] == job["params"]["seed"]
+
+    again = api.get(f"/v1/jobs/{job['id']}", headers=owner["headers"]).json()
+    assert again["params"] == job["params"]
+
+
+def test_two_jobs_without_seed_get_different_seeds(api: Any, owner: dict[str, Any]) -> None:
+    seeds = {
+        api.post("/v1/jobs", headers=owner["headers"], json={"dataset_id": owner["dataset_id"]}).json()[
+            "params"
+        ]["seed"]
+        for _ in range(2)
+    }
+    assert len(seeds) == 2
+
+
+def test_given_seed_is_kept(api: Any, owner: dict[str, Any]) -> None:
+    body = {"dataset_id": owner["dataset_id"], "seed": 1234}
+    assert api.post("/v1/jobs", headers=owner["headers"], json=body).json()["params"]["seed"] == 1234
+
+
+# Every JobParams field with a value out of its range (or of the wrong kind) -> 422 naming it.
+OUT_OF_RANGE: list[tuple[dict[str, Any], list[str]]] = [
+    ({"method": "magic"}, ["method"]),
+    ({"metaclass": ""}, ["metaclass"]),
+    ({"metaclass": "   "}, ["metaclass"]),
+    ({"metaclass": "x" * 65}, ["metaclass"]),
+    ({"expansion": 0}, ["expansion"]),
+    ({"expansion": 101}, ["expansion"]),
+    ({"split_ratio": -0.1}, ["split_ratio"]),
+    ({"split_ratio": 1.5}, ["split_ratio"]),
+    ({"inference_steps": 0}, ["inference_steps"]),
+    ({"inference_steps": 1001}, ["inference_steps"]),
+    ({"inversion_steps": 0}, ["inversion_steps"]),
+    ({"inversion_steps": 1001}, ["inversion_steps"]),
+    ({"guidance_scale": 0.5}, ["guidance_scale"]),
+    ({"guidance_scale": 51}, ["guidance_scale"]),
+    ({"suffixes": []}, ["suffixes"]),
+    ({"suffixes": [""]}, ["suffixes"]),
+    ({"suffixes": ["x" * 201]}, ["suffixes"]),
+    ({"suffixes": ["a"] * 101}, ["suffixes"]),
+    ({"seed": -1}, ["seed"]),
+    ({"seed": 2**63}, ["seed"]),
+    ({"model": ""}, ["model"]),
+    ({"model": "sd-unknown"}, ["model"]),
+    ({"resolution": 16}, ["resolution"]),
+    ({"resolution": 4096}, ["resolution"]),
+    ({"resolution": 100}, ["resolution"]),  # not a multiple of 8
+    ({"concepts": {"steps": -1}}, ["concepts", "steps"]),
+    ({"concepts": {"lora_rank": 0}}, ["concepts", "lora_rank"]),
+    ({"concepts": {"lora_rank": 257}}, ["concepts", "lora_rank"]),
+    ({"concepts": {"tokens_per_class": 0}}, ["concepts", "tokens_per_class"]),
+    ({"concepts": {"tokens_per_class": 17}}, ["concepts", "tokens_per_class"]),
+    ({"concepts": {"learning_rate": 0}}, ["concepts", "learning_rate"]),
+    ({"concepts": {"learning_rate": 2}}, ["concepts", "learning_rate"]),
+    ({"concepts": {"batch_size": 0}}, ["concepts", "batch_size"]),
+    ({"concepts": {"checkpoint_every": 0}}, ["concepts", "checkpoint_every"]),
+    ({"concepts": {"colour": 1}}, ["concepts", "colour"]),
+    ({"inference_steps": "many"}, ["inference_steps"]),
+    ({"unknown_field": 1}, ["unknown_field"]),
+    ({"dataset_uri": "http://example.com/x.zip"}, ["dataset_uri"]),
+    ({"dataset_uri": "s3://not-allowed-bucket/x.zip"}, ["dataset_uri"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "loc"), OUT_OF_RANGE, ids=lambda v: str(v)[:40] if isinstance(v, dict) else None
+)
+def test_out_of_range_field_is_422_naming_it(
+    api: Any, owner: dict[str, Any], change: dict[str, Any], loc: list[str]
+) -> None:
+    body = {"dataset_id": owner["dataset_id"], **change}
+    if "dataset_uri" in change:
+        del body["dataset_id"]
+    response = api.post("/v1/jobs", headers=owner["headers"], json=body)
+    assert response.status_code == 422, response.text
+    errors = response.json()["detail"]
+    assert any(error["loc"][1 : 1 + len(loc)] == loc for error in errors), errors
+    assert all(error["msg"] for error in errors)
+
+
+def test_both_or_neither_dataset_is_422(api: Any, owner: dict[str, Any]) -> None:
+    for body in ({}, {"dataset_id": owner["dataset_id"], "dataset_uri": "s3://bkt/k.zip"}):
+        response = api.post("/v1/jobs", headers=owner["headers"], json=body)
+        assert response.status_code == 422
+        assert "dataset_id and dataset_uri" in str(response.json()["detail"])
+
+
+def test_dataset_uri_in_an_allowed_bucket_is_accepted(
+    api_client_factory: Callable[..., Any], make_api_key: Any
+) -> None:
+    client, _ = api_client_factory(allowed_dataset_buckets=["team-data"])
+    response = client.post(
+        "/v1/jobs", headers=auth(make_api_key()), json={"dataset_uri": "s3://team-data/birds/train.tar.gz"}
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["dataset_uri"] == "s3://team-data/birds/train.tar.gz"
+
+
+def test_unknown_dataset_id_is_404(api: Any, owner: dict[str, Any]) -> None:
+    response = api.post("/v1/jobs", headers=owner["headers"], json={"dataset_id": "0" * 32})
+    assert response.status_code == 404
+    assert response.json() == {"detail": f"dataset {'0' * 32} not found"}
+
+
+def test_idempotency_key_returns_one_job(api: Any, owner: dict[str, Any], pg_session_factory: Any) -> None:
+    headers = {**owner["headers"], "Idempotency-Key": "retry-me"}
+    body = {"dataset_id": owner["dataset_id"], "expansion": 2}
+    first = api.post("/v1/jobs", headers=headers, json=body)
+    second = api.post("/v1/jobs", headers=headers, json=body)
+    assert first.status_code == 202
+    assert second.status_code == 200
+    assert second.headers["idempotent-replayed"] == "true"
+    assert second.json()["id"] == first.json()["id"]
+    assert second.json()["params"]["seed"] == first.json()["params"]["seed"]
+    with pg_session_factory() as session:
+        jobs = session.scalars(
+            select(Job).where(Job.idempotency_key == "retry-me", Job.dataset_id == owner["dataset_id"])
+        )
+        assert len(jobs.all()) == 1
+
+    conflict = api.post("/v1/jobs", headers=headers, json={**body, "expansion": 3})
+    assert conflict.status_code == 409
+    assert first.json()["id"] in conflict.json()["detail"]
+
+
+def test_idempotency_keys_are_per_owner(api: Any, owner: dict[str, Any], make_api_key: Any) -> None:
+    other_key = make_api_key()
+    other_ds = api.post(
+        "/v1/datasets", headers=auth(other_key), files={"file": ("b.zip", zip_bytes(good_members()))}
+    )
+    a = api.post(
+        "/v1/jobs",
+        headers={**owner["headers"], "Idempotency-Key": "k1"},
+        json={"dataset_id": owner["dataset_id"]},
+    )
+    b = api.post(
+        "/v1/jobs",
+        headers={**auth(other_key), "Idempotency-Key": "k1"},
+        json={"dataset_id": other_ds.json()["id"]},
+    )
+    assert a.status_code == b.status_code == 202
+    assert a.json()["id"] != b.json()["id"]
+
+
+def _set_created(pg_session_factory: Any, job_ids: list[str]) -> None:
+    # Distinct, known creation times (oldest first), plus two with the same time to exercise the id tiebreak.
+    base = utcnow() - timedelta(hours=1)
+    with session_scope(pg_session_factory) as session:
+        for i, job_id in enumerate(job_ids):
+            session.get(Job, job_id).created_at = base + timedelta(seconds=min(i, 3))
+
+
+def test_cursor_pagination_walks_every_job_once_newest_first(
+    api: Any, owner: dict[str, Any], pg_session_factory: Any
+) -> None:
+    ids = [
+        api.post("/v1/jobs", headers=owner["headers"], json={"dataset_id": owner["dataset_id"]}).json()["id"]
+        for _ in range(7)
+    ]
+    _set_created(pg_session_factory, ids)
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"limit": 3}
+        if cursor:
+            params["cursor"] = cursor
+        page = api.get("/v1/jobs", headers=owner["headers"], params=params).json()
+        pages += 1
+        assert len(page["jobs"]) <= 3
+        seen.extend(job["id"] for job in page["jobs"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3
+    assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen))
+    # Newest first; equal creation times fall back to id order (descending).
+    expected = sorted(ids, key=lambda j: (min(ids.index(j), 3), j), reverse=True)
+    assert seen == expected
+
+
+def test_list_filters_by_status(api: Any, owner: dict[str, Any]) -> None:
+    ids = [
+        api.post("/v1/jobs", headers=owner["headers"], json={"dataset_id": owner["dataset_id"]}).json()["id"]
+        for _ in range(2)
+    ]
+    api.post(f"/v1/jobs/{ids[0]}/cancel", headers=owner["headers"])
+    cancelled = api.get("/v1/jobs", headers=owner["headers"], params={"status": "cancelled"}).json()
+    assert [job["id"] for job in cancelled["jobs"]] == [ids[0]]
+    assert cancelled["next_cursor"] is None
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 101}, "limit"),
+        ({"status": "sleeping"}, "status"),
+        ({"cursor": "@@"}, "cursor"),
+    ],
+)
+def test_list_rejects_bad_query(api: Any, owner: dict[str, Any], params: dict[str, Any], field: str) -> None:
+    response = api.get("/v1/jobs", headers=owner["headers"], params=params)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", field]
+
+
+def test_cancel_before_anything_runs_is_immediate(
+    api: Any, owner: dict[str, Any], pg_session_factory: Any
+) -> None:
+    job_id = api.post("/v1/jobs", headers=owner["headers"], json={"dataset_id": owner["dataset_id"]}).json()[
+        "id"
+    ]
+    response = api.post(f"/v1/jobs/{job_id}/cancel", headers=owner["headers"])
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled"
+    assert response.json()["finished_at"] is not None
+    with pg_session_factory() as session:
+        shards = session.scalars(select(Shard).where(Shard.job_id == job_id)).all()
+        assert [s.status for s in shards] == [ShardStatus.cancelled]
+    again = api.post(f"/v1/jobs/{job_id}/cancel", headers=owner["headers"])
+    assert again.status_code == 409
+    assert "cancelled" in again.json()["detail"]
+
+
+def test_cancel_with_a_running_shard_is_cooperative(
+    api: Any, owner: dict[str, Any], pg_session_factory: Any
+) -> None:
+    job_id = api.post("/v1/jobs", headers=owner["headers"], json={"dataset_id": owner["dataset_id"]}).json()[
+        "id"
+    ]
+    with session_scope(pg_session_factory) as session:
+        job = session.get(Job, job_id)
+        job.status = JobStatus.generating
+        for shard in job.shards:
+            shard.status = ShardStatus.succeeded
+        session.add(
+            Shard(job_id=job_id, seq=2, kind=ShardKind.generate, status=ShardStatus.running, class_index=0)
+        )
+        session.add(
+            Shard(job_id=job_id, seq=3, kind=ShardKind.generate, status=ShardStatus.queued, class_index=1)
+        )
+    response = api.post(f"/v1/jobs/{job_id}/cancel", headers=owner["headers"])
+    assert response.status_code == 200
+    body = response.json()
+    # The worker sees the flag between batches and finishes the cancellation.
+    assert body["status"] == "generating" and body["cancel_requested"] is True
+    assert [s["status"] for s in body["progress"]["shards"]] == ["running", "queued"]
+
+
+def test_cancel_of_a_finished_job_is_409(api: Any, owner: dict[str, Any], pg_session_factory: Any) -> None:
+    job_id = api.post("/v1/jobs", headers=owner["headers"], json={"dataset_id": owner["dataset_id"]}).json()[
+        "id"
+    ]
+    with session_scope(pg_session_factory) as session:
+        session.get(Job, job_id).status = JobStatus.succeeded
+    response = api.post(f"/v1/jobs/{job_id}/cancel", headers=owner["headers"])
+    assert response.status_code == 409
+    assert "succeeded" in response.json()["detail"]
+
+
+def test_progress_sums_generate_shards(api: Any, owner: dict[str, Any], pg_session_factory: Any) -> None:
+    job_id = api.post("/v1/jobs", headers=owner["headers"], json={"dataset_id": owner["dataset_id"]}).json()[
+        "id"
+    ]
+    now = utcnow()
+    with session_scope(pg_session_factory) as session:
+        job = session.get(Job, job_id)
+        job.status, job.images_total = JobStatus.generating, 15
+        session.add_all(
+            [
+                Shard(job_id=job_id, seq=1, kind=ShardKind.learn, status=ShardStatus.succeeded),
+                Shard(
+                    job_id=job_id,
+                    seq=2,
+                    kind=ShardKind.generate,
+                    status=ShardStatus.succeeded,
+                    class_index=0,
+                    class_name="blue jay",
+                    start=0,
+                    stop=10,
+                    images_done=10,
+                    images_total=10,
+                    attempts=1,
+                ),
+                Shard(
+                    job_id=job_id,
+                    seq=3,
+                    kind=ShardKind.generate,
+                    status=ShardStatus.running,
+                    class_index=1,
+                    class_name="черный.дрозд",
+                    start=0,
+                    stop=5,
+                    images_done=2,
+                    images_total=5,
+                    attempts=2,
+                    error="worker lost",
+                    worker="w1@host",
+                    heartbeat_at=now,
+                ),
+            ]
+        )
+    progress = api.get(f"/v1/jobs/{job_id}", headers=owner["headers"]).json()["progress"]
+    assert {
+        k: progress[k] for k in ("stage", "shards_done", "shards_total", "images_done", "images_total")
+    } == {
+        "stage": "generating",
+        "shards_done": 1,
+        "shards_total": 2,
+        "images_done": 12,
+        "images_total": 15,
+    }
+    second = progress["shards"][1]
+    assert (
+        second["class_name"] == "черный.дрозд"
+        and second["attempts"] == 2
+        and second["error"] == "worker lost"
+    )
+    assert second["worker"] == "w1@host" and second["heartbeat_at"] is not None
+
+
+def _finish_with_archive(pg_session_factory: Any, storage: Any, job_id: str, data: bytes) -> None:
+    key = f"jobs/{job_id}/archive.zip"
+    storage.put_bytes(key, data)
+    with session_scope(pg_session_factory) as session:
+        job = session.get(Job, job_id)
+        job.status, job.archive_key, job.finished_at = JobStatus.succeeded, key, utcnow()
+
+
+def test_archive_is_409_until_it_exists_then_307_to_a_signed_local_link(
+    api_client_factory: Callable[..., Any], make_api_key: Any, pg_session_factory: Any
+) -> None:
+    client, settings = api_client_factory()
+    headers = auth(make_api_key())
+    ds = client.post(
+        "/v1/datasets", headers=headers, files={"file": ("b.zip", zip_bytes(good_members()))}
+    ).json()
+    job_id = client.post("/v1/jobs", headers=headers, json={"dataset_id": ds["id"]}).json()["id"]
+
+    early = client.get(f"/v1/jobs/{job_id}/archive", headers=headers)
+    assert early.status_code == 409
+    assert "not ready" in early.json()["detail"] and "queued" in early.json()["detail"]
+
+    _finish_with_archive(pg_session_factory, make_storage(settings), job_id, b"PK fake archive")
+    assert client.get(f"/v1/jobs/{job_id}", headers=headers).json()["archive_ready"] is True
+    redirect = client.get(f"/v1/jobs/{job_id}/archive", headers=headers)
+    assert redirect.status_code == 307
+    location = redirect.headers["location"]
+    assert location.startswith(f"http://testserver/v1/objects/jobs/{job_id}/archive.zip?")
+
+    download = client.get(location)  # no API key: the signature is the authorisation
+    assert download.status_code == 200
+    assert download.content == b"PK fake archive"
+    assert f'filename="diffii-{job_id}.zip"' in download.headers["content-disposition"]
+
+    tampered = client.get(location.replace(f"jobs/{job_id}/", f"jobs/{job_id[:-1]}0/"))
+    assert tampered.status_code == 403
+    expired = httpx.URL(location).copy_set_param("expires", "1000")
+    assert client.get(str(expired)).status_code == 403
+
+
+def test_archive_redirects_to_an_s3_presigned_url(
+    api_client_factory: Callable[..., Any],
+    make_api_key: Any,
+    pg_session_factory: Any,
+    s3_bucket_settings: dict[str, Any],
+) -> None:
+    client, settings = api_client_factory(**s3_bucket_settings)
+    headers = auth(make_api_key())
+    ds = client.post(
+        "/v1/datasets", headers=headers, files={"file": ("b.zip", zip_bytes(good_members()))}
+    ).json()
+    job_id = client.post("/v1/jobs", headers=headers, json={"dataset_id": ds["id"]}).json()["id"]
+    _finish_with_archive(pg_session_factory, make_storage(settings), job_id, b"zip from s3")
+
+    redirect = client.get(f"/v1/jobs/{job_id}/archive", headers=headers)
+    assert redirect.status_code == 307
+    location = redirect.headers["location"]
+    assert location.startswith(s3_bucket_settings["s3_endpoint_url"]) and "X-Amz-Signature=" in location
+    fetched = httpx.get(location)
+    assert fetched.status_code == 200 and fetched.content == b"zip from s3"
+
+
+def test_failed_job_archive_is_409_with_the_status(
+    api: Any, owner: dict[str, Any], pg_session_factory: Any
+) -> None:
+    job_id = api.post("/v1/jobs", headers=owner["headers"], json={"dataset_id": owner["dataset_id"]}).json()[
+        "id"
+    ]
+    with session_scope(pg_session_factory) as session:
+        session.get(Job, job_id).status = JobStatus.failed
+    response = api.get(f"/v1/jobs/{job_id}/archive", headers=owner["headers"])
+    assert response.status_code == 409
+    assert "failed without an archive" in response.json()["detail"]
