@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from services.cli.client import job_body, job_options
+from services.cli.options import job_body, job_options
 
 
 def _registry(model_paths: tuple[str, ...]) -> dict[str, str]:

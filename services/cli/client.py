@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import click
 import httpx
 
+from services.cli.options import job_body, job_options
+
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 TERMINAL = {"succeeded", "failed", "cancelled"}
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
@@ -167,55 +169,6 @@ def dataset_archive(path: Path) -> Iterator[Path]:
         if not count:
             raise click.BadParameter(f"{path} holds no files", param_hint="DATASET")
         yield archive
-
-
-# -- job options --------------------------------------------------------------------------------------
-
-JOB_OPTIONS: list[Callable[[F], F]] = [
-    click.option("--method", help="augmentation method [server default: diff-ii]"),
-    click.option("--metaclass", help='dataset theme, e.g. "bird"'),
-    click.option("--expansion", type=float, help="synthetic images per real image of a class"),
-    click.option("--split-ratio", type=float, help="share of early timesteps that use the suffix"),
-    click.option("--inference-steps", type=int, help="DDIM denoising steps"),
-    click.option("--inversion-steps", type=int, help="DDIM inversion steps"),
-    click.option("--guidance-scale", type=float, help="classifier-free guidance scale"),
-    click.option("--suffix", "suffixes", multiple=True, help="prompt suffix (repeatable)"),
-    click.option("--seed", type=int, help="job seed [server picks one when omitted]"),
-    click.option("--model", help="model name from the server's list"),
-    click.option("--resolution", type=int, help="image side in pixels"),
-    click.option("--concept-steps", type=int, help="concept-learning optimiser steps"),
-    click.option("--lora-rank", type=int, help="LoRA rank"),
-    click.option("--tokens-per-class", type=int, help="learned tokens per class"),
-    click.option("--learning-rate", type=float, help="concept-learning rate"),
-]
-CONCEPT_FIELDS = {
-    "concept_steps": "steps",
-    "lora_rank": "lora_rank",
-    "tokens_per_class": "tokens_per_class",
-    "learning_rate": "learning_rate",
-}
-
-
-def job_options(fn: F) -> F:
-    for option in reversed(JOB_OPTIONS):
-        fn = option(fn)
-    return fn
-
-
-def job_body(options: dict[str, Any]) -> dict[str, Any]:
-    """Only what the user set; the server fills in (and reports) every default."""
-    body: dict[str, Any] = {}
-    concepts: dict[str, Any] = {}
-    for name, value in options.items():
-        if value is None or value == ():
-            continue
-        if name in CONCEPT_FIELDS:
-            concepts[CONCEPT_FIELDS[name]] = value
-        else:
-            body[name] = list(value) if name == "suffixes" else value
-    if concepts:
-        body["concepts"] = concepts
-    return body
 
 
 # -- progress -----------------------------------------------------------------------------------------

@@ -1,0 +1,170 @@
+"""Process commands: `diffii worker`, `diffii sweeper` and `diffii up` (everything on one machine).
+
+`diffii up` runs the API and one worker as child processes on the embedded defaults (SQLite state,
+the `sqla+sqlite` broker transport, a local object folder); the recovery sweep runs inside the
+worker. It stops every child on Ctrl-C or SIGTERM, and stops everything if one child dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import click
+
+_CLI = "from services.cli.main import main; main()"
+
+
+def _upgrade_embedded_schema(settings: Any) -> None:
+    """The embedded default needs no setup step: bring the SQLite schema up to date."""
+    if settings.uses_embedded_sqlite:
+        from services.common.schema import upgrade_to_head
+
+        settings.ensure_home()
+        upgrade_to_head(settings.database_url)
+
+
+@click.command()
+@click.option(
+    "--concurrency", "-c", type=click.IntRange(1, 64), default=None, help="task processes [default: 1]"
+)
+@click.option("--queues", "-Q", default=None, help="comma-separated queues to consume [default: diffii]")
+@click.option("--pool", default="prefork", show_default=True, help="Celery pool (prefork, solo, threads)")
+@click.option("--loglevel", default="info", show_default=True)
+@click.option("--sweep/--no-sweep", default=None, help="run the recovery sweep in this worker [default: on]")
+@click.option("--hostname", "-n", default=None, help="Celery node name")
+def worker(
+    concurrency: int | None,
+    queues: str | None,
+    pool: str,
+    loglevel: str,
+    sweep: bool | None,
+    hostname: str | None,
+) -> None:
+    """Run a Celery worker (one process per GPU: --concurrency). Settings from DIFFII_* variables."""
+    # The Celery app reads WorkerSettings when imported, so options go through the environment.
+    if concurrency is not None:
+        os.environ["DIFFII_CONCURRENCY"] = str(concurrency)
+    if sweep is not None:
+        os.environ["DIFFII_SWEEP"] = "true" if sweep else "false"
+    from services.worker.celery_app import app, settings
+
+    _upgrade_embedded_schema(settings)
+    argv = ["worker", f"--pool={pool}", f"--loglevel={loglevel}", f"--concurrency={settings.concurrency}"]
+    argv.append(f"--queues={queues or ','.join(settings.queues)}")
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    app.worker_main(argv)
+
+
+@click.command()
+@click.option(
+    "--interval", type=float, default=None, help="seconds between sweeps [default: DIFFII_SWEEP_SECONDS]"
+)
+@click.option("--once", is_flag=True, help="sweep once and exit")
+def sweeper(interval: float | None, once: bool) -> None:
+    """Run the recovery sweep on its own (workers already run it; this is for setups without workers)."""
+    import logging
+
+    from services.common.db import make_session_factory
+    from services.worker.logs import use_json
+    from services.worker.settings import WorkerSettings
+    from services.worker.sweeper import sweep
+
+    use_json(level=logging.INFO)
+    settings = WorkerSettings()
+    _upgrade_embedded_schema(settings)
+    sessions = make_session_factory(settings)
+    stop = _stop_flag()
+    while True:
+        try:
+            sweep(sessions, resend_after=settings.resend_after_seconds)
+        except Exception:
+            logging.getLogger("diffii.sweeper").exception("sweep failed")
+        if once or _wait(stop, interval or settings.sweep_seconds):
+            return
+
+
+def _stop_flag() -> list[bool]:
+    flag = [False]
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        flag[0] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return flag
+
+
+def _wait(flag: list[bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not flag[0]:
+        time.sleep(0.2)
+    return flag[0]
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="API interface")
+@click.option("--port", type=int, default=8000, show_default=True, help="API port")
+@click.option(
+    "--concurrency", type=click.IntRange(1, 64), default=1, show_default=True, help="worker processes"
+)
+def up(host: str, port: int, concurrency: int) -> None:
+    """Run the whole service on this machine (API + worker + recovery sweep) until Ctrl-C.
+
+    Defaults need no server: state in $DIFFII_HOME/diffii.db, the broker in $DIFFII_HOME/broker.db,
+    objects under $DIFFII_HOME/objects. DIFFII_DATABASE_URL, DIFFII_BROKER_URL and DIFFII_S3_* choose
+    real Postgres, Redis and S3 instead.
+    """
+    from services.common.schema import upgrade_to_head
+    from services.common.settings import CommonSettings
+
+    settings = CommonSettings()
+    settings.ensure_home()
+    upgrade_to_head(settings.database_url)  # once, before the children race to do it
+    click.echo(f"diffii up: home {settings.home}, API on http://{host}:{port}", err=True)
+
+    env = {**os.environ, "DIFFII_HOME": str(settings.home)}
+    commands = {
+        "api": [sys.executable, "-c", _CLI, "serve", "--host", host, "--port", str(port)],
+        "worker": [sys.executable, "-c", _CLI, "worker", "--concurrency", str(concurrency)],
+    }
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    stop = _stop_flag()
+    code = 0
+    try:
+        for name, argv in commands.items():
+            # Own process group: Ctrl-C reaches only us, and we stop each child with its grandchildren.
+            children[name] = subprocess.Popen(argv, env=env, start_new_session=True)
+        while not stop[0]:
+            for name, child in children.items():
+                if child.poll() is not None:
+                    click.echo(f"diffii up: {name} exited with {child.returncode}; stopping", err=True)
+                    code = 1
+                    stop[0] = True
+            time.sleep(0.3)
+    finally:
+        _stop_children(children)
+    sys.exit(code)
+
+
+def _stop_children(children: dict[str, subprocess.Popen[bytes]], grace: float = 15.0) -> None:
+    for child in children.values():
+        _signal_group(child, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for child in children.values():
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+    for child in children.values():
+        _signal_group(child, signal.SIGKILL)  # also reaps task processes a killed parent left behind
+        child.wait()
+
+
+def _signal_group(child: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signum)
