@@ -1,0 +1,232 @@
+"""The same job through the service and through `diffii augment` in one process.
+
+Prints the end-to-end wall-time ratio (service / in-process; the target is <= 1.2 for a job whose
+compute takes at least a minute) and the time from submission to the first shard running.
+
+    .venv/bin/python bench/service.py                 # quick: a few seconds of compute
+    .venv/bin/python bench/service.py --size full     # >= 1 minute of compute (the ratio figure)
+    .venv/bin/python bench/service.py --database-url postgresql+psycopg://... --broker-url redis://...
+
+The service runs as `diffii up` (API + one worker + sweep) in a fresh DIFFII_HOME: embedded SQLite,
+SQLite broker and local storage by default, or real Postgres/Redis when given. Service start-up
+(model preload) is not timed: a service is already running when users submit. Both sides load the
+dataset, learn concepts, invert and generate the same images; `diffii augment` also loads its model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = "from services.cli.main import main; main()"
+SIZES = {
+    # expansion, concept steps, inference steps, inversion steps
+    "quick": (2.0, 30, 25, 50),
+    "full": (14.0, 300, 25, 50),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def job_options(args: argparse.Namespace) -> dict[str, object]:
+    expansion, steps, inference, inversion = SIZES[args.size]
+    return {
+        "model": "tiny",
+        "seed": 0,
+        "expansion": args.expansion or expansion,
+        "concept_steps": args.concept_steps or steps,
+        "inference_steps": args.inference_steps or inference,
+        "inversion_steps": args.inversion_steps or inversion,
+    }
+
+
+def run_augment(dataset: Path, out: Path, opts: dict[str, object], env: dict[str, str]) -> float:
+    argv = [sys.executable, "-c", CLI, "augment", str(dataset), "--out", str(out), "--quiet"]
+    for name, value in opts.items():
+        argv += [f"--{name.replace('_', '-')}", str(value)]
+    began = time.monotonic()
+    subprocess.run(argv, env=env, cwd=ROOT, check=True)
+    return time.monotonic() - began
+
+
+def run_service(dataset: Path, out: Path, opts: dict[str, object], env: dict[str, str], home: Path) -> dict:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (home / "up.log").open("wb")
+    up = subprocess.Popen(
+        [sys.executable, "-c", CLI, "up", "--port", str(port)],
+        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if up.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"diffii up did not become ready; see {home / 'up.log'}")
+            time.sleep(0.3)
+        # Wait for the worker's model preload too: submissions meet a running worker.
+        deadline = time.monotonic() + 180
+        while b"task process ready" not in (home / "up.log").read_bytes():
+            if time.monotonic() > deadline:
+                raise SystemExit("the worker did not start")
+            time.sleep(0.3)
+        key = subprocess.run(
+            [sys.executable, "-c", CLI, "admin", "create-key", "--owner", "bench"],
+            env=env, cwd=ROOT, check=True, capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
+        headers = {"Authorization": f"Bearer {key}"}
+        body = {k: v for k, v in opts.items() if k != "concept_steps"}
+        body["concepts"] = {"steps": opts["concept_steps"]}
+
+        archive = home / "upload.zip"
+        with zipfile.ZipFile(archive, "w") as zf:
+            for file in sorted(p for p in dataset.rglob("*") if p.is_file()):
+                zf.write(file, file.relative_to(dataset).as_posix())
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+            began = time.monotonic()
+            with archive.open("rb") as fp:
+                dataset_id = client.post("/v1/datasets", files={"file": ("d.zip", fp)}).json()["id"]
+            submitted = time.monotonic()
+            job = client.post("/v1/jobs", json={**body, "dataset_id": dataset_id}).json()
+            first_running = None
+            while job["status"] not in ("succeeded", "failed", "cancelled"):
+                time.sleep(0.1)
+                job = client.get(f"/v1/jobs/{job['id']}").json()
+                if first_running is None and job["status"] != "queued":
+                    first_running = time.monotonic() - submitted
+            if job["status"] != "succeeded":
+                raise SystemExit(f"job {job['status']}: {job.get('message')}")
+            location = client.get(f"/v1/jobs/{job['id']}/archive", follow_redirects=False).headers["location"]
+            with httpx.stream("GET", location, timeout=120) as r, out.open("wb") as fp:
+                for chunk in r.iter_bytes():
+                    fp.write(chunk)
+            total = time.monotonic() - began
+        first, first_generate = shard_start_delays(env, job["id"])
+        return {
+            "seconds": total,
+            "first_shard_running": first if first is not None else first_running,
+            "first_generate": first_generate,
+            "job": job,
+        }
+    finally:
+        os.killpg(up.pid, signal.SIGTERM)
+        up.wait(timeout=60)
+        log.close()
+
+
+def shard_start_delays(env: dict[str, str], job_id: str) -> tuple[float | None, float | None]:
+    """From the job's creation to its first shard running, and to its first generate shard running,
+    as the database recorded them (no polling delay in the figure)."""
+    from sqlalchemy import select
+
+    from services.common.db import make_session_factory
+    from services.common.models import Job, Shard, ShardKind
+    from services.common.settings import CommonSettings
+    from services.worker.leases import as_utc
+
+    sessions = make_session_factory(CommonSettings(_env_file=None, **_settings_from(env)))
+    try:
+        with sessions() as s:
+            job = s.get(Job, job_id)
+            shards = list(s.scalars(select(Shard).where(Shard.job_id == job_id)))
+            created = as_utc(job.created_at)
+            starts = [(sh.kind, as_utc(sh.started_at)) for sh in shards if sh.started_at]
+            first = min((t for _, t in starts), default=None)
+            gen = min((t for k, t in starts if k == ShardKind.generate), default=None)
+            return (
+                (first - created).total_seconds() if first else None,
+                (gen - created).total_seconds() if gen else None,
+            )
+    finally:
+        sessions.kw["bind"].dispose()
+
+
+def _settings_from(env: dict[str, str]) -> dict[str, str]:
+    names = {"DIFFII_HOME": "home", "DIFFII_DATABASE_URL": "database_url"}
+    return {field: env[var] for var, field in names.items() if var in env}
+
+
+def count_images(path: Path) -> int:
+    with zipfile.ZipFile(path) as zf:
+        return sum(1 for n in zf.namelist() if n.endswith(".png"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", choices=sorted(SIZES), default="quick")
+    parser.add_argument("--expansion", type=float)
+    parser.add_argument("--concept-steps", type=int)
+    parser.add_argument("--inference-steps", type=int)
+    parser.add_argument("--inversion-steps", type=int)
+    parser.add_argument("--database-url", help="real Postgres instead of the embedded SQLite")
+    parser.add_argument("--broker-url", help="real Redis instead of the embedded SQLite broker")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+
+    from diffii_core.sample_data import write_sample_dataset
+
+    opts = job_options(args)
+    with tempfile.TemporaryDirectory(prefix="diffii-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        dataset = write_sample_dataset(tmp / "sample")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFII_")}
+        env["DIFFII_HOME"] = str(tmp / "home")
+        if args.database_url:
+            env["DIFFII_DATABASE_URL"] = args.database_url
+        if args.broker_url:
+            env["DIFFII_BROKER_URL"] = args.broker_url
+        (tmp / "home").mkdir()
+
+        in_process = run_augment(dataset, tmp / "augment.zip", opts, env)
+        service = run_service(dataset, tmp / "service.zip", opts, env, tmp / "home")
+        images = count_images(tmp / "service.zip")
+        assert images == count_images(tmp / "augment.zip"), "the two runs made different image counts"
+
+    figures = {
+        "job": opts,
+        "images": images,
+        "augment_seconds": round(in_process, 2),
+        "service_seconds": round(service["seconds"], 2),
+        "ratio": round(service["seconds"] / in_process, 3),
+        "submission_to_first_shard_running_seconds": round(service["first_shard_running"] or 0.0, 3),
+        "submission_to_first_generate_seconds": round(service["first_generate"] or 0.0, 3),
+    }
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return
+    print(f"job: {opts} -> {images} images")
+    rows = [
+        ("diffii augment (one process)", figures["augment_seconds"], "s"),
+        ("service (upload -> archive in hand)", figures["service_seconds"], "s"),
+        ("wall-time ratio service/augment", figures["ratio"], "(target <= 1.2, >= 1 min compute)"),
+        ("submission -> first shard running", figures["submission_to_first_shard_running_seconds"], "s"),
+        ("submission -> first generate shard", figures["submission_to_first_generate_seconds"], "s"),
+    ]
+    for label, value, unit in rows:
+        print(f"{label + ':':38s}{value:9.3f} {unit}")
+
+
+if __name__ == "__main__":
+    main()

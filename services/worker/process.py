@@ -1,0 +1,123 @@
+"""Per-process worker state: settings, database, storage, the loaded models and small caches.
+
+One instance per task process, created after fork (worker_process_init) so no database connection,
+CUDA context or model is shared across a fork. Models stay loaded for the life of the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.common.db import make_session_factory
+from services.common.storage import Storage, make_storage
+from services.worker.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from diffii_core.models import LoadedModel
+
+log = logging.getLogger("diffii.worker")
+
+
+class Lru(OrderedDict[Any, Any]):
+    """A tiny LRU: per-job artifacts (dataset, concepts, pools) reused by the next shard of the job."""
+
+    def __init__(self, size: int, on_evict: Any = None) -> None:
+        super().__init__()
+        self.size = size
+        self.on_evict = on_evict
+
+    def get_or(self, key: Any, make: Any) -> Any:
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = make()
+        self[key] = value
+        while len(self) > self.size:
+            old_key, old = self.popitem(last=False)
+            if self.on_evict:
+                self.on_evict(old_key, old)
+        return value
+
+
+class WorkerProcess:
+    def __init__(self, settings: WorkerSettings | None = None) -> None:
+        self.settings = settings or WorkerSettings()
+        self.settings.ensure_home()
+        self.sessions: sessionmaker[Session] = make_session_factory(self.settings)
+        self.storage: Storage = make_storage(self.settings)
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        assert self.settings.work_dir is not None
+        self.work_dir = Path(self.settings.work_dir) / f"p{os.getpid()}"
+        self._models: dict[str, LoadedModel] = {}
+        self._model_lock = threading.Lock()
+        self.datasets = Lru(2, lambda key, value: shutil.rmtree(self.job_dir(key), ignore_errors=True))
+        self.concepts = Lru(2)
+        self.pools = Lru(4)
+
+    def job_dir(self, job_id: str) -> Path:
+        path = self.work_dir / job_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def model(self, name: str) -> LoadedModel:
+        """The named model from the operator's list, loaded on first use and kept."""
+        with self._model_lock:
+            if name not in self._models:
+                from diffii_core.models import load_model
+
+                cache = str(self.settings.model_cache_dir) if self.settings.model_cache_dir else None
+                log.info("loading model", extra={"model": name})
+                self._models[name] = load_model(name, self.settings.models, cache_dir=cache)
+            return self._models[name]
+
+    def preload(self) -> None:
+        for name in self.settings.models_to_preload():
+            try:
+                self.model(name)
+            except Exception:  # a broken model must not stop the worker; its jobs fail with the error
+                log.exception("could not preload model", extra={"model": name})
+
+    def close(self) -> None:
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        self.sessions.kw["bind"].dispose()
+
+
+_current: WorkerProcess | None = None
+_current_lock = threading.Lock()
+
+
+def current() -> WorkerProcess:
+    global _current
+    with _current_lock:
+        if _current is None or _current_pid != os.getpid():
+            _set(WorkerProcess())
+        assert _current is not None
+        return _current
+
+
+_current_pid = -1
+
+
+def _set(process: WorkerProcess | None) -> None:
+    global _current, _current_pid
+    _current = process
+    _current_pid = os.getpid()
+
+
+def init_process(settings: WorkerSettings | None = None, preload: bool = True) -> WorkerProcess:
+    """Called once in each task process after fork."""
+    with _current_lock:
+        _set(WorkerProcess(settings))
+    assert _current is not None
+    if preload:
+        _current.preload()
+    return _current

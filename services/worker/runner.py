@@ -1,0 +1,84 @@
+"""Run one shard message: claim, execute the stage, and record the outcome.
+
+Outcomes: success (the stage moved the job on), a stop (cancel or the job ended elsewhere), a lost
+lease (someone else owns the shard now; write nothing), or a failure (retry, or fail the job when out
+of attempts or when the error is the user's input).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from services.common.dispatch import dispatch
+from services.common.models import Job, ShardKind, ShardStatus
+from services.worker import leases
+from services.worker.context import ShardContext, StopRequested
+from services.worker.leases import Claim, LeaseLost, Signal
+from services.worker.logs import log_context
+from services.worker.process import WorkerProcess, current
+from services.worker.stages import STAGES
+
+log = logging.getLogger("diffii.worker")
+
+
+def _permanent(exc: BaseException) -> bool:
+    from diffii_core.errors import DatasetError, ModelError
+
+    return isinstance(exc, DatasetError | ModelError)
+
+
+def run_shard(shard_id: str, kind: str, process: WorkerProcess | None = None) -> str:
+    """Returns the outcome (for logs and tests): skipped, succeeded, stopped, lost, retry or failed."""
+    process = process or current()
+    with log_context(shard_id=shard_id, kind=kind, worker=process.name):
+        with process.sessions() as session:
+            claimed = leases.claim(session, shard_id, process.name, process.settings.lease_seconds)
+        if not isinstance(claimed, Claim):
+            log.info("shard not claimed", extra={"reason": claimed})
+            return "skipped"
+        if claimed.kind != ShardKind(kind):
+            log.error("message kind does not match the shard", extra={"shard_kind": claimed.kind.value})
+        with log_context(job_id=claimed.job_id, attempt=claimed.attempt, class_name=claimed.class_name):
+            return _run_claimed(process, claimed)
+
+
+def _run_claimed(process: WorkerProcess, claim: Claim) -> str:
+    from diffii_core.errors import Cancelled
+
+    began = time.monotonic()
+    log.info("shard started")
+    next_ids: list[str] = []
+    outcome = "succeeded"
+    with ShardContext(process, claim) as ctx:
+        try:
+            next_ids = STAGES[claim.kind](ctx)
+        except (StopRequested, Cancelled, LeaseLost) as exc:
+            outcome = _stopped(process, claim, ctx.signal, exc)
+        except Exception as exc:
+            permanent = _permanent(exc)
+            log.warning("shard failed", exc_info=not permanent, extra={"error": leases.error_text(exc)})
+            with process.sessions() as session:
+                next_ids = leases.fail_attempt(session, claim, exc, permanent=permanent)
+            outcome = "retry" if next_ids else "failed"
+    if next_ids:
+        with process.sessions() as session:
+            dispatch(session, next_ids)
+    log.info("shard finished", extra={"outcome": outcome, "seconds": round(time.monotonic() - began, 3)})
+    return outcome
+
+
+def _stopped(process: WorkerProcess, claim: Claim, signal: Signal, exc: BaseException) -> str:
+    if isinstance(exc, LeaseLost) or signal == Signal.lost:
+        log.warning("lease lost; leaving the shard to its new owner")
+        return "lost"
+    with process.sessions() as session:
+        leases.lock_job(session, claim.job_id)
+        job = session.get(Job, claim.job_id)
+        if job is not None and job.cancel_requested:
+            leases.finalize_cancel(session, claim.job_id)
+        else:
+            leases.release(session, claim, ShardStatus.cancelled)
+        session.commit()
+    log.info("shard stopped", extra={"reason": str(exc)})
+    return "stopped"

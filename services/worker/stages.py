@@ -1,0 +1,407 @@
+"""What each stage does with a claimed shard, and which shards it makes ready next.
+
+Every stage finishes in one transaction that marks its shard succeeded (fenced by the claim) and
+moves the job on. Each returns the shard ids to dispatch once that transaction has committed; if the
+process dies before dispatching, those rows are `pending` and the sweeper sends them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from sqlalchemy import select
+
+from services.common.models import Dataset as DatasetRow
+from services.common.models import Job, JobStatus, Shard, ShardKind, ShardStatus, utcnow
+from services.common.storage import ObjectNotFound, make_storage
+from services.worker import keys, leases
+from services.worker.context import ShardContext, StopRequested
+from services.worker.leases import LeaseLost
+
+if TYPE_CHECKING:
+    import torch
+
+    from diffii_core.concepts import Concepts
+    from diffii_core.dataset import Dataset
+    from diffii_core.params import JobParams
+
+log = logging.getLogger("diffii.worker")
+
+# Methods that run on the base model without learned concepts (METHOD.md); they skip the learn stage.
+METHODS_WITHOUT_CONCEPTS = frozenset({"real-guidance", "real-mix"})
+
+
+def needs_concepts(params: JobParams) -> bool:
+    return params.method not in METHODS_WITHOUT_CONCEPTS
+
+
+def job_params(job: Job) -> JobParams:
+    from diffii_core.params import JobParams
+
+    return JobParams.model_validate(job.params)
+
+
+def split_ranges(total: int, shard_size: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges of at most shard_size images, as even as possible."""
+    if total <= 0:
+        return []
+    parts = math.ceil(total / shard_size)
+    bounds = [round(i * total / parts) for i in range(parts + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(parts)]
+
+
+# -- shared artifacts ---------------------------------------------------------------------------------
+
+
+def _fetch_source(ctx: ShardContext, job: Job, folder: Path) -> Path:
+    from diffii_core.errors import DatasetError
+
+    settings = ctx.settings
+    if job.dataset_id:
+        with ctx.session() as s:
+            row = s.get(DatasetRow, job.dataset_id)
+            if row is None:
+                raise DatasetError(f"dataset {job.dataset_id} no longer exists")
+            key, filename = row.object_key, row.filename
+        storage = ctx.storage
+    else:
+        uri = urlparse(job.dataset_uri or "")
+        if uri.scheme != "s3" or not uri.netloc or not uri.path.strip("/"):
+            raise DatasetError(f"dataset_uri {job.dataset_uri!r} is not s3://bucket/key")
+        if uri.netloc not in settings.allowed_dataset_buckets:  # the API checks too; this is defence in depth
+            raise DatasetError(f"bucket {uri.netloc!r} is not one the operator allowed")
+        if settings.storage != "s3":
+            raise DatasetError("s3:// datasets need the service to run with S3 storage")
+        key, filename = uri.path.lstrip("/"), uri.path.rsplit("/", 1)[-1]
+        storage = make_storage(settings.model_copy(update={"s3_bucket": uri.netloc}))
+    # The user's own file name: the dataset reader's messages then name the file the user knows.
+    name = Path(filename or key).name
+    path = folder / "source" / (name if name not in ("", ".", "..") else "dataset.zip")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        storage.download_file(key, path)
+    except ObjectNotFound:
+        raise DatasetError(f"dataset archive {job.dataset_uri or key} was not found") from None
+    return path
+
+
+def job_dataset(ctx: ShardContext, job: Job) -> Dataset:
+    from diffii_core.dataset import load_dataset
+
+    def load() -> Dataset:
+        folder = ctx.process.job_dir(job.id)
+        return load_dataset(_fetch_source(ctx, job, folder), ctx.settings.make_dataset_limits())
+
+    return ctx.process.datasets.get_or(job.id, load)
+
+
+def job_concepts(ctx: ShardContext, job: Job, params: JobParams) -> Concepts | None:
+    if not needs_concepts(params):
+        return None
+    from diffii_core.concepts import Concepts
+
+    def load() -> Concepts:
+        folder = ctx.process.job_dir(job.id) / "concepts"
+        folder.mkdir(parents=True, exist_ok=True)
+        for key in ctx.storage.list(keys.concepts_prefix(job.id)):
+            ctx.storage.download_file(key, folder / key.rsplit("/", 1)[-1])
+        return Concepts.load(folder)  # ArtifactError when missing: a retryable failure
+
+    return ctx.process.concepts.get_or(job.id, load)
+
+
+def class_pool(ctx: ShardContext, job: Job, params: JobParams, model: Any, concepts: Any) -> torch.Tensor:
+    """The class's inversion pool: loaded if stored, else computed once and stored.
+
+    Shards of one split class may compute it concurrently; the result is deterministic, so whichever
+    write lands last is the same bytes.
+    """
+    from diffii_core.inversion import invert_class, load_pool, save_pool
+
+    c = ctx.claim
+    assert c.class_index is not None and c.class_name is not None
+    key = keys.pool(job.id, c.class_index)
+
+    def load() -> torch.Tensor:
+        path = ctx.process.job_dir(job.id) / f"pool-{c.class_index}.safetensors"
+        if ctx.storage.exists(key):
+            ctx.storage.download_file(key, path)
+            return load_pool(path)
+        dataset = job_dataset(ctx, job)
+        cls = dataset.classes[c.class_index]
+        if cls.name != c.class_name:
+            raise RuntimeError(f"class {c.class_index} is {cls.name!r} in the dataset, not {c.class_name!r}")
+        pool = invert_class(
+            model, concepts, [item.open() for item in cls.images], cls.name, params,
+            batch_size=ctx.settings.batch_size,
+        )  # fmt: skip
+        save_pool(pool, path)
+        ctx.storage.put_bytes(key, path.read_bytes())
+        return pool
+
+    return ctx.process.pools.get_or((job.id, c.class_index), load)
+
+
+# -- stages ---------------------------------------------------------------------------------------------
+
+
+def prepare(ctx: ShardContext) -> list[str]:
+    """Fetch and check the dataset, write the class manifest, create the job's other shards."""
+    from diffii_core.params import images_for_class
+
+    ctx.inject_failure("prepare", None)
+    job = ctx.job()
+    params = job_params(job)
+    model = ctx.process.model(params.model)  # ModelError: the job fails at once
+    dataset = job_dataset(ctx, job)  # DatasetError: the job fails at once
+    ctx.raise_if_stopped()
+
+    counts = [images_for_class(params, len(c.images)) for c in dataset.classes]
+    manifest = dataset.manifest()
+    manifest["classes"] = [
+        {
+            "index": c.index,
+            "name": c.name,
+            "images": len(c.images),
+            "generated": n,
+            "sources": [item.path for item in c.images],
+        }
+        for c, n in zip(dataset.classes, counts, strict=True)
+    ]
+    settings = ctx.settings
+    rows: list[Shard] = []
+
+    def add(kind: ShardKind, **values: Any) -> None:
+        rows.append(
+            Shard(
+                job_id=job.id,
+                seq=len(rows) + 1,
+                kind=kind,
+                status=ShardStatus.waiting,
+                max_attempts=settings.max_attempts,
+                seed=params.seed,
+                **values,
+            )
+        )
+
+    learns = needs_concepts(params)
+    if learns:
+        add(ShardKind.learn)
+    for c, n in zip(dataset.classes, counts, strict=True):
+        for start, stop in split_ranges(n, settings.shard_size):
+            add(
+                ShardKind.generate,
+                class_index=c.index,
+                class_name=c.name,
+                start=start,
+                stop=stop,
+                images_total=stop - start,
+            )
+    add(ShardKind.package, images_total=sum(counts))
+
+    if learns:
+        status, first = JobStatus.learning, ShardKind.learn
+    elif any(r.kind == ShardKind.generate for r in rows):
+        status, first = JobStatus.generating, ShardKind.generate
+    else:
+        status, first = JobStatus.packaging, ShardKind.package
+    with ctx.session() as s:
+        leases.lock_job(s, job.id)
+        leases.succeed(s, ctx.claim, time.monotonic() - ctx.started)
+        moved = leases.set_job_status(
+            s,
+            job.id,
+            status,
+            expect=(JobStatus.queued, JobStatus.preparing),
+            manifest=manifest,
+            model_revision=model.revision,
+            images_total=sum(counts),
+        )
+        if not moved:
+            raise StopRequested(job.id)  # cancelled meanwhile; the exception rolls all of this back
+        s.add_all(rows)
+        s.flush()
+        return leases.make_ready(s, job.id, (first,))
+
+
+def learn(ctx: ShardContext) -> list[str]:
+    """Learn the job's concepts (tokens + one shared LoRA) and store them; then every class may start."""
+    from diffii_core.concepts import learn_concepts
+
+    ctx.inject_failure("learn", None)
+    job = ctx.job()
+    params = job_params(job)
+    model = ctx.process.model(params.model)
+    dataset = job_dataset(ctx, job)
+
+    # Checkpoints go to storage too, so another worker resumes a long run after this one dies.
+    checkpoints = ctx.process.job_dir(job.id) / "checkpoint"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    for key in ctx.storage.list(keys.checkpoint_prefix(job.id)):
+        ctx.storage.download_file(key, checkpoints / key.rsplit("/", 1)[-1])
+    every = params.concepts.checkpoint_every
+
+    def progress(step: int, total: int) -> None:
+        if step % every == 0 and step < total:
+            for path in checkpoints.iterdir():
+                if path.is_file() and not path.name.startswith("."):
+                    ctx.storage.put_bytes(keys.checkpoint_prefix(job.id) + path.name, path.read_bytes())
+
+    concepts = learn_concepts(
+        model, dataset, params, checkpoint_dir=checkpoints, progress=progress, should_stop=ctx.should_stop
+    )
+    folder = ctx.process.job_dir(job.id) / "concepts"
+    for path in concepts.save(folder):
+        ctx.storage.put_bytes(keys.concepts_prefix(job.id) + path.name, path.read_bytes())
+    ctx.process.concepts[job.id] = concepts
+
+    with ctx.session() as s:
+        leases.lock_job(s, job.id)
+        leases.succeed(s, ctx.claim, time.monotonic() - ctx.started)
+        if not leases.set_job_status(s, job.id, JobStatus.generating, expect=(JobStatus.learning,)):
+            raise StopRequested(job.id)
+        ready = leases.make_ready(s, job.id, (ShardKind.generate,))
+        if not ready and leases.set_job_status(
+            s, job.id, JobStatus.packaging, expect=(JobStatus.generating,)
+        ):
+            ready = leases.make_ready(s, job.id, (ShardKind.package,))
+        return ready
+
+
+def _missing_runs(missing: list[int]) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    for i in missing:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+def generate(ctx: ShardContext) -> list[str]:
+    """Images [start, stop) of one class, each stored under its deterministic key as it is made."""
+    from diffii_core.concepts import apply_concepts
+    from diffii_core.generate import generate_share
+
+    c = ctx.claim
+    assert c.class_index is not None and c.class_name is not None
+    ctx.inject_failure("generate", c.class_name)
+    job = ctx.job()
+    params = job_params(job)
+    manifest = job.manifest or {}
+    classes = manifest.get("classes", [])
+    info = classes[c.class_index]
+
+    # Resume: indices already stored by an earlier attempt are not made again.
+    stored = keys.stored_indices(ctx.storage.list(keys.images_prefix(job.id, c.class_index)))
+    missing = [i for i in range(c.start, c.stop) if i not in stored]
+    ctx.images_done = (c.stop - c.start) - len(missing)
+    ctx.beat()
+    if missing:
+        model = ctx.process.model(params.model)
+        concepts = job_concepts(ctx, job, params)
+        apply_concepts(model, concepts)
+        pool = class_pool(ctx, job, params, model, concepts)
+        batch = ctx.settings.batch_size
+        for start, stop in _missing_runs(missing):
+            for image in generate_share(
+                model, concepts, pool, class_name=c.class_name, label_index=c.class_index,
+                class_names=[x["name"] for x in classes], source_names=info["sources"], params=params,
+                start=start, stop=stop, batch_size=batch, should_stop=ctx.should_stop,
+            ):  # fmt: skip
+                ctx.storage.put_bytes(
+                    keys.image_png(job.id, c.class_index, image.index), image.png, "image/png"
+                )
+                ctx.storage.put_bytes(
+                    keys.image_meta(job.id, c.class_index, image.index),
+                    json.dumps(image.metadata, ensure_ascii=False, sort_keys=True).encode(),
+                    "application/json",
+                )
+                ctx.images_done += 1
+                ctx.inject_delay("generate")
+                if ctx.images_done % batch == 0:
+                    ctx.beat()
+
+    with ctx.session() as s:
+        return leases.finish_generate(s, c, time.monotonic() - ctx.started)
+
+
+def package(ctx: ShardContext) -> list[str]:
+    """Stream every image, metadata.jsonl and job.json into one zip (a multipart upload on S3)."""
+    from diffii_core.archive import ArchiveWriter, job_document
+
+    ctx.inject_failure("package", None)
+    job = ctx.job()
+    params = job_params(job)
+    manifest = job.manifest or {}
+    classes = manifest.get("classes", [])
+    key = keys.archive(job.id)
+    written = 0
+    try:
+        with ctx.storage.open_writer(key) as handle:
+            writer = ArchiveWriter(handle)
+            metadata = []
+            for cls in classes:
+                for index in range(cls["generated"]):
+                    if written % 16 == 0:
+                        ctx.images_done = written
+                        if ctx.should_stop():
+                            ctx.raise_if_stopped()
+                    meta = json.loads(ctx.storage.get_bytes(keys.image_meta(job.id, cls["index"], index)))
+                    writer.add_image(
+                        meta["file_name"], ctx.storage.get_bytes(keys.image_png(job.id, cls["index"], index))
+                    )
+                    metadata.append(meta)
+                    written += 1
+            doc_classes = [{k: c[k] for k in ("index", "name", "images", "generated")} for c in classes]
+            writer.finish(
+                metadata,
+                job_document(
+                    params,
+                    {"name": params.model, "revision": job.model_revision or ""},
+                    doc_classes,
+                    skipped=manifest.get("skipped", []),
+                    job_id=job.id,
+                ),
+            )
+        with ctx.session() as s:
+            leases.lock_job(s, job.id)
+            leases.succeed(s, ctx.claim, time.monotonic() - ctx.started, images_done=written)
+            now = utcnow()
+            if not leases.set_job_status(
+                s,
+                job.id,
+                JobStatus.succeeded,
+                expect=(JobStatus.packaging,),
+                archive_key=key,
+                finished_at=now,
+            ):
+                raise StopRequested(job.id)
+    except (StopRequested, LeaseLost):
+        # Cancelled or failed while packaging: no archive may outlive that decision. The writer
+        # discarded an unfinished one; this removes one finished just before the stop. After a lost
+        # lease the archive may be another worker's finished result, so only when the job did not succeed.
+        with ctx.session() as s:
+            status = s.scalar(select(Job.status).where(Job.id == job.id))
+        if status in (JobStatus.cancelled, JobStatus.failed):
+            try:
+                ctx.storage.delete(key)
+            except Exception:
+                log.warning("could not delete the archive of a stopped job", exc_info=True)
+        raise
+    log.info("job succeeded", extra={"images": written, "archive_key": key})
+    return []
+
+
+STAGES = {
+    ShardKind.prepare: prepare,
+    ShardKind.learn: learn,
+    ShardKind.generate: generate,
+    ShardKind.package: package,
+}

@@ -1,0 +1,260 @@
+"""A whole service per test: API (uvicorn) and Celery workers as separate processes, on a fresh
+Postgres database, Redis (a queue of its own), and a fresh bucket on moto's S3 server.
+
+Short leases, heartbeats and sweep intervals make recovery observable in seconds. Jobs use the
+`tiny` model with few steps, so a job takes seconds of compute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.service_helpers import auth, free_port, wait_until
+
+pytestmark = pytest.mark.integration
+
+CLI = "from services.cli.main import main; main()"
+ROOT = Path(__file__).resolve().parents[2]
+
+# Small but complete: 12 real images in 4 classes (one with a single image) -> 24 outputs.
+JOB_PARAMS: dict[str, Any] = {
+    "model": "tiny",
+    "expansion": 2,
+    "seed": 7,
+    "inference_steps": 8,
+    "inversion_steps": 8,
+    "concepts": {"steps": 10},
+}
+EXPECTED_IMAGES = 24
+JOB_TIMEOUT = 240.0
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def kill_group(self, signum: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signum)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.kill_group(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=5)
+        self.kill_group(signal.SIGKILL)  # task processes too, whatever the parent did
+        self.popen.wait()
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+@dataclass
+class Cluster:
+    tmp: Path
+    env: dict[str, str]
+    database_url: str
+    sessions: Any
+    storage: Any
+    procs: list[Proc] = field(default_factory=list)
+    api_url: str = ""
+
+    # -- processes -----------------------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
+        log = self.tmp / f"{name}.log"
+        handle = log.open("wb")
+        popen = subprocess.Popen(
+            argv, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+        )
+        handle.close()
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def start_api(self) -> str:
+        port = free_port()
+        proc = self._spawn("api", [sys.executable, "-c", CLI, "serve", "--port", str(port)], self.env)
+        self.api_url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"API exited:\n{proc.tail()}")
+            try:
+                return httpx.get(f"{self.api_url}/readyz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, 60, "API readiness", interval=0.2)
+        return self.api_url
+
+    def start_worker(self, name: str = "w1", **settings: str) -> Proc:
+        env = {**self.env, "DIFFII_WORK_DIR": str(self.tmp / f"work-{name}")}
+        env.update({f"DIFFII_{k.upper()}": v for k, v in settings.items()})
+        argv = [
+            sys.executable, "-m", "celery", "-A", "services.worker.celery_app", "worker",
+            "--pool=prefork", "--concurrency=1", f"--queues={self.env['DIFFII_QUEUE']}",
+            f"--hostname={name}@%h", "--without-gossip", "--without-mingle", "--loglevel=info",
+        ]  # fmt: skip
+        return self._spawn(f"worker-{name}", argv, env)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.tail()}" for p in self.procs)
+
+    # -- the API -------------------------------------------------------------------------------------
+
+    def new_key(self, owner: str | None = None) -> str:
+        from services.common.auth import create_key
+        from services.common.db import session_scope
+
+        with session_scope(self.sessions) as session:
+            return create_key(session, owner or f"owner-{uuid.uuid4().hex[:8]}").key
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.api_url, timeout=30, follow_redirects=False)
+
+    def upload_sample(self, key: str) -> str:
+        from diffii_core.sample_data import write_sample_archive
+
+        archive = write_sample_archive(self.tmp / f"sample-{uuid.uuid4().hex[:6]}.zip")
+        with self.http() as client, archive.open("rb") as fp:
+            r = client.post("/v1/datasets", headers=auth(key), files={"file": ("sample.zip", fp)})
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+    def submit(self, key: str, dataset_id: str, **params: Any) -> str:
+        body = {**JOB_PARAMS, **params, "dataset_id": dataset_id}
+        with self.http() as client:
+            r = client.post("/v1/jobs", headers=auth(key), json=body)
+        assert r.status_code == 202, r.text
+        return r.json()["id"]
+
+    def job(self, key: str, job_id: str) -> dict[str, Any]:
+        with self.http() as client:
+            r = client.get(f"/v1/jobs/{job_id}", headers=auth(key))
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_job(
+        self,
+        key: str,
+        job_id: str,
+        until: Callable[[dict[str, Any]], bool] = lambda j: j["status"] in TERMINAL,
+        timeout: float = JOB_TIMEOUT,
+    ) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+
+        def check() -> bool:
+            seen["job"] = self.job(key, job_id)
+            return until(seen["job"])
+
+        try:
+            wait_until(check, timeout, f"job {job_id} condition", interval=0.25)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}; last state {seen.get('job')}\n{self.logs()}") from None
+        return seen["job"]
+
+    # -- storage -------------------------------------------------------------------------------------
+
+    def images(self, job_id: str) -> dict[str, bytes]:
+        """Every stored image and metadata object of a job: "class/index.ext" -> bytes."""
+        prefix = f"jobs/{job_id}/images/"
+        return {key[len(prefix) :]: self.storage.get_bytes(key) for key in self.storage.list(prefix)}
+
+
+@pytest.fixture
+def cluster(
+    make_pg_database: Callable[[], str], redis_url: str, s3_bucket_settings: dict[str, Any], tmp_path: Path
+) -> Iterator[Cluster]:
+    from services.common.db import make_session_factory
+    from services.common.schema import upgrade_to_head
+    from services.common.storage_s3 import S3Storage
+    from tests.service_helpers import s3_storage_kwargs
+
+    database_url = make_pg_database()
+    upgrade_to_head(database_url)
+    queue = f"it-{uuid.uuid4().hex[:10]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFII_")}
+    env.update(
+        {
+            "DIFFII_HOME": str(tmp_path / "home"),
+            "DIFFII_DATABASE_URL": database_url,
+            "DIFFII_BROKER_URL": redis_url,
+            "DIFFII_QUEUE": queue,
+            "DIFFII_QUEUES": f'["{queue}"]',
+            "DIFFII_SIGNING_SECRET": "integration-signing-secret",
+            "DIFFII_LEASE_SECONDS": "4",
+            "DIFFII_HEARTBEAT_SECONDS": "1",
+            "DIFFII_SWEEP_SECONDS": "1",
+            "DIFFII_RESEND_AFTER_SECONDS": "3",
+            "DIFFII_MAX_ATTEMPTS": "3",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update({f"DIFFII_{k.upper()}": str(v) for k, v in s3_bucket_settings.items()})
+    sessions = make_session_factory(database_url)
+    c = Cluster(
+        tmp=tmp_path,
+        env=env,
+        database_url=database_url,
+        sessions=sessions,
+        storage=S3Storage(**s3_storage_kwargs(s3_bucket_settings)),
+    )
+    try:
+        yield c
+    finally:
+        c.stop_all()
+        sessions.kw["bind"].dispose()
+
+
+# The clean run's image bytes (1 worker, default batch and shard size), shared by the tests that
+# compare against it; whichever test needs it first computes it.
+_reference: dict[str, bytes] = {}
+
+
+def reference_images(c: Cluster, key: str, dataset_id: str) -> dict[str, bytes]:
+    if not _reference:
+        if not any(p.name.startswith("worker") and p.popen.poll() is None for p in c.procs):
+            c.start_worker("ref")
+        job_id = c.submit(key, dataset_id)
+        job = c.wait_job(key, job_id)
+        assert job["status"] == "succeeded", f"{job}\n{c.logs()}"
+        _reference.update(c.images(job_id))
+    return _reference
+
+
+def remember_reference(images: dict[str, bytes]) -> None:
+    if not _reference:
+        _reference.update(images)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    wait_until(predicate, timeout, what, interval=0.2)
+
+
+def now() -> float:
+    return time.monotonic()

@@ -1,0 +1,241 @@
+"""Claiming, fencing, retries, fan-in and the recovery sweep, on Postgres and on SQLite.
+
+These drive the database functions directly (no broker round trip needed: dispatch goes to
+kombu's in-memory transport), so every race and recovery path is checked in milliseconds.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from services.common import dispatch
+from services.common.db import make_session_factory
+from services.common.jobstate import request_cancel
+from services.common.models import Job, JobStatus, Owner, Shard, ShardKind, ShardStatus, utcnow
+from services.common.schema import upgrade_to_head
+from services.worker import leases
+from services.worker.leases import Claim, LeaseLost, Signal
+from services.worker.stages import split_ranges
+from services.worker.sweeper import sweep
+
+LEASE = 30.0
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    if request.param == "postgres":
+        url = request.getfixturevalue("make_pg_database")()
+    else:
+        url = f"sqlite:///{tmp_path / 'state.db'}"
+    upgrade_to_head(url)
+    factory = make_session_factory(url)
+    dispatch.configure(dispatch.DispatchSettings(_env_file=None, home=tmp_path, broker_url="memory://"))
+    yield factory
+    dispatch.configure(None)
+    factory.kw["bind"].dispose()
+
+
+def make_job(
+    sessions: Any, generate: int = 3, status: JobStatus = JobStatus.generating
+) -> tuple[str, list[str]]:
+    """A job in `status` with `generate` pending generate shards and a waiting package shard."""
+    with sessions() as s:
+        owner = Owner(name=f"o-{utcnow().timestamp()}-{id(s)}")
+        s.add(owner)
+        s.flush()
+        job = Job(owner_id=owner.id, params={}, status=status)
+        s.add(job)
+        s.flush()
+        ids = []
+        for i in range(generate):
+            shard = Shard(
+                job_id=job.id, seq=i + 1, kind=ShardKind.generate, class_index=i, class_name=f"c{i}",
+                start=0, stop=4, status=ShardStatus.pending, max_attempts=3,
+            )  # fmt: skip
+            s.add(shard)
+            s.flush()
+            ids.append(shard.id)
+        s.add(Shard(job_id=job.id, seq=generate + 1, kind=ShardKind.package, status=ShardStatus.waiting))
+        s.commit()
+        return job.id, ids
+
+
+def claim(sessions: Any, shard_id: str, worker: str = "w1") -> Claim | str:
+    with sessions() as s:
+        return leases.claim(s, shard_id, worker, LEASE)
+
+
+def test_only_one_claimant_wins(sessions: Any) -> None:
+    _, (shard_id, *_) = make_job(sessions)
+    results = []
+    barrier = threading.Barrier(4)
+
+    def racer(name: str) -> None:
+        barrier.wait()
+        results.append(claim(sessions, shard_id, name))
+
+    threads = [threading.Thread(target=racer, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    won = [r for r in results if isinstance(r, Claim)]
+    assert len(won) == 1 and won[0].attempt == 1
+    assert isinstance(claim(sessions, shard_id, "late"), str)  # a duplicate delivery later: ignored
+
+
+def test_a_taken_over_worker_can_write_nothing(sessions: Any) -> None:
+    _, (shard_id, *_) = make_job(sessions)
+    first = claim(sessions, shard_id)
+    assert isinstance(first, Claim)
+    with sessions() as s:  # the sweeper decides the worker is dead and re-queues the shard
+        s.execute(
+            Shard.__table__.update()
+            .where(Shard.id == shard_id)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+        s.commit()
+    sweep(sessions, resend_after=60)
+    second = claim(sessions, shard_id, "w2")
+    assert isinstance(second, Claim) and second.attempt == 2
+    with sessions() as s:
+        assert leases.heartbeat(s, first, LEASE, images_done=3) == Signal.lost
+        with pytest.raises(LeaseLost):
+            leases.succeed(s, first, 1.0)
+        s.rollback()
+        assert leases.heartbeat(s, second, LEASE, images_done=1) == Signal.ok
+
+
+def test_fan_in_dispatches_packaging_exactly_once_under_races(sessions: Any) -> None:
+    job_id, ids = make_job(sessions, generate=6)
+    claims = [claim(sessions, i) for i in ids]
+    assert all(isinstance(c, Claim) for c in claims)
+    results: list[list[str]] = []
+    barrier = threading.Barrier(len(claims))
+
+    def finish(c: Claim) -> None:
+        barrier.wait()
+        with sessions() as s:
+            results.append(leases.finish_generate(s, c, 1.0))
+            s.commit()
+
+    threads = [threading.Thread(target=finish, args=(c,)) for c in claims]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(1 for r in results if r) == 1
+    with sessions() as s:
+        job = s.get(Job, job_id)
+        package = s.scalar(select(Shard).where(Shard.job_id == job_id, Shard.kind == ShardKind.package))
+        assert job.status == JobStatus.packaging and package.status == ShardStatus.pending
+
+
+def test_retries_then_fails_the_job_naming_the_class(sessions: Any) -> None:
+    job_id, (shard_id, *_) = make_job(sessions)
+    for attempt in (1, 2, 3):
+        c = claim(sessions, shard_id)
+        assert isinstance(c, Claim) and c.attempt == attempt
+        with sessions() as s:
+            again = leases.fail_attempt(s, c, ValueError("boom"))
+        assert again == ([shard_id] if attempt < 3 else [])
+    with sessions() as s:
+        job, shard = s.get(Job, job_id), s.get(Shard, shard_id)
+        assert job.status == JobStatus.failed
+        assert job.message == "class 'c0' failed after 3 attempts: ValueError: boom"
+        assert shard.status == ShardStatus.failed and shard.attempts == 3
+        others = s.scalars(select(Shard.status).where(Shard.job_id == job_id, Shard.id != shard_id)).all()
+        assert set(others) == {ShardStatus.cancelled}
+
+
+def test_user_errors_fail_at_once(sessions: Any) -> None:
+    from diffii_core.errors import DatasetError
+
+    job_id, (shard_id, *_) = make_job(sessions)
+    c = claim(sessions, shard_id)
+    assert isinstance(c, Claim)
+    with sessions() as s:
+        assert leases.fail_attempt(s, c, DatasetError("class 'x' has no usable image"), permanent=True) == []
+    with sessions() as s:
+        assert s.get(Job, job_id).message == "class 'x' has no usable image"
+
+
+def test_sweeper_requeues_dead_workers_and_fails_after_the_last_attempt(sessions: Any) -> None:
+    job_id, (shard_id, *_) = make_job(sessions)
+
+    def expire() -> None:
+        with sessions() as s:
+            s.execute(
+                Shard.__table__.update()
+                .where(Shard.id == shard_id)
+                .values(lease_expires_at=utcnow() - timedelta(seconds=5))
+            )
+            s.commit()
+
+    for attempt in (1, 2):
+        assert isinstance(claim(sessions, shard_id, f"w{attempt}"), Claim)
+        expire()
+        report = sweep(sessions, resend_after=60)
+        assert report.requeued == [shard_id] and shard_id in report.resent
+    assert isinstance(claim(sessions, shard_id, "w3"), Claim)
+    expire()
+    report = sweep(sessions, resend_after=60)
+    assert report.failed_jobs == [job_id]
+    with sessions() as s:
+        message = s.get(Job, job_id).message
+    assert message.startswith("class 'c0' failed after 3 attempts: worker w3 lost (no heartbeat since")
+
+
+def test_sweeper_resends_unsent_and_lost_messages(sessions: Any) -> None:
+    _, (never_sent, lost, fresh) = make_job(sessions)
+    long_ago = utcnow() - timedelta(minutes=10)
+    with sessions() as s:
+        s.execute(Shard.__table__.update().where(Shard.id == never_sent).values(created_at=long_ago))
+        s.execute(
+            Shard.__table__.update()
+            .where(Shard.id == lost)
+            .values(status=ShardStatus.queued, enqueued_at=long_ago)
+        )
+        s.execute(
+            Shard.__table__.update()
+            .where(Shard.id == fresh)
+            .values(status=ShardStatus.queued, enqueued_at=utcnow())
+        )
+        s.commit()
+    report = sweep(sessions, resend_after=60)
+    assert sorted(report.resent) == sorted([never_sent, lost])  # nothing running anywhere: both lost
+    with sessions() as s:
+        statuses = {
+            sh.id: sh.status for sh in s.scalars(select(Shard).where(Shard.id.in_([never_sent, lost])))
+        }
+    assert set(statuses.values()) == {ShardStatus.queued}  # sent to the (in-memory) broker
+
+
+def test_cancel_stops_everything_and_claims_close_stale_messages(sessions: Any) -> None:
+    job_id, (running, waiting, _) = make_job(sessions)
+    c = claim(sessions, running)
+    assert isinstance(c, Claim)
+    with sessions() as s:
+        assert request_cancel(s, job_id) is True
+        assert request_cancel(s, job_id) is False  # already ended
+    with sessions() as s:
+        assert leases.check(s, c) == Signal.lost  # the running worker stops at its next check
+        assert s.get(Job, job_id).status == JobStatus.cancelled
+    assert claim(sessions, waiting) == f"job is {JobStatus.cancelled}"
+
+
+@pytest.mark.parametrize(
+    ("total", "size", "expected"),
+    [(0, 5, []), (5, 5, [(0, 5)]), (8, 3, [(0, 3), (3, 5), (5, 8)]), (10, 4, [(0, 3), (3, 7), (7, 10)])],
+)
+def test_split_ranges(total: int, size: int, expected: list[tuple[int, int]]) -> None:
+    ranges = split_ranges(total, size)
+    assert ranges == expected
+    assert all(stop - start <= size for start, stop in ranges)
