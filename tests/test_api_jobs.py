@@ -302,9 +302,9 @@ def test_cancel_with_a_running_shard_is_cooperative(
     response = api.post(f"/v1/jobs/{job_id}/cancel", headers=owner["headers"])
     assert response.status_code == 200
     body = response.json()
-    # The worker sees the flag between batches and finishes the cancellation.
-    assert body["status"] == "generating" and body["cancel_requested"] is True
-    assert [s["status"] for s in body["progress"]["shards"]] == ["running", "queued"]
+    # Cancelled at once; the worker running a shard sees it at its next batch and writes nothing more.
+    assert body["status"] == "cancelled" and body["cancel_requested"] is True
+    assert [s["status"] for s in body["progress"]["shards"]] == ["cancelled", "cancelled"]
 
 
 def test_cancel_of_a_finished_job_is_409(api: Any, owner: dict[str, Any], pg_session_factory: Any) -> None:

@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.common.metrics import collect_worker_metrics
 from services.common.models import Job, JobStatus, Shard, ShardKind, ShardStatus, utcnow
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,12 @@ def active_workers(session: Session) -> Iterable[Metric]:
     )
 
 
-DEFAULT_METRIC_SOURCES: list[MetricSource] = [jobs_by_status, shards_by_kind_and_status, active_workers]
+DEFAULT_METRIC_SOURCES: list[MetricSource] = [
+    jobs_by_status,
+    shards_by_kind_and_status,
+    active_workers,
+    collect_worker_metrics,
+]
 
 
 class DatabaseCollector(Collector):

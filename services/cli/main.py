@@ -7,7 +7,7 @@ import click
 
 from services.cli.augment import augment
 from services.cli.client import cancel, download, jobs, status, submit
-from services.cli.runtime import up, worker
+from services.cli.runtime import sweeper, up, worker
 from services.cli.server import admin, migrate, serve
 
 
@@ -17,7 +17,7 @@ def cli() -> None:
     """diffii: expand small labelled image datasets with Diff-II synthetic images."""
 
 
-for command in (augment, submit, status, jobs, download, cancel, serve, worker, up, migrate, admin):
+for command in (augment, submit, status, jobs, download, cancel, serve, worker, sweeper, up, migrate, admin):
     cli.add_command(command)
 
 

@@ -33,12 +33,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("diffii.worker")
 
-# Methods that run on the base model without learned concepts (METHOD.md); they skip the learn stage.
-METHODS_WITHOUT_CONCEPTS = frozenset({"real-guidance", "real-mix"})
-
 
 def needs_concepts(params: JobParams) -> bool:
-    return params.method not in METHODS_WITHOUT_CONCEPTS
+    """Methods on the base model (real-guidance, real-mix) skip the learn stage entirely."""
+    from diffii_core.params import uses_concepts
+
+    return uses_concepts(params.method)
 
 
 def job_params(job: Job) -> JobParams:
@@ -288,6 +288,7 @@ def generate(ctx: ShardContext) -> list[str]:
     """Images [start, stop) of one class, each stored under its deterministic key as it is made."""
     from diffii_core.concepts import apply_concepts
     from diffii_core.generate import generate_share
+    from diffii_core.params import uses_inversion, uses_references
 
     c = ctx.claim
     assert c.class_index is not None and c.class_name is not None
@@ -307,13 +308,17 @@ def generate(ctx: ShardContext) -> list[str]:
         model = ctx.process.model(params.model)
         concepts = job_concepts(ctx, job, params)
         apply_concepts(model, concepts)
-        pool = class_pool(ctx, job, params, model, concepts)
+        pool = class_pool(ctx, job, params, model, concepts) if uses_inversion(params.method) else None
+        references = None
+        if uses_references(params.method):
+            cls = job_dataset(ctx, job).classes[c.class_index]
+            references = [item.open() for item in cls.images]
         batch = ctx.settings.batch_size
         for start, stop in _missing_runs(missing):
             for image in generate_share(
                 model, concepts, pool, class_name=c.class_name, label_index=c.class_index,
                 class_names=[x["name"] for x in classes], source_names=info["sources"], params=params,
-                start=start, stop=stop, batch_size=batch, should_stop=ctx.should_stop,
+                start=start, stop=stop, batch_size=batch, should_stop=ctx.should_stop, references=references,
             ):  # fmt: skip
                 ctx.storage.put_bytes(
                     keys.image_png(job.id, c.class_index, image.index), image.png, "image/png"

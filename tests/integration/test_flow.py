@@ -59,6 +59,44 @@ def test_whole_flow_over_http(cluster: Cluster) -> None:
     assert len(images) == 2 * EXPECTED_IMAGES  # a PNG and its metadata per image, nothing else
     remember_reference(images)
     assert 'diffii_shards{kind="generate",status="succeeded"}' in metrics
+    # The workers' own figures, read from the shards they ran.
+    figures = {
+        line.split(" ")[0]: float(line.split(" ")[-1])
+        for line in metrics.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert figures["diffii_images_generated_total"] == EXPECTED_IMAGES
+    assert figures['diffii_shard_run_seconds_count{kind="generate"}'] == 4
+    assert figures['diffii_shard_run_seconds_sum{kind="generate"}'] > 0
+    assert figures['diffii_shard_queue_wait_seconds_count{kind="generate"}'] == 4
+    assert figures['diffii_shard_failures_total{kind="generate"}'] == 0
+    assert "diffii_shard_retries_total" in metrics and "diffii_workers_heartbeating" in metrics
+
+
+def test_a_diff_mix_job_over_http_carries_soft_labels(cluster: Cluster) -> None:
+    cluster.start_api()
+    cluster.start_worker()
+    key = cluster.new_key()
+    dataset_id = cluster.upload_sample(key)
+    job_id = cluster.submit(key, dataset_id, method="diff-mix", strength=[0.5], kappa=0.9, gamma=1.0)
+    job = cluster.wait_job(key, job_id)
+    assert job["status"] == "succeeded", f"{job}\n{cluster.logs()}"
+    with cluster.http() as client:
+        redirect = client.get(f"/v1/jobs/{job_id}/archive", headers=auth(key))
+        archive = httpx.get(redirect.headers["location"], timeout=30)
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as zf:
+        lines = [json.loads(line) for line in zf.read("metadata.jsonl").decode().splitlines()]
+        index = json.loads(zf.read("job.json"))["class_index"]
+    assert len(lines) == EXPECTED_IMAGES
+    for line in lines:
+        assert line["method"] == "diff-mix" and line["strength"] == 0.5
+        label = line["soft_label"]
+        assert len(label) == len(index) and abs(sum(label) - 0.9) < 1e-9
+        source, target = line["source_index"], line["target_index"]
+        if source != target:
+            assert abs(label[target] - 0.45) < 1e-9 and abs(label[source] - 0.45) < 1e-9  # 0.9 * 0.5
+        else:
+            assert abs(label[source] - 0.9) < 1e-9  # same class: a hard label of mass kappa
 
 
 def test_jobs_on_s3_uris_and_bad_datasets_fail_at_once_with_the_reason(cluster: Cluster) -> None:

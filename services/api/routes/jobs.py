@@ -20,6 +20,7 @@ from services.api.pagination import decode_cursor, encode_cursor
 from services.api.schemas import S3_URI, JobOut, JobPage, JobRequest, Problem
 from services.api.settings import ApiSettings
 from services.common.dispatch import dispatch
+from services.common.jobstate import request_cancel
 from services.common.models import (
     TERMINAL_JOB_STATUSES,
     Dataset,
@@ -28,7 +29,6 @@ from services.common.models import (
     Shard,
     ShardKind,
     ShardStatus,
-    utcnow,
 )
 
 log = logging.getLogger(__name__)
@@ -196,18 +196,11 @@ def cancel_job(job_id: str, owner_id: OwnerDep, session: SessionDep) -> JobOut:
     job = owned_job(session, owner_id, job_id, for_update=True)
     if job.status in TERMINAL_JOB_STATUSES:
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job.id} has already ended: {job.status.value}")
-    job.cancel_requested = True
-    shards = list(session.scalars(select(Shard).where(Shard.job_id == job.id).with_for_update()))
-    if not any(s.status == ShardStatus.running for s in shards):
-        now = utcnow()
-        for shard in shards:
-            if shard.status in (ShardStatus.pending, ShardStatus.queued):
-                shard.status = ShardStatus.cancelled
-                shard.finished_at = now
-        job.status = JobStatus.cancelled
-        job.message = "cancelled at the user's request"
-        job.finished_at = now
-    session.commit()
+    session.commit()  # release the row lock taken by owned_job before request_cancel takes it again
+    ended = not request_cancel(session, job.id)
+    session.refresh(job)
+    if ended:  # it finished between the check above and the cancel
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job.id} has already ended: {job.status.value}")
     return job_out(job, shards_of(session, [job.id])[job.id])
 
 
