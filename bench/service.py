@@ -34,7 +34,7 @@ CLI = "from services.cli.main import main; main()"
 SIZES = {
     # expansion, concept steps, inference steps, inversion steps
     "quick": (2.0, 30, 25, 50),
-    "full": (14.0, 300, 25, 50),
+    "full": (20.0, 400, 25, 50),
 }
 
 
