@@ -14,6 +14,7 @@ from diffii_core.batch_invariance import stabilize
 from diffii_core.errors import ModelError
 
 DEFAULT_REGISTRY: dict[str, str] = {"tiny": "tiny"}
+PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
 @dataclass
@@ -109,16 +110,24 @@ def load_model(
 
 def _load_diffusers(name: str, source: str, dtype: torch.dtype, cache_dir: str | Path | None) -> tuple:
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import AutoTokenizer, CLIPTextModel
 
     local = Path(source).expanduser()
     is_dir = local.is_dir()
     if not is_dir and (source.startswith(("/", ".", "~")) or local.exists()):
         raise ModelError(f"model {name!r}: {source} is not a diffusers model directory")
     where = str(local) if is_dir else source
-    common: dict[str, Any] = {} if is_dir else {"cache_dir": str(cache_dir) if cache_dir else None}
+    if is_dir:
+        missing = [part for part in PIPELINE_PARTS if not (local / part).is_dir()]
+        if missing:
+            folders = ", ".join(missing)
+            raise ModelError(f"model {name!r}: {source} lacks the Stable Diffusion folder(s) {folders}")
+    # A local directory must never reach for a hub (no network here; slow time-outs elsewhere).
+    common: dict[str, Any] = (
+        {"local_files_only": True} if is_dir else {"cache_dir": str(cache_dir) if cache_dir else None}
+    )
     try:
-        tokenizer = CLIPTokenizer.from_pretrained(where, subfolder="tokenizer", **common)
+        tokenizer = AutoTokenizer.from_pretrained(where, subfolder="tokenizer", **common)
         text_encoder = CLIPTextModel.from_pretrained(where, subfolder="text_encoder", **common)
         unet = UNet2DConditionModel.from_pretrained(where, subfolder="unet", torch_dtype=dtype, **common)
         vae = AutoencoderKL.from_pretrained(where, subfolder="vae", torch_dtype=dtype, **common)
