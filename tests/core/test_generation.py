@@ -15,7 +15,7 @@ def _share(model, concepts, pool, cls, params, batch_size, start=0, stop=6):
             pool,
             class_name=cls.name,
             label_index=cls.index,
-            class_names=[c.name for c in []] or [cls.name],
+            class_names=[cls.name],
             source_names=[i.path for i in cls.images],
             params=params,
             start=start,
