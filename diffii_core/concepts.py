@@ -261,10 +261,11 @@ def learn_concepts(
                 embedding.weight[keep] = original[keep]
             step += 1
             losses.append(float(loss.detach()))
-            if progress is not None:
-                progress(step, cfg.steps)
             if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
                 _checkpoint(ckpt, fingerprint, step, losses, model, ids, optimizer, gen)
+            # After the checkpoint, so a caller that copies it elsewhere copies this step's.
+            if progress is not None:
+                progress(step, cfg.steps)
     finally:
         embedding.weight.requires_grad_(False)
         for p in lora_params:

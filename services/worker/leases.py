@@ -66,7 +66,8 @@ def owned(claim: Claim) -> ColumnElement[bool]:
     )
 
 
-def _update(session: Session, where: ColumnElement[bool], **values: Any) -> int:
+def update_shards(session: Session, where: ColumnElement[bool], **values: Any) -> int:
+    """A conditional UPDATE of shards; the row count says whether the expected state still held."""
     result = session.execute(
         update(Shard).where(where).values(**values).execution_options(synchronize_session=False)
     )
@@ -85,7 +86,7 @@ def claim(session: Session, shard_id: str, worker: str, lease_seconds: float) ->
     shard, job_status, cancel_requested = row
     if job_status in TERMINAL_JOB_STATUSES or cancel_requested:
         # A message that outlived its job: close the row so nothing waits for it.
-        _update(
+        update_shards(
             session,
             and_(Shard.id == shard_id, Shard.status.in_(OPEN_SHARD_STATUSES[:3])),
             status=ShardStatus.cancelled,
@@ -100,7 +101,7 @@ def claim(session: Session, shard_id: str, worker: str, lease_seconds: float) ->
         return f"shard is {shard.status}"  # a duplicate delivery; someone else has or had it
     now = utcnow()
     ready = as_utc(shard.enqueued_at)
-    won = _update(
+    won = update_shards(
         session,
         and_(
             Shard.id == shard_id,
@@ -153,7 +154,7 @@ def heartbeat(session: Session, c: Claim, lease_seconds: float, images_done: int
     values: dict[str, Any] = {"heartbeat_at": now, "lease_expires_at": now + timedelta(seconds=lease_seconds)}
     if images_done is not None:
         values["images_done"] = images_done
-    alive = _update(session, owned(c), **values)
+    alive = update_shards(session, owned(c), **values)
     job = session.execute(select(Job.status, Job.cancel_requested).where(Job.id == c.job_id)).one_or_none()
     session.commit()
     if not alive:
@@ -183,7 +184,7 @@ def check(session: Session, c: Claim) -> Signal:
 
 def succeed(session: Session, c: Claim, run_seconds: float, **values: Any) -> None:
     """Mark the shard done inside the caller's transaction; LeaseLost if it is no longer ours."""
-    done = _update(
+    done = update_shards(
         session,
         owned(c),
         status=ShardStatus.succeeded,
@@ -200,7 +201,9 @@ def succeed(session: Session, c: Claim, run_seconds: float, **values: Any) -> No
 def release(session: Session, c: Claim, status: ShardStatus, error: str | None = None) -> bool:
     """End our attempt with a terminal status (cancelled/failed) if we still own it."""
     return bool(
-        _update(session, owned(c), status=status, finished_at=utcnow(), lease_expires_at=None, error=error)
+        update_shards(
+            session, owned(c), status=status, finished_at=utcnow(), lease_expires_at=None, error=error
+        )
     )
 
 
@@ -232,7 +235,7 @@ def fail_attempt(session: Session, c: Claim, exc: BaseException, *, permanent: b
     cause = error_text(exc)
     lock_job(session, c.job_id)
     if not permanent and c.attempt < c.max_attempts:
-        retried = _update(
+        retried = update_shards(
             session,
             owned(c),
             status=ShardStatus.pending,
@@ -262,7 +265,7 @@ def make_ready(session: Session, job_id: str, kinds: tuple[ShardKind, ...]) -> l
         )
     )
     if ids:
-        _update(
+        update_shards(
             session,
             and_(Shard.id.in_(ids), Shard.status == ShardStatus.waiting),
             status=ShardStatus.pending,

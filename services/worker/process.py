@@ -35,16 +35,21 @@ class Lru(OrderedDict[Any, Any]):
         self.size = size
         self.on_evict = on_evict
 
+    def __setitem__(self, key: Any, value: Any) -> None:
+        # Eviction lives here so a direct store (the learn stage's) is bounded like get_or's.
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.size:
+            old_key, old = self.popitem(last=False)
+            if self.on_evict:
+                self.on_evict(old_key, old)
+
     def get_or(self, key: Any, make: Any) -> Any:
         if key in self:
             self.move_to_end(key)
             return self[key]
         value = make()
         self[key] = value
-        while len(self) > self.size:
-            old_key, old = self.popitem(last=False)
-            if self.on_evict:
-                self.on_evict(old_key, old)
         return value
 
 

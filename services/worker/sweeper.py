@@ -18,11 +18,11 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.dispatch import dispatch
-from services.common.models import TERMINAL_JOB_STATUSES, Job, Shard, ShardKind, ShardStatus, utcnow
+from services.common.models import TERMINAL_JOB_STATUSES, Job, Shard, ShardStatus, utcnow
 from services.worker import leases
 from services.worker.leases import as_utc
 
@@ -89,15 +89,17 @@ def _expired_leases(session: Session, now: datetime, report: SweepReport) -> Non
         )
         leases.lock_job(session, shard.job_id)
         if job_status in TERMINAL_JOB_STATUSES or cancel_requested:
-            _set(session, same, status=ShardStatus.cancelled, finished_at=now, lease_expires_at=None)
+            leases.update_shards(
+                session, same, status=ShardStatus.cancelled, finished_at=now, lease_expires_at=None
+            )
         elif shard.attempts >= shard.max_attempts:
-            if _set(
+            if leases.update_shards(
                 session, same, status=ShardStatus.failed, finished_at=now, lease_expires_at=None, error=cause
             ):
                 message = leases.failure_message(shard.kind, shard.class_name, shard.attempts, cause)
                 leases.fail_job(session, shard.job_id, message)
                 report.failed_jobs.append(shard.job_id)
-        elif _set(
+        elif leases.update_shards(
             session,
             same,
             status=ShardStatus.pending,
@@ -174,11 +176,4 @@ def _finish_cancels(session: Session, now: datetime, report: SweepReport) -> Non
     session.commit()
 
 
-def _set(session: Session, where: object, **values: object) -> bool:
-    result = session.execute(
-        update(Shard).where(where).values(**values).execution_options(synchronize_session=False)
-    )  # type: ignore[arg-type]
-    return bool(result.rowcount)  # type: ignore[attr-defined]
-
-
-__all__ = ["ShardKind", "SweepReport", "sweep"]
+__all__ = ["SweepReport", "sweep"]

@@ -207,8 +207,10 @@ def cluster(
             "DIFFII_QUEUE": queue,
             "DIFFII_QUEUES": f'["{queue}"]',
             "DIFFII_SIGNING_SECRET": "integration-signing-secret",
-            "DIFFII_LEASE_SECONDS": "4",
-            "DIFFII_HEARTBEAT_SECONDS": "1",
+            # Short enough that recovery tests wait seconds, long enough that a loaded machine
+            # starving the heartbeat thread for a few seconds does not look like a dead worker.
+            "DIFFII_LEASE_SECONDS": "10",
+            "DIFFII_HEARTBEAT_SECONDS": "2",
             "DIFFII_SWEEP_SECONDS": "1",
             "DIFFII_RESEND_AFTER_SECONDS": "3",
             "DIFFII_MAX_ATTEMPTS": "3",
