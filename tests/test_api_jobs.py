@@ -413,7 +413,11 @@ def test_archive_is_409_until_it_exists_then_307_to_a_signed_local_link(
     assert download.content == b"PK fake archive"
     assert f'filename="diffii-{job_id}.zip"' in download.headers["content-disposition"]
 
-    tampered = client.get(location.replace(f"jobs/{job_id}/", f"jobs/{job_id[:-1]}0/"))
+    # Flip the id's last character to a different one, so the tampered path always differs.
+    other_id = job_id[:-1] + ("1" if job_id[-1] == "0" else "0")
+    tampered_location = location.replace(f"jobs/{job_id}/", f"jobs/{other_id}/")
+    assert tampered_location != location
+    tampered = client.get(tampered_location)
     assert tampered.status_code == 403
     expired = httpx.URL(location).copy_set_param("expires", "1000")
     assert client.get(str(expired)).status_code == 403
