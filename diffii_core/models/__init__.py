@@ -12,8 +12,8 @@ import torch
 
 from diffii_core.batch_invariance import stabilize
 from diffii_core.errors import ModelError
+from diffii_core.registry import DEFAULT_REGISTRY
 
-DEFAULT_REGISTRY: dict[str, str] = {"tiny": "tiny"}
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
@@ -84,6 +84,10 @@ def load_model(
         parts = (tokenizer, text_encoder, unet, vae, dict(SCHEDULER_CONFIG), tiny_revision(), TINY_RESOLUTION)
         dtype = torch.float32  # the tiny model is a CPU smoke model; fp16 buys nothing there
     else:
+        if source == "world":
+            from diffii_core.world import shipped_pipeline
+
+            source = str(shipped_pipeline())
         parts = _load_diffusers(name, source, dtype, cache_dir)
     tokenizer, text_encoder, unet, vae, scheduler_config, revision, resolution = parts
     # The text encoder stays fp32: its placeholder rows are trained, and it is cheap.

@@ -13,8 +13,10 @@ from services.cli.options import job_body, job_options
 
 
 def _registry(model_paths: tuple[str, ...]) -> dict[str, str]:
-    """The built-in tiny model, DIFFII_MODELS (JSON name -> directory or hub id), then --model-path."""
-    registry = {"tiny": "tiny"}
+    """The built-in models, DIFFII_MODELS (JSON name -> directory or hub id), then --model-path."""
+    from diffii_core.registry import DEFAULT_REGISTRY
+
+    registry = dict(DEFAULT_REGISTRY)
     raw = os.environ.get("DIFFII_MODELS")
     if raw:
         try:

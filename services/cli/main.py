@@ -9,6 +9,7 @@ from services.cli.augment import augment
 from services.cli.client import cancel, download, jobs, status, submit
 from services.cli.runtime import sweeper, up, worker
 from services.cli.server import admin, migrate, serve
+from services.cli.world import world
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -17,7 +18,7 @@ def cli() -> None:
     """diffii: expand small labelled image datasets with Diff-II synthetic images."""
 
 
-for command in (augment, submit, status, jobs, download, cancel, serve, worker, sweeper, up, migrate, admin):
+for command in (augment, submit, status, jobs, download, cancel, serve, worker, sweeper, up, migrate, admin, world):
     cli.add_command(command)
 
 

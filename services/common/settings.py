@@ -12,6 +12,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from diffii_core.registry import DEFAULT_REGISTRY
+
 
 def default_home() -> Path:
     return Path("~/.diffii").expanduser()
@@ -37,7 +39,7 @@ class CommonSettings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_addressing_style: Literal["auto", "path", "virtual"] = "path"
 
-    models: dict[str, str] = Field(default_factory=lambda: {"tiny": "tiny"})
+    models: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_REGISTRY))
     model_cache_dir: Path | None = None
     allowed_dataset_buckets: list[str] = Field(
         default_factory=list, description="buckets a job's dataset_uri may name (s3://bucket/key)"

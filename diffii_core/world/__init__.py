@@ -1,0 +1,20 @@
+"""The diffii world: a procedural fine-grained bird domain (`domain`), datasets of it (`datasets`), the
+small Stable-Diffusion-shaped `world` model pretrained on it (`model`, `train`), the attribute
+`oracle` that judges images, and the quality gates (`check`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffii_core.errors import ModelError
+
+PIPELINE_DIR = Path(__file__).parent / "pipeline"
+
+
+def shipped_pipeline() -> Path:
+    """The shipped world model's diffusers directory."""
+    if not (PIPELINE_DIR / "model_index.json").exists():
+        raise ModelError(
+            f"the world model is not in {PIPELINE_DIR}: train and export it (`diffii world train`)"
+        )
+    return PIPELINE_DIR
