@@ -18,7 +18,21 @@ def cli() -> None:
     """diffii: expand small labelled image datasets with Diff-II synthetic images."""
 
 
-for command in (augment, submit, status, jobs, download, cancel, serve, worker, sweeper, up, migrate, admin, world):
+for command in (
+    augment,
+    submit,
+    status,
+    jobs,
+    download,
+    cancel,
+    serve,
+    worker,
+    sweeper,
+    up,
+    migrate,
+    admin,
+    world,
+):
     cli.add_command(command)
 
 
