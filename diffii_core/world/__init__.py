@@ -9,6 +9,7 @@ from pathlib import Path
 from diffii_core.errors import ModelError
 
 PIPELINE_DIR = Path(__file__).parent / "pipeline"
+BACKBONE_DIR = Path(__file__).parent / "backbone"
 
 
 def shipped_pipeline() -> Path:
@@ -18,3 +19,10 @@ def shipped_pipeline() -> Path:
             f"the world model is not in {PIPELINE_DIR}: train and export it (`diffii world train`)"
         )
     return PIPELINE_DIR
+
+
+def shipped_backbone() -> Path:
+    """The world's pretrained classifier backbone (a transformers model directory)."""
+    if not (BACKBONE_DIR / "config.json").exists():
+        raise ModelError(f"the world backbone is not in {BACKBONE_DIR}: `diffii world train --stage backbone`")
+    return BACKBONE_DIR

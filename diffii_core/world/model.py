@@ -12,6 +12,7 @@ loads through the same code path as a user's Stable Diffusion directory.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.utils import logging as diffusers_logging
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
@@ -136,9 +138,14 @@ def save_pipeline(
     """A diffusers Stable Diffusion directory, weights in fp16 safetensors."""
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(directory / "tokenizer")
-    for part, module in (("text_encoder", text_encoder), ("unet", unet), ("vae", vae)):
-        module.to(torch.float16).save_pretrained(directory / part, safe_serialization=True)
-        module.to(torch.float32)
+    # diffusers warns on every cast of a model to fp16; here the cast is for storage only.
+    quiet = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        for part, module in (("text_encoder", text_encoder), ("unet", unet), ("vae", vae)):
+            copy.deepcopy(module).to(torch.float16).save_pretrained(directory / part, safe_serialization=True)
+    finally:
+        diffusers_logging.set_verbosity(quiet)
     (directory / "scheduler").mkdir(exist_ok=True)
     (directory / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2))
     index = {

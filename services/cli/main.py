@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from services.cli.augment import augment
+from services.cli.evaluate import evaluate
 from services.cli.client import cancel, download, jobs, status, submit
 from services.cli.runtime import sweeper, up, worker
 from services.cli.server import admin, migrate, serve
@@ -32,6 +33,7 @@ for command in (
     migrate,
     admin,
     world,
+    evaluate,
 ):
     cli.add_command(command)
 

@@ -22,7 +22,7 @@ def world() -> None:
     show_default=True,
     help="checkpoints and the latent cache; a rerun resumes from here",
 )
-@click.option("--stage", type=click.Choice(["vae", "unet", "oracle", "export"]), required=True)
+@click.option("--stage", type=click.Choice(["vae", "unet", "oracle", "backbone", "export"]), required=True)
 @click.option("--steps", type=click.IntRange(min=1), help="train until this step (vae, unet, oracle)")
 @click.option(
     "--max-minutes", type=click.FloatRange(min=0.1), help="stop this leg after so long (checkpointed)"
@@ -73,9 +73,14 @@ def train(
         reached = train_vae(work_dir, recipe, steps, max_seconds=max_seconds, progress=progress)
     elif stage == "unet":
         reached = train_unet(work_dir, recipe, steps, max_seconds=max_seconds, progress=progress)
-    else:
+    elif stage == "oracle":
         out = out or Path(oracle.__file__).parent / "oracle"
         reached = oracle.train_oracle(work_dir, out, steps, seed=seed, progress=progress)
+    else:
+        from diffii_core.world import BACKBONE_DIR
+        from diffii_core.world.backbone import train_backbone
+
+        reached = train_backbone(work_dir, out or BACKBONE_DIR, steps, seed=seed, progress=progress)
     bar.close()
     click.echo(f"{stage}: step {reached} of {steps} (checkpoint in {work_dir})")
 
@@ -169,7 +174,8 @@ def sheet(out: Path, what: str, rows: int, seed: int) -> None:
     from diffii_core.world import domain
     from diffii_core.world.sheets import grid
 
-    species = list(domain.evaluation_species())[:rows]
+    pool = domain.evaluation_species()
+    species = [pool[i * len(pool) // rows] for i in range(min(rows, len(pool)))]  # spread over the pool
     contexts = range(len(domain.CONTEXTS))
     if what == "species":
         lines = [
