@@ -34,7 +34,9 @@ def to_pixels(images: list[Image.Image], resolution: int) -> torch.Tensor:
         return torch.zeros((0, 3, resolution, resolution))
     arr = np.stack(
         [
-            np.asarray(im.convert("RGB").resize((resolution, resolution), Image.Resampling.BICUBIC), np.float32)
+            np.asarray(
+                im.convert("RGB").resize((resolution, resolution), Image.Resampling.BICUBIC), np.float32
+            )
             for im in images
         ]
     )
@@ -77,7 +79,9 @@ def load_archive(path: str | Path, class_names: list[str], resolution: int) -> t
             records = [json.loads(line) for line in lines if line.strip()]
             images = [Image.open(io.BytesIO(zf.read(r["file_name"]))).convert("RGB") for r in records]
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        raise DatasetError(f"{path} is not a diffii archive (job.json, metadata.jsonl, images): {exc}") from exc
+        raise DatasetError(
+            f"{path} is not a diffii archive (job.json, metadata.jsonl, images): {exc}"
+        ) from exc
     made_from = [c["name"] for c in sorted(job.get("classes", []), key=lambda c: c["index"])]
     if made_from != class_names:
         raise DatasetError(
@@ -93,7 +97,11 @@ def load_archive(path: str | Path, class_names: list[str], resolution: int) -> t
             row = torch.tensor(soft, dtype=torch.float32)
             targets.append(row / row.sum())
         else:
-            targets.append(torch.nn.functional.one_hot(torch.tensor(r["label_index"]), len(class_names)).float())
+            targets.append(
+                torch.nn.functional.one_hot(torch.tensor(r["label_index"]), len(class_names)).float()
+            )
     method = str(job.get("params", {}).get("method", path.stem))
     target_tensor = torch.stack(targets) if targets else torch.zeros((0, len(class_names)))
-    return method, SyntheticPool(to_pixels(images, resolution), torch.tensor(classes, dtype=torch.long), target_tensor)
+    return method, SyntheticPool(
+        to_pixels(images, resolution), torch.tensor(classes, dtype=torch.long), target_tensor
+    )

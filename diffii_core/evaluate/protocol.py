@@ -68,7 +68,9 @@ def mix_batch(
     members = pool.by_class(num_classes)
     draws = torch.rand(batch, generator=gen) < rule.probability
     if rule.long_tail:
-        wanted = torch.multinomial(class_weights_long_tail(real_counts), batch, replacement=True, generator=gen)
+        wanted = torch.multinomial(
+            class_weights_long_tail(real_counts), batch, replacement=True, generator=gen
+        )
     else:
         wanted = real_labels
     picks = torch.rand(batch, generator=gen)

@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffii_core.evaluate.classifier import TrainConfig, accuracy, predict, train_classifier, worst_group_accuracy
+from diffii_core.evaluate.classifier import (
+    TrainConfig,
+    accuracy,
+    predict,
+    train_classifier,
+    worst_group_accuracy,
+)
 from diffii_core.evaluate.data import LabelledImages, check_same_classes, load_archive, load_split
 from diffii_core.evaluate.protocol import Replacement, SyntheticPool
 
@@ -110,7 +116,9 @@ def evaluate(
 def format_table(report: dict[str, Any]) -> str:
     rows = report["entries"]
     has_groups = any("worst_group" in r for r in rows)
-    head = f"{'method':16s} {'top-1 (%)':>16s} {'gain':>7s}" + (f" {'worst group (%)':>16s}" if has_groups else "")
+    head = f"{'method':16s} {'top-1 (%)':>16s} {'gain':>7s}" + (
+        f" {'worst group (%)':>16s}" if has_groups else ""
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         line = (

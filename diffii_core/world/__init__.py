@@ -24,5 +24,7 @@ def shipped_pipeline() -> Path:
 def shipped_backbone() -> Path:
     """The world's pretrained classifier backbone (a transformers model directory)."""
     if not (BACKBONE_DIR / "config.json").exists():
-        raise ModelError(f"the world backbone is not in {BACKBONE_DIR}: `diffii world train --stage backbone`")
+        raise ModelError(
+            f"the world backbone is not in {BACKBONE_DIR}: `diffii world train --stage backbone`"
+        )
     return BACKBONE_DIR

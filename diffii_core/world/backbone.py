@@ -38,8 +38,15 @@ def _render(seed: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     return to_batch(images), torch.tensor(labels)
 
 
-def train_backbone(work_dir: Path, out: Path, steps: int, *, seed: int = 0, batch: int = 64,
-                   progress: Callable[[str, int, int, dict[str, float]], None] | None = None) -> int:
+def train_backbone(
+    work_dir: Path,
+    out: Path,
+    steps: int,
+    *,
+    seed: int = 0,
+    batch: int = 64,
+    progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
+) -> int:
     """Train on a seeded render of the pretraining species; save a transformers model directory."""
     torch.set_flush_denormal(True)
     cache = work_dir / f"backbone-data-{seed}.pt"
@@ -49,8 +56,12 @@ def train_backbone(work_dir: Path, out: Path, steps: int, *, seed: int = 0, batc
         x, y = _render(seed, 40_000)
         torch.save((x, y), cache)
     labels = [s.name for s in domain.pretraining_species()]
-    config = ResNetConfig(**CONFIG, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                          label2id={n: i for i, n in enumerate(labels)})
+    config = ResNetConfig(
+        **CONFIG,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ResNetForImageClassification(config)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import click
 
 from services.cli.augment import augment
-from services.cli.evaluate import evaluate
 from services.cli.client import cancel, download, jobs, status, submit
+from services.cli.evaluate import evaluate
 from services.cli.runtime import sweeper, up, worker
 from services.cli.server import admin, migrate, serve
 from services.cli.world import world

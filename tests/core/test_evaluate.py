@@ -67,7 +67,13 @@ def test_probability_zero_and_one_and_long_tail_draws() -> None:
     # those draws stay real, and class 1 (weight 0.1 vs 0.01) is drawn ten times as often as class 0.
     big = torch.zeros(20000, 3, 2, 2)
     _, targets, replaced = mix_batch(
-        big, torch.zeros(20000, dtype=torch.long), 3, _pool(), Replacement(1.0, long_tail=True), [99, 9, 0], gen
+        big,
+        torch.zeros(20000, dtype=torch.long),
+        3,
+        _pool(),
+        Replacement(1.0, long_tail=True),
+        [99, 9, 0],
+        gen,
     )
     soft_rows = (targets[:, 1] > 0.5) & replaced
     zero_rows = (targets[:, 0] == 1.0) & replaced
@@ -97,7 +103,9 @@ def _archive(path: Path, class_names: list[str], per_class: int) -> None:
                 Image.new("RGB", (8, 8), (40 + 80 * c,) * 3).save(buf, format="PNG")
                 file_name = f"{name}/c{c}-{i}.png"
                 zf.writestr(file_name, buf.getvalue())
-                lines.append(json.dumps({"file_name": file_name, "label": name, "label_index": c, "soft_label": None}))
+                lines.append(
+                    json.dumps({"file_name": file_name, "label": name, "label_index": c, "soft_label": None})
+                )
         zf.writestr("metadata.jsonl", "\n".join(lines))
         classes = [{"index": c, "name": n} for c, n in enumerate(class_names)]
         zf.writestr("job.json", json.dumps({"params": {"method": "diff-ii"}, "classes": classes}))
@@ -107,7 +115,9 @@ def _archive(path: Path, class_names: list[str], per_class: int) -> None:
 def tiny_backbone(tmp_path: Path) -> Path:
     from transformers import ResNetConfig, ResNetForImageClassification
 
-    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=2)
+    config = ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=2
+    )
     torch.manual_seed(0)
     ResNetForImageClassification(config).save_pretrained(tmp_path / "backbone")
     return tmp_path / "backbone"
@@ -123,8 +133,14 @@ def test_same_seeds_give_identical_accuracy_and_a_table(tmp_path: Path, tiny_bac
     _archive(tmp_path / "syn.zip", ["a", "b"], 3)
     config = TrainConfig(epochs=2, batch_size=4, resolution=8)
     runs = [
-        evaluate(tmp_path / "train", tmp_path / "test", [tmp_path / "syn.zip"], backbone=tiny_backbone, seeds=2,
-                 config=config)
+        evaluate(
+            tmp_path / "train",
+            tmp_path / "test",
+            [tmp_path / "syn.zip"],
+            backbone=tiny_backbone,
+            seeds=2,
+            config=config,
+        )
         for _ in range(2)
     ]
     assert runs[0] == runs[1]
@@ -150,11 +166,23 @@ def test_mismatched_test_classes_foreign_archives_and_empty_classes_are_refused(
     with pytest.raises(DatasetError, match=r"test set's classes do not match.*only in training: \['b'\]"):
         evaluate(tmp_path / "train", tmp_path / "test", [], backbone=tiny_backbone, seeds=1, config=config)
     with pytest.raises(DatasetError, match="made from another dataset"):
-        evaluate(tmp_path / "train", tmp_path / "test_ok", [tmp_path / "foreign.zip"], backbone=tiny_backbone,
-                 seeds=1, config=config)
+        evaluate(
+            tmp_path / "train",
+            tmp_path / "test_ok",
+            [tmp_path / "foreign.zip"],
+            backbone=tiny_backbone,
+            seeds=1,
+            config=config,
+        )
     with pytest.raises(DatasetError, match="not a diffii archive"):
-        evaluate(tmp_path / "train", tmp_path / "test_ok", [tmp_path / "broken.zip"], backbone=tiny_backbone,
-                 seeds=1, config=config)
+        evaluate(
+            tmp_path / "train",
+            tmp_path / "test_ok",
+            [tmp_path / "broken.zip"],
+            backbone=tiny_backbone,
+            seeds=1,
+            config=config,
+        )
     # A class whose only file is not an image ends up empty.
     for root in (tmp_path / "train", tmp_path / "test_ok"):
         (root / "empty").mkdir()

@@ -1,0 +1,309 @@
+"""The paper's tables, measured on the diffii world: every method through `augment --model world` and
+`evaluate`, with per-method faithfulness (oracle) and diversity.
+
+    python bench/quality.py --setting quick --out results/quick     # <= 30 min on 2 cores
+    python bench/quality.py --setting full --out results/full
+
+Writes OUT/results.md (the tables), OUT/results.json, and PNG plots; prints the tables as it goes.
+Nothing here is tuned to a hoped-for result: the settings are fixed below and the figures are what
+they are."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import zipfile
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from diffii_core.augment import augment
+from diffii_core.evaluate.classifier import TrainConfig
+from diffii_core.evaluate.run import evaluate, format_table
+from diffii_core.params import JobParams
+from diffii_core.world import domain
+from diffii_core.world.datasets import WorldDatasetSpec, write_world_dataset
+
+METHODS = ("diff-ii", "diff-mix", "diff-aug", "diff-gen", "real-guidance", "real-mix", "da-fusion")
+# Methods that learn the same LoRA + token concepts reuse one learned set per dataset.
+SHARED_CONCEPTS = {"diff-ii", "diff-mix", "diff-aug", "diff-gen"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    classes: int
+    shots: tuple[int, ...]
+    seeds: int
+    concept_steps: int
+    epochs: int
+    test_per_class: int
+    imbalances: tuple[float, ...]
+    waterbirds: float | None
+    split_ratios: tuple[float, ...]
+
+
+SETTINGS = {
+    "quick": Setting(
+        classes=5,
+        shots=(5,),
+        seeds=3,
+        concept_steps=300,
+        epochs=30,
+        test_per_class=40,
+        imbalances=(),
+        waterbirds=None,
+        split_ratios=(0.0, 0.3, 1.0),
+    ),
+    "full": Setting(
+        classes=10,
+        shots=(5, 10),
+        seeds=5,
+        concept_steps=1000,
+        epochs=40,
+        test_per_class=60,
+        imbalances=(10.0, 100.0),
+        waterbirds=0.9,
+        split_ratios=(0.0, 0.1, 0.3, 0.5, 1.0),
+    ),
+}
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def make_archive(
+    data: Path,
+    out: Path,
+    method: str,
+    setting: Setting,
+    model: str,
+    work: Path,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    archive = (
+        out / f"{method}{'-' + '-'.join(f'{k}{v}' for k, v in (extra or {}).items()) if extra else ''}.zip"
+    )
+    if archive.exists():
+        return archive
+    body: dict[str, Any] = {
+        "model": model,
+        "method": method,
+        "metaclass": domain.METACLASS,
+        "seed": 0,
+        "concepts": {"steps": setting.concept_steps, "batch_size": 8, "learning_rate": 1e-3},
+        **(extra or {}),
+    }
+    concepts_dir = work / ("concepts-shared" if method in SHARED_CONCEPTS else f"concepts-{method}")
+    began = time.monotonic()
+    augment(data / "train", archive, JobParams.model_validate(body), batch_size=16, concepts_dir=concepts_dir)
+    say(f"  {archive.name}: {time.monotonic() - began:.0f} s")
+    return archive
+
+
+def faithfulness_and_diversity(archive: Path | None, data: Path) -> tuple[float | None, float]:
+    """Oracle share of images whose attributes are their label's, and mean pairwise pixel distance within
+    a class (real images when `archive` is None)."""
+    from diffii_core.world.oracle import attributes_right, load_oracle, predict, to_batch
+
+    by_class: dict[str, list[Image.Image]] = {}
+    if archive is None:
+        for folder in sorted((data / "train").iterdir()):
+            by_class[folder.name] = [Image.open(p).convert("RGB") for p in sorted(folder.iterdir())]
+    else:
+        with zipfile.ZipFile(archive) as zf:
+            for line in zf.read("metadata.jsonl").decode().splitlines():
+                r = json.loads(line)
+                by_class.setdefault(r["label"], []).append(
+                    Image.open(BytesIO(zf.read(r["file_name"]))).convert("RGB")
+                )
+    distances = []
+    for images in by_class.values():
+        x = to_batch(images).flatten(1)
+        if x.shape[0] > 1:
+            d = torch.cdist(x, x)
+            distances.append(float(d.sum() / (x.shape[0] * (x.shape[0] - 1))))
+    diversity = statistics.fmean(distances) if distances else 0.0
+    if archive is None:
+        return None, diversity
+    images = [im for ims in by_class.values() for im in ims]
+    species = [domain.species_by_name(name) for name, ims in by_class.items() for _ in ims]
+    faithful = float(attributes_right(predict(load_oracle(), to_batch(images)), species).float().mean())
+    return faithful, diversity
+
+
+def run_table(
+    name: str,
+    data: Path,
+    out: Path,
+    setting: Setting,
+    model: str,
+    methods: tuple[str, ...],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    say(f"== {name}")
+    work = out / "work" / name
+    work.mkdir(parents=True, exist_ok=True)
+    archives = [make_archive(data, work, m, setting, model, work, extra) for m in methods]
+    report = evaluate(
+        data / "train",
+        data / "test",
+        archives,
+        backbone=_backbone(),
+        seeds=setting.seeds,
+        config=TrainConfig(epochs=setting.epochs),
+    )
+    for entry, archive in zip(report["entries"], [None, *archives], strict=True):
+        entry["faithfulness"], entry["diversity"] = faithfulness_and_diversity(archive, data)
+    say(format_table(report))
+    return report
+
+
+def _backbone() -> Path:
+    from diffii_core.world import shipped_backbone
+
+    return shipped_backbone()
+
+
+def world_data(out: Path, key: str, spec: WorldDatasetSpec) -> Path:
+    data = out / "data" / key
+    if not (data / "train").exists():
+        write_world_dataset(data, spec)
+    return data
+
+
+def markdown(tables: dict[str, dict[str, Any]]) -> str:
+    lines = []
+    for name, report in tables.items():
+        groups = any("worst_group" in e for e in report["entries"])
+        lines += [
+            f"### {name}",
+            "",
+            "| method | top-1 % (± 95 % CI) | gain | faithfulness | diversity |"
+            + (" worst group % |" if groups else ""),
+            "|---|---|---|---|---|" + ("---|" if groups else ""),
+        ]
+        for e in report["entries"]:
+            faithful = "–" if e["faithfulness"] is None else f"{e['faithfulness']:.2f}"
+            row = (
+                f"| {e['method']} | {100 * e['accuracy_mean']:.2f} ± {100 * e['accuracy_ci95']:.2f} | "
+                f"{100 * e['gain']:+.2f} | {faithful} | {e['diversity']:.1f} |"
+            )
+            if groups:
+                row += f" {100 * e.get('worst_group', float('nan')):.2f} |"
+            lines.append(row)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(tables: dict[str, dict[str, Any]], split_curve: list[tuple[float, float, float]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for name, report in tables.items():
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        entries = report["entries"]
+        ax.bar(
+            [e["method"] for e in entries],
+            [100 * e["accuracy_mean"] for e in entries],
+            yerr=[100 * e["accuracy_ci95"] for e in entries],
+            capsize=3,
+            color="#4a7ab5",
+        )
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_title(name)
+        ax.tick_params(axis="x", rotation=30)
+        fig.tight_layout()
+        fig.savefig(out / f"{name.replace(' ', '_')}.png", dpi=110)
+        plt.close(fig)
+    if split_curve:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        s, mean, ci = zip(*split_curve, strict=True)
+        ax.errorbar(s, [100 * m for m in mean], yerr=[100 * c for c in ci], marker="o", capsize=3)
+        ax.set_xlabel("split ratio s")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_title("Diff-II split ratio")
+        fig.tight_layout()
+        fig.savefig(out / "split_ratio.png", dpi=110)
+        plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default="quick")
+    parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument("--model", default="world", help="model name (default: the shipped world model)")
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    setting = SETTINGS[args.setting]
+    args.out.mkdir(parents=True, exist_ok=True)
+    methods = tuple(args.methods)
+    began = time.monotonic()
+    tables: dict[str, dict[str, Any]] = {}
+    for shots in setting.shots:
+        data = world_data(
+            args.out,
+            f"{shots}shot",
+            WorldDatasetSpec(
+                classes=setting.classes, shots=shots, seed=0, test_per_class=setting.test_per_class
+            ),
+        )
+        tables[f"{shots}-shot"] = run_table(f"{shots}-shot", data, args.out, setting, args.model, methods)
+    for r in setting.imbalances:
+        data = world_data(
+            args.out,
+            f"lt{r:g}",
+            WorldDatasetSpec(
+                classes=setting.classes, shots=50, imbalance=r, seed=0, test_per_class=setting.test_per_class
+            ),
+        )
+        tables[f"long tail {r:g}"] = run_table(
+            f"long tail {r:g}", data, args.out, setting, args.model, methods, extra=None
+        )
+    if setting.waterbirds is not None:
+        data = world_data(
+            args.out,
+            "waterbirds",
+            WorldDatasetSpec(
+                classes=setting.classes,
+                shots=20,
+                waterbirds=setting.waterbirds,
+                seed=0,
+                test_per_class=setting.test_per_class,
+            ),
+        )
+        tables["waterbirds"] = run_table("waterbirds", data, args.out, setting, args.model, methods)
+    curve = []
+    if "diff-ii" in methods:
+        shots = setting.shots[0]
+        data = world_data(
+            args.out,
+            f"{shots}shot",
+            WorldDatasetSpec(
+                classes=setting.classes, shots=shots, seed=0, test_per_class=setting.test_per_class
+            ),
+        )
+        for s in setting.split_ratios:
+            report = run_table(
+                f"split {s:g}", data, args.out, setting, args.model, ("diff-ii",), extra={"split_ratio": s}
+            )
+            diffii = report["entries"][1]
+            curve.append((s, diffii["accuracy_mean"], diffii["accuracy_ci95"]))
+    (args.out / "results.json").write_text(json.dumps({"tables": tables, "split_curve": curve}, indent=2))
+    (args.out / "results.md").write_text(markdown(tables))
+    plot(tables, curve, args.out)
+    say(f"quality: {len(tables)} tables, {time.monotonic() - began:.0f} s, written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
