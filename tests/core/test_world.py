@@ -187,21 +187,49 @@ def test_training_legs_resume_to_the_same_weights_as_an_uninterrupted_run(tmp_pa
     assert any(not torch.equal(v, fresh["unet"][k]) for k, v in unet.state_dict().items())
 
 
-def test_export_writes_a_directory_the_sd_loader_reads_with_matching_hashes(tmp_path: Path) -> None:
-    from diffii_core.models import load_model
-    from diffii_core.world.train import Recipe, export, train_unet, train_vae, verify_manifest
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A world model trained for one step of each stage and exported: real shape, untrained weights."""
+    from diffii_core.world.train import Recipe, export, train_unet, train_vae
 
+    work = tmp_path_factory.mktemp("world")
     recipe = Recipe(
         vae_batch=2, unet_batch=2, data_images=8, vae_stats_images=8, checkpoint_every=1, unet_warmup=1
     )
-    train_vae(tmp_path, recipe, 1)
-    train_unet(tmp_path, recipe, 1)
-    manifest = export(tmp_path, recipe, tmp_path / "model")
-    assert manifest["unet_steps"] == 1 and verify_manifest(tmp_path / "model") == []
-    model = load_model("w", {"w": str(tmp_path / "model")}, device="cpu")
+    train_vae(work, recipe, 1)
+    train_unet(work, recipe, 1)
+    manifest = export(work, recipe, work / "model")
+    assert manifest["unet_steps"] == 1 and manifest["vae_steps"] == 1
+    return work / "model"
+
+
+def test_export_writes_a_directory_the_sd_loader_reads_with_matching_hashes(
+    exported: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from diffii_core.models import load_model
+    from diffii_core.world.train import verify_manifest
+
+    assert verify_manifest(exported) == []
+    model = load_model("w", {"w": str(exported)}, device="cpu")
     assert model.resolution == domain.RESOLUTION and model.vae_scale == 2
-    (tmp_path / "model" / "unet" / "config.json").write_text("{}")
-    assert verify_manifest(tmp_path / "model") == ["unet/config.json"]
+    assert model.unet.dtype == torch.float32  # fp16 on disk, fp32 on a CPU
+    copy = shutil.copytree(exported, tmp_path / "copy")
+    (copy / "unet" / "config.json").write_text("{}")
+    assert verify_manifest(copy) == ["unet/config.json"]
+
+
+def test_world_check_runs_every_gate_through_the_engine(exported: Path) -> None:
+    from diffii_core.world.check import TARGETS, run_checks
+
+    said: list[str] = []
+    report = run_checks(exported, samples=8, say=said.append, faithfulness=False)
+    gates = set(TARGETS) - {"diffii_faithfulness"}
+    assert gates <= set(report) and all(0.0 <= report[k] <= 1.0 for k in gates)
+    assert report["oracle_accuracy"] >= 0.75  # real images: the oracle's own bar, on 8 of them
+    assert report["images_per_second"] > 0 and len(said) >= 4
+    assert set(report["met"]) == gates
 
 
 def test_centred_vae_latents_have_zero_mean_and_unit_spread(tmp_path: Path) -> None:
