@@ -36,6 +36,14 @@ class DatasetOut(BaseModel):
     created_at: datetime
 
 
+class DatasetReportOut(BaseModel):
+    """What the job's prepare stage found when it decoded every image of the dataset."""
+
+    classes: list[ClassOut] = Field(description="usable images per class (decodable, within max_pixels)")
+    images: int
+    skipped: list[SkippedOut] = Field(description="files left out, with the reason (damaged, too large...)")
+
+
 class JobRequest(JobParams):
     """Job parameters plus where the dataset is. Unknown fields are refused (422 naming them)."""
 
@@ -101,6 +109,9 @@ class JobOut(BaseModel):
     updated_at: datetime
     finished_at: datetime | None
     progress: ProgressOut
+    dataset: DatasetReportOut | None = Field(
+        None, description="the decoded dataset (set by the prepare stage; null before it)"
+    )
 
 
 class JobPage(BaseModel):
