@@ -29,7 +29,7 @@ test: setup services
 # The unit tests in a random order (a new seed each run; replay one with SEED=N): order
 # dependence and leaked state show up here before they show up as a flaky CI run.
 test-shuffled: setup services
-	$(BIN)/python -m pytest -q -p randomly -m "not integration" --ignore=tests/infra $(if $(SEED),-p randomly --randomly-seed=$(SEED))
+	$(BIN)/python -m pytest -q -p randomly -m "not integration" --ignore=tests/infra $(if $(SEED),--randomly-seed=$(SEED))
 
 bench: setup
 	$(BIN)/python bench/core.py
