@@ -6,6 +6,8 @@ compute takes at least a minute) and the time from submission to the first shard
     .venv/bin/python bench/service.py                 # quick: a few seconds of compute
     .venv/bin/python bench/service.py --size full     # >= 1 minute of compute (the ratio figure)
     .venv/bin/python bench/service.py --database-url postgresql+psycopg://... --broker-url redis://...
+    .venv/bin/python bench/service.py --upload-gb 1   # only the API's memory during a 1 GiB upload
+                                                      # (bench/upload.py; target < 100 MB above idle)
 
 The service runs as `diffii up` (API + one worker + sweep) in a fresh DIFFII_HOME: embedded SQLite,
 SQLite broker and local storage by default, or real Postgres/Redis when given. Service start-up
@@ -183,7 +185,21 @@ def main() -> None:
     parser.add_argument("--database-url", help="real Postgres instead of the embedded SQLite")
     parser.add_argument("--broker-url", help="real Redis instead of the embedded SQLite broker")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--upload-gb", type=float, help="instead: the API's peak memory while an archive this large uploads"
+    )
     args = parser.parse_args()
+    if args.upload_gb:
+        sys.path.insert(0, str(Path(__file__).parent))
+        import upload
+
+        with tempfile.TemporaryDirectory(prefix="diffii-bench-upload-") as tmp:
+            figures = upload.measure(args.upload_gb, Path(tmp))
+        if args.json:
+            print(json.dumps(figures, indent=2))
+        else:
+            upload.report(figures)
+        return
 
     from diffii_core.sample_data import write_sample_dataset
 
