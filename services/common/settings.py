@@ -51,6 +51,13 @@ class CommonSettings(BaseSettings):
         description="JSON overrides of diffii_core.dataset.DatasetLimits fields (counts, sizes, pixels)",
     )
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _parse_models(cls, value: Any) -> dict[str, str]:
+        from diffii_core.models.registry import parse_registry
+
+        return parse_registry(value)
+
     @field_validator("dataset_limits")
     @classmethod
     def _known_limits(cls, value: dict[str, int]) -> dict[str, int]:
