@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from diffii_core.atomic import atomic_path, atomic_write
 from services.common.signing import signed_object_url
-from services.common.storage import (
+from services.common.storage_base import (
     CHUNK_BYTES,
     ObjectNotFound,
     ObjectTooLarge,

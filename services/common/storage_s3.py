@@ -20,7 +20,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from diffii_core.atomic import atomic_path
-from services.common.storage import (
+from services.common.storage_base import (
     ObjectNotFound,
     ObjectTooLarge,
     StorageError,
