@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,20 +29,13 @@ import zipfile
 from pathlib import Path
 
 import httpx
+from processes import CLI, ROOT, create_key, free_port, wait_http
 
-ROOT = Path(__file__).resolve().parents[1]
-CLI = "from services.cli.main import main; main()"
 SIZES = {
     # expansion, concept steps, inference steps, inversion steps
     "quick": (2.0, 30, 25, 50),
     "full": (20.0, 400, 25, 50),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def job_options(args: argparse.Namespace) -> dict[str, object]:
@@ -76,26 +68,14 @@ def run_service(dataset: Path, out: Path, opts: dict[str, object], env: dict[str
         env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if up.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"diffii up did not become ready; see {home / 'up.log'}")
-            time.sleep(0.3)
+        wait_http(f"{url}/readyz", up, home / "up.log")
         # Wait for the worker's model preload too: submissions meet a running worker.
         deadline = time.monotonic() + 180
         while b"task process ready" not in (home / "up.log").read_bytes():
             if time.monotonic() > deadline:
                 raise SystemExit("the worker did not start")
             time.sleep(0.3)
-        key = subprocess.run(
-            [sys.executable, "-c", CLI, "admin", "create-key", "--owner", "bench"],
-            env=env, cwd=ROOT, check=True, capture_output=True, text=True,
-        ).stdout.strip()  # fmt: skip
+        key = create_key(env)
         headers = {"Authorization": f"Bearer {key}"}
         body = {k: v for k, v in opts.items() if k != "concept_steps"}
         body["concepts"] = {"steps": opts["concept_steps"]}
@@ -190,7 +170,6 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.upload_gb:
-        sys.path.insert(0, str(Path(__file__).parent))
         import upload
 
         with tempfile.TemporaryDirectory(prefix="diffii-bench-upload-") as tmp:

@@ -25,9 +25,8 @@ import zipfile
 from pathlib import Path
 
 import httpx
+from processes import CLI, ROOT, create_key, free_port, wait_http
 
-ROOT = Path(__file__).resolve().parents[1]
-CLI = "from services.cli.main import main; main()"
 MEMBER_BYTES = 8 * 1024 * 1024
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -61,7 +60,7 @@ def _reset_peak(pid: int) -> bool:
 
 
 def measure(gb: float, workdir: Path) -> dict[str, float | int | bool]:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFII_")}
     env["DIFFII_HOME"] = str(workdir / "home")
@@ -73,11 +72,8 @@ def measure(gb: float, workdir: Path) -> dict[str, float | int | bool]:
         env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
-        _wait_ready(url, serve, workdir)
-        key = subprocess.run(
-            [sys.executable, "-c", CLI, "admin", "create-key", "--owner", "bench"],
-            env=env, cwd=ROOT, check=True, capture_output=True, text=True,
-        ).stdout.strip()  # fmt: skip
+        wait_http(f"{url}/healthz", serve, workdir / "serve.log", timeout=120)
+        key = create_key(env)
         headers = {"Authorization": f"Bearer {key}"}
         small = workdir / "small.zip"
         build_archive(small, 0, classes=2)
@@ -139,27 +135,6 @@ def _sample(pid: int, done: threading.Event, sampled: list[int]) -> None:
     while not done.is_set():
         sampled.append(_kib(pid, "VmRSS"))
         time.sleep(0.02)
-
-
-def _wait_ready(url: str, serve: subprocess.Popen, workdir: Path) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if serve.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"diffii serve did not start; see {workdir / 'serve.log'}")
-        time.sleep(0.3)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def report(figures: dict[str, float | int | bool]) -> None:

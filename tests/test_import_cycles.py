@@ -89,3 +89,20 @@ def test_no_import_cycles() -> None:
 def test_the_cycle_finder_finds_a_cycle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycles(graph) == [frozenset({"a", "b", "c"})]
+
+
+def test_the_api_and_its_settings_never_import_torch() -> None:
+    # The API's memory is a product figure (bench/upload.py); torch alone would add ~180 MB to it.
+    code = (
+        "import sys; from services.api.app import create_app; from services.api.settings import ApiSettings; "
+        "create_app(ApiSettings(_env_file=None, home=sys.argv[1])); "
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    )
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as home:
+        out = subprocess.run([sys.executable, "-c", code, home], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

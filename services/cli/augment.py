@@ -13,7 +13,7 @@ from services.cli.options import job_body, job_options
 
 def _registry(model_paths: tuple[str, ...]) -> dict[str, str]:
     """The built-in tiny model, DIFFII_MODELS (JSON name -> directory or hub id), then --model-path."""
-    from diffii_core.models.registry import parse_registry
+    from diffii_core.model_registry import parse_registry
 
     try:
         registry = {"tiny": "tiny", **parse_registry(os.environ.get("DIFFII_MODELS"))}

@@ -54,7 +54,7 @@ class CommonSettings(BaseSettings):
     @field_validator("models", mode="before")
     @classmethod
     def _parse_models(cls, value: Any) -> dict[str, str]:
-        from diffii_core.models.registry import parse_registry
+        from diffii_core.model_registry import parse_registry
 
         return parse_registry(value)
 

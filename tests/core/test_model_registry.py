@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from diffii_core.models.registry import parse_registry
+from diffii_core.model_registry import parse_registry
 from services.cli.main import cli
 from services.common.settings import CommonSettings
 
