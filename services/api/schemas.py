@@ -27,11 +27,13 @@ class SkippedOut(BaseModel):
 class DatasetOut(BaseModel):
     id: str
     filename: str
-    classes: list[ClassOut]
+    classes: list[ClassOut] = Field(
+        description="image files per class (by name and signature; the job decodes them, see JobOut.dataset)"
+    )
     images: int
     bytes: int
     skipped: list[SkippedOut] = Field(
-        description="files left out, with the reason (undecodable, too large...)"
+        description="files the structural check left out, with the reason (not an image, outside a class...)"
     )
     created_at: datetime
 
