@@ -6,6 +6,8 @@ compute takes at least a minute) and the time from submission to the first shard
     .venv/bin/python bench/service.py                 # quick: a few seconds of compute
     .venv/bin/python bench/service.py --size full     # >= 1 minute of compute (the ratio figure)
     .venv/bin/python bench/service.py --database-url postgresql+psycopg://... --broker-url redis://...
+    .venv/bin/python bench/service.py --upload-gb 1   # only the API's memory during a 1 GiB upload
+                                                      # (bench/upload.py; target < 100 MB above idle)
 
 The service runs as `diffii up` (API + one worker + sweep) in a fresh DIFFII_HOME: embedded SQLite,
 SQLite broker and local storage by default, or real Postgres/Redis when given. Service start-up
@@ -19,7 +21,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,20 +29,13 @@ import zipfile
 from pathlib import Path
 
 import httpx
+from processes import CLI, ROOT, create_key, free_port, wait_http
 
-ROOT = Path(__file__).resolve().parents[1]
-CLI = "from services.cli.main import main; main()"
 SIZES = {
     # expansion, concept steps, inference steps, inversion steps
     "quick": (2.0, 30, 25, 50),
     "full": (20.0, 400, 25, 50),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def job_options(args: argparse.Namespace) -> dict[str, object]:
@@ -74,26 +68,14 @@ def run_service(dataset: Path, out: Path, opts: dict[str, object], env: dict[str
         env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if up.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"diffii up did not become ready; see {home / 'up.log'}")
-            time.sleep(0.3)
+        wait_http(f"{url}/readyz", up, home / "up.log")
         # Wait for the worker's model preload too: submissions meet a running worker.
         deadline = time.monotonic() + 180
         while b"task process ready" not in (home / "up.log").read_bytes():
             if time.monotonic() > deadline:
                 raise SystemExit("the worker did not start")
             time.sleep(0.3)
-        key = subprocess.run(
-            [sys.executable, "-c", CLI, "admin", "create-key", "--owner", "bench"],
-            env=env, cwd=ROOT, check=True, capture_output=True, text=True,
-        ).stdout.strip()  # fmt: skip
+        key = create_key(env)
         headers = {"Authorization": f"Bearer {key}"}
         body = {k: v for k, v in opts.items() if k != "concept_steps"}
         body["concepts"] = {"steps": opts["concept_steps"]}
@@ -183,7 +165,20 @@ def main() -> None:
     parser.add_argument("--database-url", help="real Postgres instead of the embedded SQLite")
     parser.add_argument("--broker-url", help="real Redis instead of the embedded SQLite broker")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--upload-gb", type=float, help="instead: the API's peak memory while an archive this large uploads"
+    )
     args = parser.parse_args()
+    if args.upload_gb:
+        import upload
+
+        with tempfile.TemporaryDirectory(prefix="diffii-bench-upload-") as tmp:
+            figures = upload.measure(args.upload_gb, Path(tmp))
+        if args.json:
+            print(json.dumps(figures, indent=2))
+        else:
+            upload.report(figures)
+        return
 
     from diffii_core.sample_data import write_sample_dataset
 

@@ -3,15 +3,13 @@ the service runs the same steps split into tasks."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from diffii_core.archive import ArchiveWriter, job_document
+from diffii_core.atomic import atomic_write
 from diffii_core.concepts import Concepts, apply_concepts, learn_concepts
 from diffii_core.dataset import DatasetLimits, load_dataset
 from diffii_core.generate import generate_share
@@ -77,53 +75,43 @@ def augment(
     counts = [images_for_class(params, len(c.images)) for c in dataset.classes]
     inverting = progress("inverting", dataset.images if uses_inversion(params.method) else 0)
     generating = progress("generating", sum(counts))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            writer = ArchiveWriter(handle)
-            metadata = []
-            for cls, count in zip(dataset.classes, counts, strict=True):
-                images = [item.open() for item in cls.images]
-                pool = None
-                if uses_inversion(params.method):
-                    pool = invert_class(
-                        model, concepts, images, cls.name, params, batch_size=batch_size, progress=inverting
-                    )
-                for image in generate_share(
-                    model,
-                    concepts,
-                    pool,
-                    class_name=cls.name,
-                    label_index=cls.index,
-                    class_names=class_names,
-                    source_names=[item.path for item in cls.images],
-                    params=params,
-                    start=0,
-                    stop=count,
-                    batch_size=batch_size,
-                    references=images if uses_references(params.method) else None,
-                ):
-                    writer.add_image(image.file_name, image.png)
-                    metadata.append(image.metadata)
-                    generating(1)
-            classes = [
-                {"index": c.index, "name": c.name, "images": len(c.images), "generated": n}
-                for c, n in zip(dataset.classes, counts, strict=True)
-            ]
-            skipped = [{"path": s.path, "reason": s.reason} for s in dataset.skipped]
-            writer.finish(
-                metadata,
-                job_document(
-                    params, {"name": model.name, "revision": model.revision}, classes, skipped=skipped
-                ),
-            )
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    # A failed or interrupted run leaves no archive (and no part of one) at --out.
+    with atomic_write(out) as handle:
+        writer = ArchiveWriter(handle)
+        metadata = []
+        for cls, count in zip(dataset.classes, counts, strict=True):
+            images = [item.open() for item in cls.images]
+            pool = None
+            if uses_inversion(params.method):
+                pool = invert_class(
+                    model, concepts, images, cls.name, params, batch_size=batch_size, progress=inverting
+                )
+            for image in generate_share(
+                model,
+                concepts,
+                pool,
+                class_name=cls.name,
+                label_index=cls.index,
+                class_names=class_names,
+                source_names=[item.path for item in cls.images],
+                params=params,
+                start=0,
+                stop=count,
+                batch_size=batch_size,
+                references=images if uses_references(params.method) else None,
+            ):
+                writer.add_image(image.file_name, image.png)
+                metadata.append(image.metadata)
+                generating(1)
+        classes = [
+            {"index": c.index, "name": c.name, "images": len(c.images), "generated": n}
+            for c, n in zip(dataset.classes, counts, strict=True)
+        ]
+        skipped = [{"path": s.path, "reason": s.reason} for s in dataset.skipped]
+        writer.finish(
+            metadata,
+            job_document(params, {"name": model.name, "revision": model.revision}, classes, skipped=skipped),
+        )
     return AugmentSummary(
         out=out,
         classes=len(class_names),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from diffii_core.atomic import atomic_path
 from diffii_core.batch_invariance import stabilize
 from diffii_core.ddim import Schedule
 from diffii_core.errors import ArtifactError, Cancelled
@@ -331,10 +331,8 @@ def _checkpoint(
         "optimizer": optimizer.state_dict(),
         "generator": gen.get_state(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint whole
+    with atomic_path(path) as tmp:  # a crash mid-write leaves the previous checkpoint whole
+        torch.save(state, tmp)
 
 
 def _resume(

@@ -12,7 +12,7 @@ import torch
 
 from diffii_core.batch_invariance import stabilize
 from diffii_core.errors import ModelError
-from diffii_core.registry import DEFAULT_REGISTRY
+from diffii_core.model_registry import DEFAULT_REGISTRY
 
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from diffii_core.atomic import atomic_write_bytes
+from diffii_core.atomic import atomic_write
 from diffii_core.world import domain
 
 
@@ -130,6 +130,7 @@ def write_world_dataset(out: Path, spec: WorldDatasetSpec) -> dict[str, Any]:
             for c, s in enumerate(species)
         ],
     }
-    atomic_write_bytes(out / "classes.json", json.dumps(body, indent=2).encode())
-    atomic_write_bytes(out / "backgrounds.json", json.dumps(backgrounds, indent=1, sort_keys=True).encode())
+    for name, content in (("classes.json", body), ("backgrounds.json", backgrounds)):
+        with atomic_write(out / name) as fp:
+            fp.write(json.dumps(content, indent=1, sort_keys=True).encode())
     return body

@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from diffii_core.atomic import atomic_write_bytes
+from diffii_core.atomic import atomic_write
 from diffii_core.seeding import generator
 from diffii_core.world import domain
 
@@ -120,9 +120,8 @@ def train_oracle(
     out.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), str(out / "oracle.safetensors"))
     report = evaluate_oracle(model, seed=seed + 1)
-    atomic_write_bytes(
-        out / "oracle.json", json.dumps({"steps": steps, "seed": seed, **report}, indent=2).encode()
-    )
+    with atomic_write(out / "oracle.json") as fp:
+        fp.write(json.dumps({"steps": steps, "seed": seed, **report}, indent=2).encode())
     return steps
 
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel
 
-from diffii_core.atomic import atomic_write_bytes
+from diffii_core.atomic import atomic_write
 from diffii_core.seeding import generator
 from diffii_core.world import domain
 from diffii_core.world.model import SCHEDULER_CONFIG, build_fresh, build_tokenizer, save_pipeline
@@ -90,11 +90,9 @@ def hash_stage(stage: str) -> int:
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    import io
 
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    with atomic_write(path, durable=True) as fp:
+        torch.save(state, fp)
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any] | None:
@@ -342,7 +340,8 @@ def export(work_dir: Path, recipe: Recipe, out: Path) -> dict[str, Any]:
         "seed": recipe.seed,
         "files": {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files},
     }
-    atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
+    with atomic_write(out / "manifest.json") as fp:
+        fp.write(json.dumps(manifest, indent=2, sort_keys=True).encode())
     return manifest
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.api.schemas import JobOut, ProgressOut, ShardOut
+from services.api.schemas import ClassOut, DatasetReportOut, JobOut, ProgressOut, ShardOut, SkippedOut
 from services.api.timeutil import as_utc, as_utc_or_none
 from services.common.models import Job, Shard, ShardKind, ShardStatus
 
@@ -44,6 +44,17 @@ def _progress(job: Job, shards: list[Shard], with_detail: bool) -> ProgressOut:
     )
 
 
+def _dataset_report(manifest: dict | None) -> DatasetReportOut | None:
+    if not manifest or "classes" not in manifest:
+        return None
+    classes = [ClassOut(name=c["name"], images=c["images"]) for c in manifest["classes"]]
+    return DatasetReportOut(
+        classes=classes,
+        images=sum(c.images for c in classes),
+        skipped=[SkippedOut(path=s["path"], reason=s["reason"]) for s in manifest.get("skipped", [])],
+    )
+
+
 def job_out(job: Job, shards: list[Shard], *, with_detail: bool = True) -> JobOut:
     return JobOut(
         id=job.id,
@@ -58,6 +69,7 @@ def job_out(job: Job, shards: list[Shard], *, with_detail: bool = True) -> JobOu
         updated_at=as_utc(job.updated_at),
         finished_at=as_utc_or_none(job.finished_at),
         progress=_progress(job, shards, with_detail),
+        dataset=_dataset_report(job.manifest) if with_detail else None,
     )
 
 

@@ -27,13 +27,23 @@ class SkippedOut(BaseModel):
 class DatasetOut(BaseModel):
     id: str
     filename: str
-    classes: list[ClassOut]
+    classes: list[ClassOut] = Field(
+        description="image files per class (by name and signature; the job decodes them, see JobOut.dataset)"
+    )
     images: int
     bytes: int
     skipped: list[SkippedOut] = Field(
-        description="files left out, with the reason (undecodable, too large...)"
+        description="files the structural check left out, with the reason (not an image, outside a class...)"
     )
     created_at: datetime
+
+
+class DatasetReportOut(BaseModel):
+    """What the job's prepare stage found when it decoded every image of the dataset."""
+
+    classes: list[ClassOut] = Field(description="usable images per class (decodable, within max_pixels)")
+    images: int
+    skipped: list[SkippedOut] = Field(description="files left out, with the reason (damaged, too large...)")
 
 
 class JobRequest(JobParams):
@@ -101,6 +111,9 @@ class JobOut(BaseModel):
     updated_at: datetime
     finished_at: datetime | None
     progress: ProgressOut
+    dataset: DatasetReportOut | None = Field(
+        None, description="the decoded dataset (set by the prepare stage; null before it)"
+    )
 
 
 class JobPage(BaseModel):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field, SecretStr
 
 from services.common.settings import CommonSettings
@@ -17,10 +15,8 @@ class ApiSettings(CommonSettings):
         None,
         description="URL clients reach the API at (signed local download links); default http://host:port",
     )
-    max_upload_bytes: int = Field(2 * 1024**3, ge=1, description="largest dataset archive accepted")
-    dataset_limits: dict[str, Any] = Field(
-        default_factory=dict,
-        description="JSON overrides of diffii_core.dataset.DatasetLimits fields (counts, sizes, pixels)",
+    max_upload_bytes: int | None = Field(
+        None, ge=1, description="largest upload over HTTP; default: the max_archive_bytes dataset limit"
     )
     presign_ttl: int = Field(300, ge=10, le=7 * 24 * 3600, description="seconds a download link stays valid")
     signing_secret: SecretStr | None = Field(
@@ -40,8 +36,9 @@ class ApiSettings(CommonSettings):
             return self.signing_secret.get_secret_value()
         return load_or_create_secret(self.home / "signing.key")
 
-    def make_dataset_limits(self) -> Any:
-        from diffii_core.dataset import DatasetLimits
-
-        # The upload cap already bounds the archive; an explicit override still wins.
-        return DatasetLimits(**{"max_archive_bytes": self.max_upload_bytes, **self.dataset_limits})
+    @property
+    def upload_cap(self) -> int:
+        """Bytes an upload may have: its own setting, else the archive limit every reader applies."""
+        if self.max_upload_bytes is not None:
+            return self.max_upload_bytes
+        return self.make_dataset_limits().max_archive_bytes

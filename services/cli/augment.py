@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -14,15 +13,12 @@ from services.cli.options import job_body, job_options
 
 def _registry(model_paths: tuple[str, ...]) -> dict[str, str]:
     """The built-in models, DIFFII_MODELS (JSON name -> directory or hub id), then --model-path."""
-    from diffii_core.registry import DEFAULT_REGISTRY
+    from diffii_core.model_registry import DEFAULT_REGISTRY, parse_registry
 
-    registry = dict(DEFAULT_REGISTRY)
-    raw = os.environ.get("DIFFII_MODELS")
-    if raw:
-        try:
-            registry.update(json.loads(raw))
-        except ValueError as exc:
-            raise click.BadParameter(f"DIFFII_MODELS is not a JSON object: {exc}") from exc
+    try:
+        registry = {**DEFAULT_REGISTRY, **parse_registry(os.environ.get("DIFFII_MODELS"))}
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
     for item in model_paths:
         name, sep, where = item.partition("=")
         if not sep or not name or not where:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import click
 import httpx
 
+from diffii_core.atomic import atomic_write
 from services.cli.options import job_body, job_options
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -102,21 +103,16 @@ class Client:
             raise click.ClickException(f"expected a redirect to the archive, got {response.status_code}")
         # A presigned URL carries its own authorisation; our Authorization header would break it.
         url = str(self.http.base_url.join(location))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        partial = out.with_name(f".{out.name}.part")
         try:
             with httpx.stream("GET", url, timeout=httpx.Timeout(300.0, connect=10.0)) as stream:
                 if stream.status_code >= 400:
                     stream.read()
                     raise ApiError(stream.status_code, _detail(stream))
-                with partial.open("wb") as handle:
+                with atomic_write(out) as handle:
                     for chunk in stream.iter_bytes(1024 * 1024):
                         handle.write(chunk)
-            partial.replace(out)
         except httpx.TransportError as exc:
             raise click.ClickException(f"archive download failed: {exc}") from exc
-        finally:
-            partial.unlink(missing_ok=True)
         return out
 
 

@@ -7,12 +7,15 @@ are the embedded ones: everything lives under DIFFII_HOME, so `diffii up` needs 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from diffii_core.registry import DEFAULT_REGISTRY
+from diffii_core.model_registry import DEFAULT_REGISTRY
+
+if TYPE_CHECKING:
+    from diffii_core.dataset import DatasetLimits
 
 
 def default_home() -> Path:
@@ -44,6 +47,26 @@ class CommonSettings(BaseSettings):
     allowed_dataset_buckets: list[str] = Field(
         default_factory=list, description="buckets a job's dataset_uri may name (s3://bucket/key)"
     )
+    # One variable for the API (upload check) and the worker (full read), so they never disagree.
+    dataset_limits: dict[str, int] = Field(
+        default_factory=dict,
+        description="JSON overrides of diffii_core.dataset.DatasetLimits fields (counts, sizes, pixels)",
+    )
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _parse_models(cls, value: Any) -> dict[str, str]:
+        from diffii_core.model_registry import parse_registry
+
+        return parse_registry(value)
+
+    @field_validator("dataset_limits")
+    @classmethod
+    def _known_limits(cls, value: dict[str, int]) -> dict[str, int]:
+        from diffii_core.dataset import DatasetLimits
+
+        DatasetLimits.from_overrides(value)  # ValueError naming the bad field, at start-up
+        return value
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> CommonSettings:
@@ -56,6 +79,11 @@ class CommonSettings(BaseSettings):
             self.storage_dir = self.home / "objects"
         self.storage_dir = self.storage_dir.expanduser()
         return self
+
+    def make_dataset_limits(self) -> DatasetLimits:
+        from diffii_core.dataset import DatasetLimits
+
+        return DatasetLimits.from_overrides(self.dataset_limits)
 
     @property
     def uses_embedded_sqlite(self) -> bool:

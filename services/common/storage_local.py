@@ -10,12 +10,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from diffii_core.atomic import atomic_path, atomic_write
 from services.common.signing import signed_object_url
-from services.common.storage import (
+from services.common.storage_base import (
     CHUNK_BYTES,
     ObjectNotFound,
     ObjectTooLarge,
@@ -51,20 +52,9 @@ class LocalStorage:
         tmp.mkdir(parents=True, exist_ok=True)
         return tmp
 
-    @contextmanager
-    def _atomic(self, key: str) -> Iterator[BinaryIO]:
-        target = self.path_for(key)
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp_dir(), prefix="w-")
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                yield handle
-                handle.flush()
-                os.fsync(handle.fileno())
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+    def _atomic(self, key: str) -> AbstractContextManager[BinaryIO]:
+        # Temp files live under TMP_DIR, which no listing walks, so a crash leaves no visible object.
+        return atomic_write(self.path_for(key), tmp_dir=self._tmp_dir(), durable=True)
 
     # -- Storage -----------------------------------------------------------------------------------
 
@@ -97,15 +87,8 @@ class LocalStorage:
         source = self.path_for(key)
         if not source.is_file():
             raise ObjectNotFound(key)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        os.close(fd)
-        try:
-            shutil.copyfile(source, tmp_name)
-            os.replace(tmp_name, path)
-        finally:
-            Path(tmp_name).unlink(missing_ok=True)
+        with atomic_path(path) as tmp:
+            shutil.copyfile(source, tmp)
 
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()

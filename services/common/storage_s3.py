@@ -19,7 +19,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from services.common.storage import (
+from diffii_core.atomic import atomic_path
+from services.common.storage_base import (
     ObjectNotFound,
     ObjectTooLarge,
     StorageError,
@@ -195,14 +196,8 @@ class S3Storage:
 
     def download_file(self, key: str, path: Path) -> None:
         validate_key(key)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.part")
-        try:
+        with atomic_path(path) as tmp:
             self._call("download", key, self.client.download_file, Key=key, Filename=str(tmp))
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def exists(self, key: str) -> bool:
         validate_key(key)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 from pydantic import Field, model_validator
 
@@ -43,9 +42,6 @@ class WorkerSettings(CommonSettings):
     preload_models: list[str] | None = Field(
         None, description="models loaded in every task process at start; default: every listed model"
     )
-    dataset_limits: dict[str, Any] = Field(
-        default_factory=dict, description="JSON overrides of DatasetLimits (the same variable as the API's)"
-    )
     work_dir: Path | None = Field(None, description="local scratch (datasets, pools); default {home}/work")
     fault_injection: str = Field("", description="TEST ONLY: see _FAULT above")
 
@@ -76,8 +72,3 @@ class WorkerSettings(CommonSettings):
 
     def models_to_preload(self) -> list[str]:
         return list(self.models) if self.preload_models is None else list(self.preload_models)
-
-    def make_dataset_limits(self) -> Any:
-        from diffii_core.dataset import DatasetLimits
-
-        return DatasetLimits(**self.dataset_limits)

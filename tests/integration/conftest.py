@@ -24,7 +24,14 @@ import pytest
 
 from tests.service_helpers import auth, free_port, wait_until
 
-pytestmark = pytest.mark.integration
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A conftest's `pytestmark` marks nothing; every test in this folder needs the real components.
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+
 
 CLI = "from services.cli.main import main; main()"
 ROOT = Path(__file__).resolve().parents[2]

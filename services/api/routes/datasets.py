@@ -1,4 +1,10 @@
-"""POST /v1/datasets: receive an archive under the size cap, validate it, store it, list its classes."""
+"""POST /v1/datasets: receive an archive under the size cap, check its structure, store it, list its classes.
+
+The request never decodes an image and never holds the archive in memory: the body streams to a temp
+file, the structural check (`inspect_archive`: size, member names and traversal, counts, file
+signatures) runs in a worker thread, and the file streams on to storage. Decoding happens in the
+job's prepare stage, whose skipped files and class errors show in the job's status.
+"""
 
 from __future__ import annotations
 
@@ -55,13 +61,12 @@ def _skipped_entry(item: Any) -> SkippedOut:
 
 
 def _validate(path: Path, settings: ApiSettings) -> tuple[str, list[ClassOut], list[SkippedOut]]:
-    """Run the engine's own dataset checks, so an upload passes exactly when a job could use it."""
-    from diffii_core.dataset import detect_format, load_dataset
+    """The engine's structural check, under the same limits the worker reads the dataset with."""
+    from diffii_core.dataset import inspect_archive
 
-    limits = settings.make_dataset_limits()
-    dataset = load_dataset(path, limits)
-    classes = [ClassOut(name=c.name, images=len(c.images)) for c in dataset.classes]
-    return detect_format(path, limits), classes, [_skipped_entry(item) for item in dataset.skipped]
+    summary = inspect_archive(path, settings.make_dataset_limits())
+    classes = [ClassOut(name=name, images=summary.image_files[name]) for name in summary.class_names]
+    return summary.format, classes, [_skipped_entry(item) for item in summary.skipped]
 
 
 def _display_name(filename: str) -> str:
@@ -90,9 +95,9 @@ def _store(storage: Storage, key: str, path: Path, max_bytes: int) -> None:
 async def upload_dataset(
     request: Request, owner_id: OwnerDep, settings: SettingsDep, storage: StorageDep
 ) -> DatasetOut:
-    """Upload an archive (multipart field `file`); it is validated before anything is stored."""
+    """Upload an archive (multipart field `file`); its structure is checked before anything is stored."""
     with new_temp_dir() as tmp:
-        received = await receive_file(request, Path(tmp), settings.max_upload_bytes)
+        received = await receive_file(request, Path(tmp), settings.upload_cap)
         named = Path(tmp) / "named"
         named.mkdir()
         source = received.path.rename(named / _display_name(received.filename))
@@ -105,7 +110,7 @@ async def upload_dataset(
         key = f"datasets/{dataset_id}/source.{ext}"
         prefix = f"datasets/{dataset_id}/"
         try:
-            await run_in_threadpool(_store, storage, key, source, settings.max_upload_bytes)
+            await run_in_threadpool(_store, storage, key, source, settings.upload_cap)
             row = Dataset(
                 id=dataset_id,
                 owner_id=owner_id,

@@ -24,11 +24,11 @@ from diffii_core.dataset import (
     DatasetLimits,
     ImageItem,
     Skipped,
-    _read_capped,
     detect_format,
     inspect_archive,
     load_dataset,
 )
+from diffii_core.dataset.members import read_capped
 from diffii_core.errors import DatasetError
 
 Entries = dict[str, bytes]
@@ -395,15 +395,35 @@ def test_load_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_inspect_archive_lists_classes_without_decoding(tmp_path: Path) -> None:
-    entries = {"cat/a.png": png(), "cat/broken.png": b"not a png", "dog/b.png": png(), "x.txt": b"x"}
+    entries = {
+        "cat/a.png": png(),
+        "cat/cut.png": png()[:40],  # a PNG signature, but truncated: only decoding finds out
+        "cat/text.png": b"not a png",  # no image signature: the cheap check finds out
+        "dog/b.png": png(),
+        "x.txt": b"x",
+    }
     summary = inspect_archive(make_tar(tmp_path / "d.tar.gz", entries, compressed=True))
 
     assert summary.format == "tar.gz"
     assert summary.class_names == ["cat", "dog"]
-    # Not decoded: the broken file still counts here; load_dataset would skip it.
     assert summary.image_files == {"cat": 2, "dog": 1}
-    assert [s.path for s in summary.skipped] == ["x.txt"]
-    assert load_dataset(tmp_path / "d.tar.gz").manifest()["classes"][0] == {"name": "cat", "images": 1}
+    assert {s.path: s.reason for s in summary.skipped} == {
+        "cat/text.png": "not a decodable JPEG, PNG, WebP or BMP image",
+        "x.txt": "file at the top level, outside any class folder",
+    }
+    loaded = load_dataset(tmp_path / "d.tar.gz")
+    assert loaded.manifest()["classes"][0] == {"name": "cat", "images": 1}
+    assert {s.path for s in loaded.skipped} == {"cat/cut.png", "cat/text.png", "x.txt"}
+
+
+@pytest.mark.parametrize("kind", ["zip", "folder", "tar"])
+def test_inspect_archive_refuses_a_class_whose_files_have_no_image_signature(
+    tmp_path: Path, kind: str
+) -> None:
+    entries = {"cat/a.png": png(), "dog/a.jpg": b"GIF89a pretending", "dog/b.webp": b"RIFF0000WAVE"}
+    with pytest.raises(DatasetError, match="class 'dog' has no usable image") as caught:
+        inspect_archive(make_source(kind, tmp_path, entries))
+    assert "dog/a.jpg: not a decodable" in str(caught.value)
 
 
 def test_inspect_archive_applies_the_structural_checks(tmp_path: Path) -> None:
@@ -586,11 +606,11 @@ def test_zip_whose_header_understates_the_size_is_refused(tmp_path: Path) -> Non
 
 def test_read_capped_stops_one_byte_past_the_limit() -> None:
     stream = io.BytesIO(bytes(10_000_000))
-    assert _read_capped(stream, 1000) is None
+    assert read_capped(stream, 1000) is None
     assert stream.tell() == 1001  # never read further than needed to prove the excess
 
     exact = io.BytesIO(b"x" * 1000)
-    assert _read_capped(exact, 1000) == b"x" * 1000
+    assert read_capped(exact, 1000) == b"x" * 1000
 
 
 @pytest.mark.parametrize("kind", ALL_KINDS)

@@ -1,0 +1,50 @@
+"""The model list is parsed by one function, for the services' settings and `diffii augment` alike."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from diffii_core.model_registry import parse_registry
+from services.cli.main import cli
+from services.common.settings import CommonSettings
+
+
+def test_a_json_object_of_names_to_locations_is_the_registry() -> None:
+    raw = '{"tiny": "tiny", "sd15": "/models/sd15"}'
+    assert parse_registry(raw) == {"tiny": "tiny", "sd15": "/models/sd15"}
+    assert parse_registry({"x": "hub/x"}) == {"x": "hub/x"}
+    assert parse_registry(None) == parse_registry("  ") == {}
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ("{not json", "DIFFII_MODELS is not valid JSON"),
+        ('["tiny"]', "must be a JSON object of model name -> location"),
+        ('{"sd15": 5}', "model 'sd15' must map to 'tiny', a diffusers directory or a hub id, got 5"),
+        ('{"sd15": ""}', "model 'sd15' must map to"),
+        ('{" ": "tiny"}', "model names must be non-empty strings"),
+    ],
+)
+def test_a_bad_registry_is_refused_naming_what_is_wrong(raw: str, words: str) -> None:
+    with pytest.raises(ValueError, match="DIFFII_MODELS") as caught:
+        parse_registry(raw)
+    assert words in str(caught.value)
+
+
+def test_services_and_the_cli_refuse_the_same_bad_registry(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("DIFFII_MODELS", '{"sd15": 5}')
+    with pytest.raises(ValueError, match="model 'sd15' must map to"):
+        CommonSettings(_env_file=None, home=tmp_path)
+    result = CliRunner().invoke(cli, ["augment", str(tmp_path), "--out", str(tmp_path / "o.zip")])
+    assert result.exit_code == 2
+    assert "model 'sd15' must map to" in result.output
+    assert not (tmp_path / "o.zip").exists()
+
+
+def test_the_services_read_the_registry_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    monkeypatch.setenv("DIFFII_MODELS", '{"tiny": "tiny", "sd15": "/models/sd15"}')
+    assert CommonSettings(_env_file=None, home=tmp_path).models == {"tiny": "tiny", "sd15": "/models/sd15"}
