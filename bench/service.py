@@ -139,10 +139,10 @@ def shard_start_delays(env: dict[str, str], job_id: str) -> tuple[float | None, 
     as the database recorded them (no polling delay in the figure)."""
     from sqlalchemy import select
 
-    from services.common.db import make_session_factory
+    from services.common.db import dispose, make_session_factory
     from services.common.models import Job, Shard, ShardKind
     from services.common.settings import CommonSettings
-    from services.worker.leases import as_utc
+    from services.common.timeutil import as_utc
 
     sessions = make_session_factory(CommonSettings(_env_file=None, **_settings_from(env)))
     try:
@@ -158,7 +158,7 @@ def shard_start_delays(env: dict[str, str], job_id: str) -> tuple[float | None, 
                 (gen - created).total_seconds() if gen else None,
             )
     finally:
-        sessions.kw["bind"].dispose()
+        dispose(sessions)
 
 
 def _settings_from(env: dict[str, str]) -> dict[str, str]:

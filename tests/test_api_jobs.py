@@ -302,9 +302,13 @@ def test_cancel_with_a_running_shard_is_cooperative(
     response = api.post(f"/v1/jobs/{job_id}/cancel", headers=owner["headers"])
     assert response.status_code == 200
     body = response.json()
-    # Cancelled at once; the worker running a shard sees it at its next batch and writes nothing more.
-    assert body["status"] == "cancelled" and body["cancel_requested"] is True
-    assert [s["status"] for s in body["progress"]["shards"]] == ["cancelled", "cancelled"]
+    # Two-phase: the running shard's worker stops at its next batch and completes the cancel; the
+    # shard that had not started is closed at once.
+    assert body["status"] == "cancelling" and body["cancel_requested"] is True
+    assert body["finished_at"] is None
+    assert [s["status"] for s in body["progress"]["shards"]] == ["running", "cancelled"]
+    again = api.post(f"/v1/jobs/{job_id}/cancel", headers=owner["headers"])
+    assert again.status_code == 200 and again.json()["status"] == "cancelling"
 
 
 def test_cancel_of_a_finished_job_is_409(api: Any, owner: dict[str, Any], pg_session_factory: Any) -> None:

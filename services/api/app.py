@@ -20,7 +20,7 @@ from services.api.metrics import (
 from services.api.routes import datasets, health, jobs, objects
 from services.api.settings import ApiSettings
 from services.common import dispatch
-from services.common.db import make_session_factory
+from services.common.db import dispose, make_session_factory
 from services.common.storage import InvalidKey, ObjectNotFound, StorageError, make_storage
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        session_factory.kw["bind"].dispose()
+        dispose(session_factory)
 
     app = FastAPI(
         title="diffii", version="0.1.0", description=DESCRIPTION, docs_url="/docs", lifespan=lifespan

@@ -9,8 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.api.schemas import JobOut, ProgressOut, ShardOut
-from services.api.timeutil import as_utc, as_utc_or_none
 from services.common.models import Job, Shard, ShardKind, ShardStatus
+from services.common.timeutil import as_utc
 
 
 def _progress(job: Job, shards: list[Shard], with_detail: bool) -> ProgressOut:
@@ -35,7 +35,7 @@ def _progress(job: Job, shards: list[Shard], with_detail: bool) -> ProgressOut:
                 images_total=s.images_total,
                 error=s.error,
                 worker=s.worker,
-                heartbeat_at=as_utc_or_none(s.heartbeat_at),
+                heartbeat_at=as_utc(s.heartbeat_at),
             )
             for s in generate
         ]
@@ -56,7 +56,7 @@ def job_out(job: Job, shards: list[Shard], *, with_detail: bool = True) -> JobOu
         archive_ready=job.archive_key is not None,
         created_at=as_utc(job.created_at),
         updated_at=as_utc(job.updated_at),
-        finished_at=as_utc_or_none(job.finished_at),
+        finished_at=as_utc(job.finished_at),
         progress=_progress(job, shards, with_detail),
     )
 

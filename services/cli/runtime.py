@@ -83,7 +83,7 @@ def sweeper(interval: float | None, once: bool) -> None:
     stop = _stop_flag()
     while True:
         try:
-            sweep(sessions, resend_after=settings.resend_after_seconds)
+            sweep(sessions, resend_after=settings.resend_after_seconds, policy=settings.retry_policy())
         except Exception:
             logging.getLogger("diffii.sweeper").exception("sweep failed")
         if once or _wait(stop, interval or settings.sweep_seconds):

@@ -81,7 +81,7 @@ def admin() -> None:
 def create_key_command(owner: str) -> None:
     """Create an API key and print it once (only its sha256 is stored)."""
     from services.common.auth import create_key
-    from services.common.db import make_session_factory, session_scope
+    from services.common.db import dispose, make_session_factory, session_scope
     from services.common.settings import CommonSettings
 
     settings = CommonSettings()
@@ -93,7 +93,7 @@ def create_key_command(owner: str) -> None:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--owner") from exc
     finally:
-        factory.kw["bind"].dispose()
+        dispose(factory)
     click.echo(f"created key {new.prefix} for owner {new.owner_name!r}; it is shown only now:", err=True)
     click.echo(new.key)
 
@@ -103,7 +103,7 @@ def create_key_command(owner: str) -> None:
 def revoke_key_command(prefix: str) -> None:
     """Revoke the key(s) with this prefix (the part after `dfi_`)."""
     from services.common.auth import revoke_key
-    from services.common.db import make_session_factory, session_scope
+    from services.common.db import dispose, make_session_factory, session_scope
     from services.common.settings import CommonSettings
 
     settings = CommonSettings()
@@ -113,7 +113,7 @@ def revoke_key_command(prefix: str) -> None:
         with session_scope(factory) as session:
             count = revoke_key(session, prefix)
     finally:
-        factory.kw["bind"].dispose()
+        dispose(factory)
     if not count:
         raise click.ClickException(f"no active key with prefix {prefix!r}")
     click.echo(f"revoked {count} key(s)")

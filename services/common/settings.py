@@ -7,7 +7,7 @@ are the embedded ones: everything lives under DIFFII_HOME, so `diffii up` needs 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -68,13 +68,6 @@ class CommonSettings(BaseSettings):
         if self.storage == "local":
             assert self.storage_dir is not None
             self.storage_dir.mkdir(parents=True, exist_ok=True)
-
-    def redacted(self) -> dict[str, Any]:
-        data = self.model_dump(mode="json")
-        for name in ("s3_secret_access_key",):
-            if data.get(name):
-                data[name] = "***"
-        return data
 
 
 def sqlite_path(url: str) -> Path | None:

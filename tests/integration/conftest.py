@@ -108,11 +108,15 @@ class Cluster:
         wait_until(ready, 60, "API readiness", interval=0.2)
         return self.api_url
 
-    def start_worker(self, name: str = "w1", **settings: str) -> Proc:
+    def start_worker(self, name: str = "w1", faults: str = "", **settings: str) -> Proc:
+        """A Celery worker process; `faults` installs tests/fault_worker.py's rules around it."""
         env = {**self.env, "DIFFII_WORK_DIR": str(self.tmp / f"work-{name}")}
         env.update({f"DIFFII_{k.upper()}": v for k, v in settings.items()})
+        app = "services.worker.celery_app"
+        if faults:
+            env["DIFFII_TEST_FAULTS"], app = faults, "tests.fault_worker"
         argv = [
-            sys.executable, "-m", "celery", "-A", "services.worker.celery_app", "worker",
+            sys.executable, "-m", "celery", "-A", app, "worker",
             "--pool=prefork", "--concurrency=1", f"--queues={self.env['DIFFII_QUEUE']}",
             f"--hostname={name}@%h", "--without-gossip", "--without-mingle", "--loglevel=info",
         ]  # fmt: skip
@@ -190,7 +194,7 @@ class Cluster:
 def cluster(
     make_pg_database: Callable[[], str], redis_url: str, s3_bucket_settings: dict[str, Any], tmp_path: Path
 ) -> Iterator[Cluster]:
-    from services.common.db import make_session_factory
+    from services.common.db import dispose, make_session_factory
     from services.common.schema import upgrade_to_head
     from services.common.storage_s3 import S3Storage
     from tests.service_helpers import s3_storage_kwargs
@@ -230,7 +234,7 @@ def cluster(
         yield c
     finally:
         c.stop_all()
-        sessions.kw["bind"].dispose()
+        dispose(sessions)
 
 
 # The clean run's image bytes (1 worker, default batch and shard size), shared by the tests that

@@ -24,7 +24,7 @@ def test_worker_killed_mid_shard_loses_and_doubles_nothing(cluster: Cluster) -> 
     key = cluster.new_key()
     dataset_id = cluster.upload_sample(key)
     # Slow, small batches: the worker is surely in the middle of a class when it dies.
-    doomed = cluster.start_worker("doomed", fault_injection="delay:generate:0.4", batch_size="2")
+    doomed = cluster.start_worker("doomed", faults="delay:generate:0.4", batch_size="2")
     job_id = cluster.submit(key, dataset_id)
 
     def mid_shard(job: dict) -> bool:
@@ -54,7 +54,7 @@ def test_worker_killed_mid_shard_loses_and_doubles_nothing(cluster: Cluster) -> 
 
 def test_shard_that_always_fails_fails_the_job_naming_the_class(cluster: Cluster) -> None:
     cluster.start_api()
-    cluster.start_worker(fault_injection="fail:generate:square")
+    cluster.start_worker(faults="fail:generate:square")
     key = cluster.new_key()
     job_id = cluster.submit(key, cluster.upload_sample(key))
 
@@ -80,7 +80,7 @@ def test_shard_that_always_fails_fails_the_job_naming_the_class(cluster: Cluster
 
 def test_cancel_during_generation_then_the_worker_takes_the_next_job(cluster: Cluster) -> None:
     cluster.start_api()
-    worker = cluster.start_worker(fault_injection="delay:generate:0.3", batch_size="2")
+    worker = cluster.start_worker(faults="delay:generate:0.3", batch_size="2")
     key = cluster.new_key()
     dataset_id = cluster.upload_sample(key)
     job_id = cluster.submit(key, dataset_id)

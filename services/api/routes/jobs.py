@@ -20,16 +20,10 @@ from services.api.pagination import decode_cursor, encode_cursor
 from services.api.schemas import S3_URI, JobOut, JobPage, JobRequest, Problem
 from services.api.settings import ApiSettings
 from services.common.dispatch import dispatch
-from services.common.jobstate import request_cancel
-from services.common.models import (
-    TERMINAL_JOB_STATUSES,
-    Dataset,
-    Job,
-    JobStatus,
-    Shard,
-    ShardKind,
-    ShardStatus,
-)
+from services.common.lifecycle import jobs as lifecycle
+from services.common.lifecycle.shards import new_shard
+from services.common.lifecycle.table import Actor
+from services.common.models import TERMINAL_JOB_STATUSES, Dataset, Job, JobStatus, ShardKind
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -48,12 +42,9 @@ def _request_hash(body: JobRequest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def owned_job(session: Session, owner_id: str, job_id: str, *, for_update: bool = False) -> Job:
+def owned_job(session: Session, owner_id: str, job_id: str) -> Job:
     """The caller's job, or 404: another owner's job is indistinguishable from a missing one."""
-    query = select(Job).where(Job.id == job_id, Job.owner_id == owner_id)
-    if for_update:
-        query = query.with_for_update()
-    job = session.scalar(query)
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.owner_id == owner_id))
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
     return job
@@ -135,9 +126,9 @@ def create_job(
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         params=params.model_dump(mode="json"),
-        status=JobStatus.queued,
+        status=lifecycle.initial_status(),
     )
-    prepare = Shard(job=job, seq=0, kind=ShardKind.prepare, status=ShardStatus.pending, seed=seed)
+    prepare = new_shard(Actor.api, job=job, seq=0, kind=ShardKind.prepare, seed=seed)
     session.add_all([job, prepare])
     try:
         session.commit()
@@ -192,15 +183,16 @@ def get_job(job_id: str, owner_id: OwnerDep, session: SessionDep) -> JobOut:
     responses={**NOT_FOUND, 409: {"model": Problem, "description": "the job has already ended"}},
 )
 def cancel_job(job_id: str, owner_id: OwnerDep, session: SessionDep) -> JobOut:
-    """Ask the job to stop. Nothing running: `cancelled` at once; else running shards stop between batches."""
-    job = owned_job(session, owner_id, job_id, for_update=True)
-    if job.status in TERMINAL_JOB_STATUSES:
+    """Stop the job. With no shard running it is `cancelled` at once; otherwise it is `cancelling`
+    until its running shards stop at their next batch boundary, then `cancelled`. Images of shards
+    that finished stay stored (no archive is made) until the job is deleted or retention removes them.
+    Cancelling a job that is already `cancelling` returns it unchanged."""
+    job = owned_job(session, owner_id, job_id)
+    session.commit()
+    if lifecycle.request_cancel(session, job.id) is None:
+        session.refresh(job)
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job.id} has already ended: {job.status.value}")
-    session.commit()  # release the row lock taken by owned_job before request_cancel takes it again
-    ended = not request_cancel(session, job.id)
     session.refresh(job)
-    if ended:  # it finished between the check above and the cancel
-        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job.id} has already ended: {job.status.value}")
     return job_out(job, shards_of(session, [job.id])[job.id])
 
 
