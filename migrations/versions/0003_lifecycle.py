@@ -1,4 +1,5 @@
-"""Job lifecycle: CHECK constraints on the status columns, job status "cancelling", retry columns.
+"""Job lifecycle: CHECK constraints on the status columns, job status "cancelling", retry columns
+(shards.not_before, shards.first_started_at), retention marks (jobs.pruned_at, jobs.expired_at).
 
 The constraints list the statuses of services/common/lifecycle/table.py as they are at this
 revision (copied, not imported: a migration must not change when the code does). Rows written by
@@ -32,6 +33,8 @@ def _in(column: str, values: Sequence[str]) -> str:
 
 def upgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("pruned_at", sa.DateTime(timezone=True), nullable=True))
+        batch.add_column(sa.Column("expired_at", sa.DateTime(timezone=True), nullable=True))
         batch.create_check_constraint("ck_jobs_status", _in("status", JOB_STATUSES))
     with op.batch_alter_table("shards") as batch:
         batch.add_column(sa.Column("not_before", sa.DateTime(timezone=True), nullable=True))
@@ -52,3 +55,5 @@ def downgrade() -> None:
         batch.drop_column("not_before")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_constraint("ck_jobs_status", type_="check")
+        batch.drop_column("expired_at")
+        batch.drop_column("pruned_at")

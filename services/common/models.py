@@ -145,6 +145,10 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(TZ, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(TZ, default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(TZ, nullable=True)
+    # Retention (migration 0003): when `diffii admin gc` removed the job's intermediate objects
+    # (pools, concepts, loose images), and when it removed the rest, the archive included.
+    pruned_at: Mapped[datetime | None] = mapped_column(TZ, nullable=True)
+    expired_at: Mapped[datetime | None] = mapped_column(TZ, nullable=True)
 
     shards: Mapped[list[Shard]] = relationship(back_populates="job", order_by="Shard.seq")
 

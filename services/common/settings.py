@@ -43,6 +43,17 @@ class CommonSettings(BaseSettings):
         default_factory=list, description="buckets a job's dataset_uri may name (s3://bucket/key)"
     )
 
+    retention_days: float = Field(
+        30.0,
+        gt=0,
+        description="days an ended job's archive and all its objects are kept (`diffii admin gc`)",
+    )
+    intermediate_retention_days: float = Field(
+        1.0,
+        gt=0,
+        description="days an ended job's pools, concepts, loose images are kept (`diffii admin gc`)",
+    )
+
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> CommonSettings:
         self.home = self.home.expanduser()

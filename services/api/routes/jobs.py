@@ -212,7 +212,9 @@ def get_archive(
     """Redirect to the synthetic dataset archive (zip) once the job has succeeded."""
     job = owned_job(session, owner_id, job_id)
     if job.archive_key is None:
-        if job.status in TERMINAL_JOB_STATUSES:
+        if job.expired_at is not None:
+            detail = f"job {job.id}'s archive was removed on {job.expired_at:%Y-%m-%d} (retention)"
+        elif job.status in TERMINAL_JOB_STATUSES:
             detail = f"job {job.id} ended {job.status.value} without an archive"
         else:
             detail = f"the archive is not ready: job {job.id} is {job.status.value}"
@@ -221,3 +223,36 @@ def get_archive(
         job.archive_key, expires=settings.presign_ttl, filename=f"diffii-{job.id}.zip"
     )
     return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={
+        204: {"description": "the job, its images and its archive are gone"},
+        **NOT_FOUND,
+        409: {"model": Problem, "description": "the job has not ended; cancel it first"},
+        503: {"model": Problem, "description": "storage failed; nothing was removed from the job's rows"},
+    },
+)
+def delete_job(job_id: str, owner_id: OwnerDep, session: SessionDep, storage: StorageDep) -> Response:
+    """Remove an ended job: its stored objects (images, pools, archive), then the job itself."""
+    from services.common.retention import delete_job as remove
+    from services.common.storage import StorageError
+
+    job = owned_job(session, owner_id, job_id)
+    if job.status not in TERMINAL_JOB_STATUSES:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"job {job.id} is {job.status.value}; cancel it before deleting it"
+        )
+    try:
+        removed = remove(session, storage, job.id)
+    except StorageError as exc:
+        log.warning("could not delete the objects of job %s: %s", job.id, exc)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"storage failed, job {job.id} kept; retry: {exc}"
+        ) from None
+    if not removed:  # deleted by a concurrent request meanwhile
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
