@@ -13,6 +13,25 @@ from services.common.models import Job, Shard, ShardKind, ShardStatus
 from services.common.timeutil import as_utc
 
 
+def _shard_out(s: Shard) -> ShardOut:
+    return ShardOut(
+        kind=str(s.kind.value),
+        class_name=s.class_name,
+        class_index=s.class_index,
+        start=s.start,
+        stop=s.stop,
+        status=str(s.status.value),
+        attempts=s.attempts,
+        max_attempts=s.max_attempts,
+        images_done=s.images_done,
+        images_total=s.images_total,
+        error=s.error,
+        not_before=as_utc(s.not_before),
+        worker=s.worker,
+        heartbeat_at=as_utc(s.heartbeat_at),
+    )
+
+
 def _progress(job: Job, shards: list[Shard], with_detail: bool) -> ProgressOut:
     # The user-facing "shards" are the generate rows; prepare/learn/package show up as the stage.
     generate = [s for s in shards if s.kind == ShardKind.generate]
@@ -23,24 +42,8 @@ def _progress(job: Job, shards: list[Shard], with_detail: bool) -> ProgressOut:
         shards_total=len(generate),
         images_done=sum(s.images_done for s in generate),
         images_total=images_total,
-        shards=[
-            ShardOut(
-                class_name=s.class_name,
-                class_index=s.class_index,
-                start=s.start,
-                stop=s.stop,
-                status=str(s.status.value),
-                attempts=s.attempts,
-                images_done=s.images_done,
-                images_total=s.images_total,
-                error=s.error,
-                worker=s.worker,
-                heartbeat_at=as_utc(s.heartbeat_at),
-            )
-            for s in generate
-        ]
-        if with_detail
-        else None,
+        shards=[_shard_out(s) for s in generate] if with_detail else None,
+        steps=[_shard_out(s) for s in shards if s.kind != ShardKind.generate] if with_detail else None,
     )
 
 

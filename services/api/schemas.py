@@ -66,15 +66,18 @@ class JobRequest(JobParams):
 
 
 class ShardOut(BaseModel):
+    kind: str = Field(description="prepare, learn, generate or package")
     class_name: str | None
     class_index: int | None
     start: int
     stop: int
     status: str
-    attempts: int
+    attempts: int = Field(description="attempts started so far")
+    max_attempts: int
     images_done: int
     images_total: int
-    error: str | None
+    error: str | None = Field(description="the last attempt's error (kept while a retry waits)")
+    not_before: datetime | None = Field(description="a retry waiting for its backoff starts after this")
     worker: str | None
     heartbeat_at: datetime | None
 
@@ -86,6 +89,9 @@ class ProgressOut(BaseModel):
     images_done: int
     images_total: int
     shards: list[ShardOut] | None = Field(None, description="per-shard detail (GET /v1/jobs/{id} only)")
+    steps: list[ShardOut] | None = Field(
+        None, description="the prepare, learn and package steps, with attempts and errors (GET only)"
+    )
 
 
 class JobOut(BaseModel):
