@@ -65,7 +65,10 @@ signals.setup_logging.connect(_json_logging, weak=False)  # replaces Celery's ow
 @signals.worker_process_init.connect
 def _init_task_process(**_: Any) -> None:
     from services.common.db import dispose
+    from services.common.pdeathsig import die_with_parent
     from services.worker import process
+
+    die_with_parent()  # a task process never outlives its worker, however the worker died
 
     # The main process's sweeper engine came along with fork; drop its sockets without closing them.
     if _sweeper_state.get("sessions") is not None:
