@@ -200,3 +200,47 @@ def test_split_ranges(total: int, size: int, expected: list[tuple[int, int]]) ->
     ranges = split_ranges(total, size)
     assert ranges == expected
     assert all(stop - start <= size for start, stop in ranges)
+
+
+def test_a_starved_but_live_worker_resumes_its_expired_attempt(sessions: Any) -> None:
+    """A heartbeat thread starved of CPU lets the lease lapse; the sweeper re-queues the shard. If
+    nobody claimed it since, the live worker takes it back: no attempt is spent, no work is lost."""
+    _, (shard_id, *_) = make_job(sessions)
+    c = claim(sessions, shard_id)
+    assert isinstance(c, Claim)
+    with sessions() as s:
+        s.execute(
+            Shard.__table__.update()
+            .where(Shard.id == shard_id)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+        s.commit()
+    assert sweep(sessions, resend_after=60, policy=NO_WAIT).requeued == [shard_id]
+    with sessions() as s:
+        assert leases.check(s, c) == Signal.ok  # expired, but still our attempt
+        assert leases.heartbeat(s, c, LEASE, images_done=2) == Signal.ok
+    assert claim(sessions, shard_id, "w2") == "shard is running"  # the re-sent message is dropped
+    with sessions() as s:
+        leases.succeed(s, c, 1.0)
+        s.commit()
+        row = s.get(Shard, shard_id)
+        assert row.status == ShardStatus.succeeded and row.attempts == 1
+
+
+def test_an_expired_attempt_that_another_worker_claimed_cannot_resume(sessions: Any) -> None:
+    _, (shard_id, *_) = make_job(sessions)
+    c = claim(sessions, shard_id)
+    assert isinstance(c, Claim)
+    with sessions() as s:
+        s.execute(
+            Shard.__table__.update()
+            .where(Shard.id == shard_id)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+        s.commit()
+    sweep(sessions, resend_after=60, policy=NO_WAIT)
+    assert isinstance(claim(sessions, shard_id, "w2"), Claim)
+    with sessions() as s:
+        assert leases.heartbeat(s, c, LEASE) == Signal.lost
+        with pytest.raises(LeaseLost):
+            leases.succeed(s, c, 1.0)

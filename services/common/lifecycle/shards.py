@@ -166,6 +166,20 @@ def claim(session: Session, shard_id: str, worker: str, lease_seconds: float) ->
     )
 
 
+def _resume(session: Session, c: Claim, lease_seconds: float) -> bool:
+    """Take back our own attempt after the sweeper expired it while we were alive but starved of
+    CPU (a heartbeat thread can miss its lease on a loaded machine). Only while nobody has claimed
+    the shard since: its attempt number and worker are still ours. The re-sent message then finds
+    the shard running and is dropped, so a slow heartbeat costs neither an attempt nor the work."""
+    now = utcnow()
+    return bool(
+        move_where(
+            session, owned(c), "resume", Actor.worker,
+            heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds), not_before=None,
+        )
+    )  # fmt: skip
+
+
 def heartbeat(session: Session, c: Claim, lease_seconds: float, images_done: int | None = None) -> Signal:
     """Extend the lease (and record progress); commits; tells the caller whether to keep going."""
     now = utcnow()
@@ -173,6 +187,8 @@ def heartbeat(session: Session, c: Claim, lease_seconds: float, images_done: int
     if images_done is not None:
         values["images_done"] = images_done
     alive = move_where(session, owned(c), "heartbeat", Actor.worker, **values)
+    if not alive and _resume(session, c, lease_seconds):
+        alive = move_where(session, owned(c), "heartbeat", Actor.worker, **values)
     job_status = session.scalar(select(Job.status).where(Job.id == c.job_id))
     session.commit()
     if not alive:
@@ -193,7 +209,9 @@ def check(session: Session, c: Claim) -> Signal:
     if row is None:
         return Signal.lost
     status, worker, attempts, job_status = row
-    if status != ShardStatus.running or worker != c.worker or attempts != c.attempt:
+    # Pending or queued with our attempt: expired while we were starved; the heartbeat resumes it.
+    ours = worker == c.worker and attempts == c.attempt
+    if not ours or status not in (ShardStatus.running, *SENDABLE_SHARD):
         return Signal.lost
     if job_status in STOPPING:
         return Signal.stop
@@ -201,18 +219,12 @@ def check(session: Session, c: Claim) -> Signal:
 
 
 def succeed(session: Session, c: Claim, run_seconds: float, **values: Any) -> None:
-    """Mark the shard done inside the caller's transaction; LeaseLost if it is no longer ours."""
-    done = move_where(
-        session,
-        owned(c),
-        "succeed",
-        Actor.worker,
-        finished_at=utcnow(),
-        lease_expires_at=None,
-        error=None,
-        run_s=run_seconds,
-        **values,
-    )
+    """Mark the shard done inside the caller's transaction; LeaseLost if it is no longer ours.
+    The last failed attempt's error stays, so the status tells a retried shard from a clean one."""
+    values = {"finished_at": utcnow(), "lease_expires_at": None, "run_s": run_seconds, **values}
+    done = move_where(session, owned(c), "succeed", Actor.worker, **values)
+    if not done and _resume(session, c, lease_seconds=60.0):
+        done = move_where(session, owned(c), "succeed", Actor.worker, **values)
     if not done:
         raise LeaseLost(c.shard_id)
 
@@ -349,17 +361,11 @@ def expire(session: Session, shard: Shard, job_status: JobStatus, policy: RetryP
         policy = RetryPolicy(**{**policy.__dict__, "max_attempts": shard.max_attempts})
         at = policy.next_try(Failure.transient, shard.attempts, as_utc(shard.first_started_at), now)
         if at is not None:
+            # The worker stays named: if it was only starved, not dead, it may resume (see _resume).
             if move_where(
-                session,
-                same,
-                "expire",
-                Actor.sweeper,
-                worker=None,
-                lease_expires_at=None,
-                enqueued_at=now,
-                not_before=at,
-                error=cause,
-            ):
+                session, same, "expire", Actor.sweeper,
+                lease_expires_at=None, enqueued_at=now, not_before=at, error=cause,
+            ):  # fmt: skip
                 outcome = "requeued"
         elif move_where(
             session, same, "fail", Actor.sweeper, finished_at=now, lease_expires_at=None, error=cause

@@ -71,6 +71,7 @@ SHARD_TRANSITIONS: tuple[Transition, ...] = (
     _t((S.running,), "succeed", S.succeeded, A.worker),
     _t((S.running,), "retry", S.pending, A.worker, note="transient error: not_before = now + backoff"),
     _t((S.running,), "expire", S.pending, A.sweeper, note="lease ran out: a lost worker, retried"),
+    _t(SENDABLE_SHARD, "resume", S.running, A.worker, note="its expired attempt's worker was alive"),
     _t((S.running,), "fail", S.failed, A.worker, A.sweeper, note="deterministic, or out of retries"),
     _t((S.running,), "stop", S.cancelled, A.worker, A.sweeper, note="its job is cancelling"),
     _t(OPEN_SHARD, "close", S.cancelled, A.api, A.worker, A.sweeper, note="its job ended"),
