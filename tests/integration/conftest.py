@@ -92,8 +92,8 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
-    def start_api(self) -> str:
-        port = free_port()
+    def start_api(self, port: int | None = None) -> str:
+        port = port or free_port()
         proc = self._spawn("api", [sys.executable, "-c", CLI, "serve", "--port", str(port)], self.env)
         self.api_url = f"http://127.0.0.1:{port}"
 
@@ -121,6 +121,10 @@ class Cluster:
             f"--hostname={name}@%h", "--without-gossip", "--without-mingle", "--loglevel=info",
         ]  # fmt: skip
         return self._spawn(f"worker-{name}", argv, env)
+
+    def start_sweeper(self, name: str, interval: float = 0.5) -> Proc:
+        argv = [sys.executable, "-c", CLI, "sweeper", "--interval", str(interval)]
+        return self._spawn(f"sweeper-{name}", argv, self.env)
 
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
