@@ -43,6 +43,7 @@ def test_create_job_stores_job_and_prepare_shard(
     assert job["params"]["concepts"]["lora_rank"] == 4
     assert job["params"]["expansion"] == 5.0  # defaults are filled in and reported
     assert isinstance(job["params"]["seed"], int)  # omitted seed: picked by the server and kept
+    steps = job["progress"].pop("steps")
     assert job["progress"] == {
         "stage": "queued",
         "shards_done": 0,
@@ -51,6 +52,10 @@ def test_create_job_stores_job_and_prepare_shard(
         "images_total": 0,
         "shards": [],
     }
+    # The prepare step, with its attempts so far (it may already have been sent to the broker).
+    assert [(s["kind"], s["attempts"], s["max_attempts"], s["error"]) for s in steps] == [
+        ("prepare", 0, 3, None)
+    ]
     with pg_session_factory() as session:
         shards = session.scalars(select(Shard).where(Shard.job_id == job["id"])).all()
         assert [(s.kind, s.seq) for s in shards] == [(ShardKind.prepare, 0)]

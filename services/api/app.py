@@ -10,6 +10,7 @@ from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
+from services.api import openapi
 from services.api.metrics import (
     DEFAULT_METRIC_SOURCES,
     DatabaseCollector,
@@ -62,6 +63,7 @@ def create_app(
 
     for module in (datasets, jobs, objects, health):
         app.include_router(module.router)
+    openapi.install(app, settings)
 
     @app.exception_handler(ObjectNotFound)
     async def _object_missing(_request: Request, exc: ObjectNotFound) -> JSONResponse:

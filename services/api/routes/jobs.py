@@ -8,7 +8,7 @@ import logging
 import secrets
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Response, status
 from fastapi.responses import RedirectResponse
 from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from services.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
 from services.api.jobs_view import job_out, shards_of
-from services.api.pagination import decode_cursor, encode_cursor
-from services.api.schemas import S3_URI, JobOut, JobPage, JobRequest, Problem
+from services.api.pagination import CURSOR_PATTERN, decode_cursor, encode_cursor
+from services.api.schemas import ID_PATTERN, S3_URI, JobOut, JobPage, JobRequest, Problem
 from services.api.settings import ApiSettings
 from services.common.dispatch import dispatch
 from services.common.lifecycle import jobs as lifecycle
@@ -26,8 +26,13 @@ from services.common.lifecycle.table import Actor
 from services.common.models import TERMINAL_JOB_STATUSES, Dataset, Job, JobStatus, ShardKind
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(
+    prefix="/v1/jobs",
+    tags=["jobs"],
+    responses={401: {"model": Problem, "description": "missing, unknown or revoked API key"}},
+)
 
+JobId = Annotated[str, Path(pattern=ID_PATTERN, description="the job's id")]
 NOT_FOUND = {404: {"model": Problem, "description": "no such job for this API key"}}
 
 
@@ -150,7 +155,9 @@ def list_jobs(
     session: SessionDep,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    cursor: Annotated[
+        str | None, Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page")
+    ] = None,
 ) -> JobPage:
     """The caller's jobs, newest first; follow `next_cursor` until it is null."""
     query = select(Job).where(Job.owner_id == owner_id)
@@ -171,7 +178,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
-def get_job(job_id: str, owner_id: OwnerDep, session: SessionDep) -> JobOut:
+def get_job(job_id: JobId, owner_id: OwnerDep, session: SessionDep) -> JobOut:
     """Status, parameters and progress, with one entry per generation shard."""
     job = owned_job(session, owner_id, job_id)
     return job_out(job, shards_of(session, [job.id])[job.id])
@@ -182,7 +189,7 @@ def get_job(job_id: str, owner_id: OwnerDep, session: SessionDep) -> JobOut:
     response_model=JobOut,
     responses={**NOT_FOUND, 409: {"model": Problem, "description": "the job has already ended"}},
 )
-def cancel_job(job_id: str, owner_id: OwnerDep, session: SessionDep) -> JobOut:
+def cancel_job(job_id: JobId, owner_id: OwnerDep, session: SessionDep) -> JobOut:
     """Stop the job. With no shard running it is `cancelled` at once; otherwise it is `cancelling`
     until its running shards stop at their next batch boundary, then `cancelled`. Images of shards
     that finished stay stored (no archive is made) until the job is deleted or retention removes them.
@@ -207,7 +214,7 @@ def cancel_job(job_id: str, owner_id: OwnerDep, session: SessionDep) -> JobOut:
     },
 )
 def get_archive(
-    job_id: str, owner_id: OwnerDep, session: SessionDep, settings: SettingsDep, storage: StorageDep
+    job_id: JobId, owner_id: OwnerDep, session: SessionDep, settings: SettingsDep, storage: StorageDep
 ) -> RedirectResponse:
     """Redirect to the synthetic dataset archive (zip) once the job has succeeded."""
     job = owned_job(session, owner_id, job_id)
@@ -236,7 +243,7 @@ def get_archive(
         503: {"model": Problem, "description": "storage failed; nothing was removed from the job's rows"},
     },
 )
-def delete_job(job_id: str, owner_id: OwnerDep, session: SessionDep, storage: StorageDep) -> Response:
+def delete_job(job_id: JobId, owner_id: OwnerDep, session: SessionDep, storage: StorageDep) -> Response:
     """Remove an ended job: its stored objects (images, pools, archive), then the job itself."""
     from services.common.retention import delete_job as remove
     from services.common.storage import StorageError
