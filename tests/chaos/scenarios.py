@@ -28,7 +28,7 @@ from tests.service_helpers import free_port, s3_storage_kwargs, wait_until
 WORKER = {"batch_size": "2"}
 FAULTS = "delay:generate:0.3"
 CHAOS_ENV = {"DIFFII_RETRY_BASE_SECONDS": "4", "DIFFII_MAX_ATTEMPTS": "6", "DIFFII_RETRY_MAX_SECONDS": "30"}
-JOB_TIMEOUT = 600.0
+JOB_TIMEOUT = 900.0
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import CLI, EXPECTED_IMAGES, JOB_PARAMS, ROOT
+from tests.integration.conftest import CLI, EXPECTED_IMAGES, JOB_PARAMS, JOB_TIMEOUT, ROOT
 from tests.integration.test_embedded import _processes_with_home
 from tests.service_helpers import auth, free_port, wait_until
 
@@ -98,7 +98,7 @@ def _run_job(u: Up, key: str, dataset_id: str, on_progress: Any = None) -> dict[
                 on_progress(seen["job"])
             return seen["job"]["status"] in ("succeeded", "failed", "cancelled")
 
-        wait_until(done, 300, "the job to end", interval=0.3)
+        wait_until(done, JOB_TIMEOUT, "the job to end", interval=0.3)
         assert seen["job"]["status"] == "succeeded", f"{seen['job']}\n{u.text()[-3000:]}"
         archive = client.get(f"/v1/jobs/{job['id']}/archive", headers=auth(key), follow_redirects=True)
     with zipfile.ZipFile(io.BytesIO(archive.content)) as zf:
