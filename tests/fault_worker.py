@@ -8,6 +8,8 @@ separated by ";" (the production settings know nothing of them):
                                     ConnectionError (a transient error), later ones run normally
 - `delay:<stage>:<seconds>`         sleep after each stored image (generate), so a test can act
                                     while a shard is surely mid-way
+- `simulate:generate:<seconds>`     no model: each image is a fixed sleep and a placeholder PNG, so
+                                    a benchmark measures the control plane (bench/service.py --scale)
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from services.worker import stages
 from services.worker.celery_app import app
 from services.worker.context import ShardContext
 
-RULE = re.compile(r"^(fail|flaky|delay):(prepare|learn|generate|package):(.+)$")
+RULE = re.compile(r"^(fail|flaky|delay|simulate):(prepare|learn|generate|package):(.+)$")
 
 
 def parse(spec: str) -> list[tuple[str, str, str]]:
@@ -64,9 +66,39 @@ def _wrap(stage: str, run: Callable[[ShardContext], list[str]], rules: list[tupl
                 raise ConnectionError(f"injected transient failure ({stage} attempt {ctx.claim.attempt})")
             if action == "delay":
                 ctx.storage = _SlowStorage(ctx.storage, float(arg))
+            if action == "simulate" and stage == "generate":
+                return _simulated_generate(ctx, float(arg))
         return run(ctx)
 
     return faulty
+
+
+# A 1x1 grey PNG: what a simulated image stores.
+PLACEHOLDER_PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108000000003a7e9b55"
+    "0000000a49444154789c636800000082008177cd72b60000000049454e44ae426082"
+)
+
+
+def _simulated_generate(ctx: ShardContext, seconds: float) -> list[str]:
+    import json
+
+    from services.common import keys
+    from services.common.lifecycle import shards
+
+    c = ctx.claim
+    assert c.class_index is not None
+    ctx.images_done = 0
+    for index in range(c.start, c.stop):
+        time.sleep(seconds)  # the forward passes of one image
+        ctx.storage.put_bytes(keys.image_png(c.job_id, c.class_index, index), PLACEHOLDER_PNG, "image/png")
+        meta = {"file_name": f"{c.class_name}/c{c.class_index}-{index}.png", "label": c.class_name}
+        ctx.storage.put_bytes(keys.image_meta(c.job_id, c.class_index, index), json.dumps(meta).encode())
+        ctx.images_done += 1
+        if ctx.should_stop():
+            ctx.raise_if_stopped()
+    with ctx.session() as s:
+        return shards.finish_generate(s, c, time.monotonic() - ctx.started)
 
 
 def install(spec: str) -> None:
