@@ -15,6 +15,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from services.common.pdeathsig import die_with_parent
 from tests.service_helpers import free_port, wait_until
 
 
@@ -102,7 +103,7 @@ class PrivateRedis:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.root),
              "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,  # not left behind by a killed run
         )  # fmt: skip
         log.close()
         wait_until(self._answers, 30, "private redis start", interval=0.1)

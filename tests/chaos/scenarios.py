@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from services.common.pdeathsig import die_with_parent
 from tests.chaos.components import PrivatePostgres, PrivateRedis, TcpProxy
 from tests.integration.conftest import CLI, JOB_PARAMS, ROOT, Cluster, make_cluster
 from tests.service_helpers import free_port, s3_storage_kwargs, wait_until
@@ -86,7 +87,7 @@ def stack(root: Path) -> Iterator[Stack]:
     moto_log = (root / "moto.log").open("wb")
     moto = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
-        stdout=moto_log, stderr=subprocess.STDOUT,
+        stdout=moto_log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
     )  # fmt: skip
     postgres = redis = proxy = None
     try:
