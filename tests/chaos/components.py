@@ -99,11 +99,12 @@ class PrivateRedis:
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        # Dies with this process: a killed test run must not leave a server behind.
         log = (self.root / "redis.log").open("ab")
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.root),
              "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-            stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,  # not left behind by a killed run
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
         )  # fmt: skip
         log.close()
         wait_until(self._answers, 30, "private redis start", interval=0.1)
