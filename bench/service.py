@@ -9,6 +9,11 @@ compute takes at least a minute) and the time from submission to the first shard
     .venv/bin/python bench/service.py --upload-gb 1   # only the API's memory during a 1 GiB upload
                                                       # (bench/upload.py; target < 100 MB above idle)
 
+Load and scale (bench/load_scale.py; both need --database-url and --broker-url):
+
+    .venv/bin/python bench/service.py --load --rate 200 --seconds 30 ...   # status-poll p50/p99
+    .venv/bin/python bench/service.py --scale --workers 1,2,4,8 ...        # scale-out efficiency
+
 The service runs as `diffii up` (API + one worker + sweep) in a fresh DIFFII_HOME: embedded SQLite,
 SQLite broker and local storage by default, or real Postgres/Redis when given. Service start-up
 (model preload) is not timed: a service is already running when users submit. Both sides load the
@@ -121,10 +126,10 @@ def shard_start_delays(env: dict[str, str], job_id: str) -> tuple[float | None, 
     as the database recorded them (no polling delay in the figure)."""
     from sqlalchemy import select
 
-    from services.common.db import make_session_factory
+    from services.common.db import dispose, make_session_factory
     from services.common.models import Job, Shard, ShardKind
     from services.common.settings import CommonSettings
-    from services.worker.leases import as_utc
+    from services.common.timeutil import as_utc
 
     sessions = make_session_factory(CommonSettings(_env_file=None, **_settings_from(env)))
     try:
@@ -140,7 +145,7 @@ def shard_start_delays(env: dict[str, str], job_id: str) -> tuple[float | None, 
                 (gen - created).total_seconds() if gen else None,
             )
     finally:
-        sessions.kw["bind"].dispose()
+        dispose(sessions)
 
 
 def _settings_from(env: dict[str, str]) -> dict[str, str]:
@@ -168,6 +173,12 @@ def main() -> None:
     parser.add_argument(
         "--upload-gb", type=float, help="instead: the API's peak memory while an archive this large uploads"
     )
+    parser.add_argument("--load", action="store_true", help="status-poll latency under a fixed request rate")
+    parser.add_argument("--rate", type=float, default=200.0, help="--load: requests per second")
+    parser.add_argument("--seconds", type=float, default=30.0, help="--load: duration")
+    parser.add_argument("--scale", action="store_true", help="scale-out efficiency on simulated compute")
+    parser.add_argument("--workers", default="1,2,4,8", help="--scale: worker counts")
+    parser.add_argument("--per-image", type=float, default=0.5, help="--scale: simulated seconds per image")
     args = parser.parse_args()
     if args.upload_gb:
         import upload
@@ -179,6 +190,8 @@ def main() -> None:
         else:
             upload.report(figures)
         return
+    if args.load or args.scale:
+        return load_and_scale(args, parser)
 
     from diffii_core.sample_data import write_sample_dataset
 
@@ -221,6 +234,29 @@ def main() -> None:
     ]
     for label, value, unit in rows:
         print(f"{label + ':':38s}{value:9.3f} {unit}")
+
+
+def load_and_scale(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if not (args.database_url and args.broker_url):
+        parser.error("--load and --scale need --database-url and --broker-url (Postgres and Redis)")
+    sys.path.insert(0, str(ROOT))
+    from bench.load_scale import run_load, run_scale
+
+    if args.load:
+        figures = run_load(args.database_url, args.broker_url, args.rate, args.seconds)
+        print(
+            f"status poll at {args.rate:g}/s for {args.seconds:g}s while a job runs: "
+            f"achieved {figures['achieved_rate']}/s, errors {figures['errors']}, "
+            f"p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms (target p99 < 50 ms)"
+        )
+    if args.scale:
+        counts = [int(n) for n in args.workers.split(",")]
+        for row in run_scale(args.database_url, args.broker_url, args.per_image, counts):
+            print(
+                f"{row['workers']} workers: {row['images']} images x {args.per_image:g}s, generate phase "
+                f"{row['generate_wall_s']}s (ideal {row['ideal_s']}s), efficiency {row['efficiency']}"
+                + ("  (target >= 0.9)" if row["workers"] == 8 else "")
+            )
 
 
 if __name__ == "__main__":

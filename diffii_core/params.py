@@ -6,7 +6,7 @@ Validation errors name the field, so the API's 422 and the CLI's message say wha
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -64,20 +64,32 @@ class ConceptParams(BaseModel):
     checkpoint_every: int = Field(500, ge=1, le=200_000, description="steps between resumable checkpoints")
 
 
+# Rules across fields, stated in the JSON schema too (the REST API's OpenAPI document).
+CROSS_FIELD_SCHEMA: dict[str, Any] = {
+    "if": {"properties": {"method": {"const": "diff-gen"}}, "required": ["method"]},
+    "then": {
+        "properties": {"strength": {"anyOf": [{"type": "array", "items": {"const": 1}}, {"type": "null"}]}}
+    },
+}
+TEXT = r"\S"  # at least one character that is not white space
+
+
 class JobParams(BaseModel):
     """Everything that decides a job's images. Same parameters and seed give the same bytes."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=CROSS_FIELD_SCHEMA)
 
     method: Method = Field("diff-ii", description="augmentation method")
-    metaclass: str = Field("object", min_length=1, max_length=64, description='dataset theme, e.g. "bird"')
+    metaclass: str = Field(
+        "object", min_length=1, max_length=64, pattern=TEXT, description='dataset theme, e.g. "bird"'
+    )
     expansion: float = Field(5.0, gt=0, le=100, description="synthetic images per real image of a class")
     split_ratio: float = Field(0.3, ge=0, le=1, description="share of early timesteps that use the suffix")
     inference_steps: int = Field(25, ge=1, le=1000, description="DDIM denoising steps")
     inversion_steps: int = Field(50, ge=1, le=1000, description="DDIM inversion steps (published: 200)")
     guidance_scale: float = Field(7.5, ge=1.0, le=50.0, description="classifier-free guidance scale")
-    suffixes: list[str] | None = Field(
-        None, max_length=100, description="prompt suffixes; default: a list for the metaclass"
+    suffixes: list[Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT)]] | None = Field(
+        None, min_length=1, max_length=100, description="prompt suffixes; default: a list for the metaclass"
     )
     seed: int = Field(0, ge=0, le=2**63 - 1, description="job seed; every image's seed derives from it")
     model: str = Field("tiny", min_length=1, max_length=200, description="model name from the model list")
@@ -85,7 +97,7 @@ class JobParams(BaseModel):
         None, ge=32, le=2048, multiple_of=8, description="image side in pixels; default: the model's own"
     )
     concepts: ConceptParams = Field(default_factory=ConceptParams)
-    strength: list[float] | None = Field(
+    strength: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(
         None,
         min_length=1,
         max_length=32,
@@ -102,13 +114,6 @@ class JobParams(BaseModel):
     def _strength_is_a_list(cls, value):
         if isinstance(value, int | float) and not isinstance(value, bool):
             return [value]
-        return value
-
-    @field_validator("strength")
-    @classmethod
-    def _strength_in_range(cls, value: list[float] | None) -> list[float] | None:
-        if value is not None and not all(0 < s <= 1 for s in value):
-            raise ValueError("each strength must lie in (0, 1]")
         return value
 
     @model_validator(mode="after")
@@ -130,13 +135,11 @@ class JobParams(BaseModel):
     def _suffixes_are_text(cls, value: list[str] | None) -> list[str] | None:
         if value is None:
             return None
-        cleaned = [" ".join(s.split()) for s in value]
-        if not cleaned:
+        if not value:
             raise ValueError("suffixes must hold at least one suffix, or be left out")
-        for s in cleaned:
-            if not s or len(s) > 200:
-                raise ValueError("each suffix must be 1 to 200 characters of text")
-        return cleaned
+        if any(not s.strip() or len(s) > 200 for s in value):
+            raise ValueError("each suffix must be 1 to 200 characters of text")
+        return [" ".join(s.split()) for s in value]
 
 
 def images_for_class(params: JobParams, n_real: int) -> int:

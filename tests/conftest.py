@@ -77,11 +77,11 @@ def pg_url(make_pg_database: Callable[[], str]) -> str:
 
 @pytest.fixture(scope="session")
 def pg_session_factory(pg_url: str) -> Iterator[Any]:
-    from services.common.db import make_session_factory
+    from services.common.db import dispose, make_session_factory
 
     factory = make_session_factory(pg_url)
     yield factory
-    factory.kw["bind"].dispose()
+    dispose(factory)
 
 
 # -- Redis -----------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from services.api.app import create_app
 from services.api.settings import ApiSettings
 from services.cli.server import admin, migrate
-from services.common.db import make_session_factory
+from services.common.db import dispose, make_session_factory
 from services.common.models import Shard, ShardStatus
 from tests.dataset_builders import good_members, zip_bytes
 from tests.service_helpers import auth
@@ -54,4 +54,4 @@ def test_embedded_defaults_end_to_end(tmp_path: Path) -> None:
     with factory() as session:
         shard = session.scalar(select(Shard).where(Shard.job_id == job.json()["id"]))
         assert shard is not None and shard.status == ShardStatus.queued  # sent through the SQLite broker
-    factory.kw["bind"].dispose()
+    dispose(factory)

@@ -43,6 +43,7 @@ def test_create_job_stores_job_and_prepare_shard(
     assert job["params"]["concepts"]["lora_rank"] == 4
     assert job["params"]["expansion"] == 5.0  # defaults are filled in and reported
     assert isinstance(job["params"]["seed"], int)  # omitted seed: picked by the server and kept
+    steps = job["progress"].pop("steps")
     assert job["progress"] == {
         "stage": "queued",
         "shards_done": 0,
@@ -51,6 +52,10 @@ def test_create_job_stores_job_and_prepare_shard(
         "images_total": 0,
         "shards": [],
     }
+    # The prepare step, with its attempts so far (it may already have been sent to the broker).
+    assert [(s["kind"], s["attempts"], s["max_attempts"], s["error"]) for s in steps] == [
+        ("prepare", 0, 3, None)
+    ]
     with pg_session_factory() as session:
         shards = session.scalars(select(Shard).where(Shard.job_id == job["id"])).all()
         assert [(s.kind, s.seq) for s in shards] == [(ShardKind.prepare, 0)]
@@ -302,9 +307,13 @@ def test_cancel_with_a_running_shard_is_cooperative(
     response = api.post(f"/v1/jobs/{job_id}/cancel", headers=owner["headers"])
     assert response.status_code == 200
     body = response.json()
-    # Cancelled at once; the worker running a shard sees it at its next batch and writes nothing more.
-    assert body["status"] == "cancelled" and body["cancel_requested"] is True
-    assert [s["status"] for s in body["progress"]["shards"]] == ["cancelled", "cancelled"]
+    # Two-phase: the running shard's worker stops at its next batch and completes the cancel; the
+    # shard that had not started is closed at once.
+    assert body["status"] == "cancelling" and body["cancel_requested"] is True
+    assert body["finished_at"] is None
+    assert [s["status"] for s in body["progress"]["shards"]] == ["running", "cancelled"]
+    again = api.post(f"/v1/jobs/{job_id}/cancel", headers=owner["headers"])
+    assert again.status_code == 200 and again.json()["status"] == "cancelling"
 
 
 def test_cancel_of_a_finished_job_is_409(api: Any, owner: dict[str, Any], pg_session_factory: Any) -> None:

@@ -10,6 +10,7 @@ from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
+from services.api import openapi
 from services.api.metrics import (
     DEFAULT_METRIC_SOURCES,
     DatabaseCollector,
@@ -20,7 +21,7 @@ from services.api.metrics import (
 from services.api.routes import datasets, health, jobs, objects
 from services.api.settings import ApiSettings
 from services.common import dispatch
-from services.common.db import make_session_factory
+from services.common.db import dispose, make_session_factory
 from services.common.storage import InvalidKey, ObjectNotFound, StorageError, make_storage
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        session_factory.kw["bind"].dispose()
+        dispose(session_factory)
 
     app = FastAPI(
         title="diffii", version="0.1.0", description=DESCRIPTION, docs_url="/docs", lifespan=lifespan
@@ -62,6 +63,7 @@ def create_app(
 
     for module in (datasets, jobs, objects, health):
         app.include_router(module.router)
+    openapi.install(app, settings)
 
     @app.exception_handler(ObjectNotFound)
     async def _object_missing(_request: Request, exc: ObjectNotFound) -> JSONResponse:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from services.api.settings import ApiSettings
 from services.common.auth import authenticate
@@ -20,10 +20,6 @@ def get_settings(request: Request) -> ApiSettings:
 
 def get_storage(request: Request) -> Storage:
     return request.app.state.storage
-
-
-def get_session_factory(request: Request) -> sessionmaker[Session]:
-    return request.app.state.session_factory
 
 
 def get_session(request: Request) -> Iterator[Session]:

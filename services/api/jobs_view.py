@@ -9,8 +9,27 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.api.schemas import ClassOut, DatasetReportOut, JobOut, ProgressOut, ShardOut, SkippedOut
-from services.api.timeutil import as_utc, as_utc_or_none
 from services.common.models import Job, Shard, ShardKind, ShardStatus
+from services.common.timeutil import as_utc
+
+
+def _shard_out(s: Shard) -> ShardOut:
+    return ShardOut(
+        kind=str(s.kind.value),
+        class_name=s.class_name,
+        class_index=s.class_index,
+        start=s.start,
+        stop=s.stop,
+        status=str(s.status.value),
+        attempts=s.attempts,
+        max_attempts=s.max_attempts,
+        images_done=s.images_done,
+        images_total=s.images_total,
+        error=s.error,
+        not_before=as_utc(s.not_before),
+        worker=s.worker,
+        heartbeat_at=as_utc(s.heartbeat_at),
+    )
 
 
 def _progress(job: Job, shards: list[Shard], with_detail: bool) -> ProgressOut:
@@ -23,24 +42,8 @@ def _progress(job: Job, shards: list[Shard], with_detail: bool) -> ProgressOut:
         shards_total=len(generate),
         images_done=sum(s.images_done for s in generate),
         images_total=images_total,
-        shards=[
-            ShardOut(
-                class_name=s.class_name,
-                class_index=s.class_index,
-                start=s.start,
-                stop=s.stop,
-                status=str(s.status.value),
-                attempts=s.attempts,
-                images_done=s.images_done,
-                images_total=s.images_total,
-                error=s.error,
-                worker=s.worker,
-                heartbeat_at=as_utc_or_none(s.heartbeat_at),
-            )
-            for s in generate
-        ]
-        if with_detail
-        else None,
+        shards=[_shard_out(s) for s in generate] if with_detail else None,
+        steps=[_shard_out(s) for s in shards if s.kind != ShardKind.generate] if with_detail else None,
     )
 
 
@@ -67,7 +70,7 @@ def job_out(job: Job, shards: list[Shard], *, with_detail: bool = True) -> JobOu
         archive_ready=job.archive_key is not None,
         created_at=as_utc(job.created_at),
         updated_at=as_utc(job.updated_at),
-        finished_at=as_utc_or_none(job.finished_at),
+        finished_at=as_utc(job.finished_at),
         progress=_progress(job, shards, with_detail),
         dataset=_dataset_report(job.manifest) if with_detail else None,
     )

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
-from diffii_core.params import JobParams
+from diffii_core.params import CROSS_FIELD_SCHEMA, JobParams
 from services.common.models import JobStatus
 
-S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(?P<key>.+)$")
+ID_PATTERN = r"^[0-9A-Za-z_-]{1,64}$"  # the service's ids are 32 hex digits
+BUCKET = r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]"
+S3_URI = re.compile(rf"^s3://(?P<bucket>{BUCKET})/(?P<key>.+)$")
 
 
 class ClassOut(BaseModel):
@@ -49,10 +52,20 @@ class DatasetReportOut(BaseModel):
 class JobRequest(JobParams):
     """Job parameters plus where the dataset is. Unknown fields are refused (422 naming them)."""
 
-    dataset_id: str | None = Field(None, max_length=64, description="id returned by POST /v1/datasets")
-    dataset_uri: str | None = Field(
-        None, max_length=2048, description="s3://bucket/key of an archive in a bucket the operator allowed"
+    # Exactly one of the two (the schema's oneOf); null is not offered in the schema.
+    model_config = ConfigDict(
+        json_schema_extra={
+            **CROSS_FIELD_SCHEMA,
+            "oneOf": [{"required": ["dataset_id"]}, {"required": ["dataset_uri"]}],
+        }
     )
+
+    dataset_id: Annotated[str, Field(pattern=ID_PATTERN)] | SkipJsonSchema[None] = Field(
+        None, description="id returned by POST /v1/datasets"
+    )
+    dataset_uri: (
+        Annotated[str, Field(max_length=2048, pattern=rf"^s3://{BUCKET}/.+$")] | SkipJsonSchema[None]
+    ) = Field(None, description="s3://bucket/key of an archive in a bucket the operator allowed")
     seed: int | None = Field(  # type: ignore[assignment]
         None, ge=0, le=2**63 - 1, description="job seed; omitted: the server picks one and reports it"
     )
@@ -76,15 +89,18 @@ class JobRequest(JobParams):
 
 
 class ShardOut(BaseModel):
+    kind: str = Field(description="prepare, learn, generate or package")
     class_name: str | None
     class_index: int | None
     start: int
     stop: int
     status: str
-    attempts: int
+    attempts: int = Field(description="attempts started so far")
+    max_attempts: int
     images_done: int
     images_total: int
-    error: str | None
+    error: str | None = Field(description="the last attempt's error (kept while a retry waits)")
+    not_before: datetime | None = Field(description="a retry waiting for its backoff starts after this")
     worker: str | None
     heartbeat_at: datetime | None
 
@@ -96,6 +112,9 @@ class ProgressOut(BaseModel):
     images_done: int
     images_total: int
     shards: list[ShardOut] | None = Field(None, description="per-shard detail (GET /v1/jobs/{id} only)")
+    steps: list[ShardOut] | None = Field(
+        None, description="the prepare, learn and package steps, with attempts and errors (GET only)"
+    )
 
 
 class JobOut(BaseModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr
 
 from services.common.settings import CommonSettings
@@ -21,6 +23,9 @@ class ApiSettings(CommonSettings):
     presign_ttl: int = Field(300, ge=10, le=7 * 24 * 3600, description="seconds a download link stays valid")
     signing_secret: SecretStr | None = Field(
         None, description="HMAC secret of local-storage download links; default: a file under DIFFII_HOME"
+    )
+    supervisor_state: Path | None = Field(
+        None, description="set by `diffii up`: its children's state file, reported by /readyz"
     )
     readiness_timeout: float = Field(3.0, gt=0, le=60, description="seconds per /readyz dependency check")
 

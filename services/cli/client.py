@@ -54,6 +54,15 @@ def _detail(response: httpx.Response) -> str:
     return str(detail)
 
 
+class Unreachable(click.ClickException):
+    """The server did not answer (down, restarting, or the network)."""
+
+
+# While waiting for a job, how long the server may stay unreachable (or answer 5xx) before giving up:
+# a restart of the API must not end a wait for a job that keeps running on the workers.
+UNREACHABLE_GRACE_S = 300.0
+
+
 class Client:
     """A thin REST client; every non-2xx answer becomes an ApiError carrying the server's detail."""
 
@@ -71,7 +80,7 @@ class Client:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise click.ClickException(f"cannot reach the diffii server at {self.server}: {exc}") from exc
+            raise Unreachable(f"cannot reach the diffii server at {self.server}: {exc}") from exc
         if response.status_code >= 400:
             raise ApiError(response.status_code, _detail(response))
         return response
@@ -184,8 +193,20 @@ def wait_for(client: Client, job_id: str, interval: float, timeout: float | None
     deadline = None if timeout is None else time.monotonic() + timeout
     bar = tqdm(total=0, unit="img", desc="queued", dynamic_ncols=True)
     try:
+        outage: float | None = None
         while True:
-            job = client.job(job_id)
+            try:
+                job = client.job(job_id)
+            except (Unreachable, ApiError) as exc:
+                if isinstance(exc, ApiError) and exc.status_code < 500:
+                    raise
+                outage = outage or time.monotonic()
+                if time.monotonic() - outage > UNREACHABLE_GRACE_S:
+                    raise
+                bar.set_description(f"server unreachable, retrying ({exc.format_message()[:60]})")
+                time.sleep(min(10.0, max(interval, 1.0)))
+                continue
+            outage = None
             p = job["progress"]
             if p["images_total"] and bar.total != p["images_total"]:
                 bar.total = p["images_total"]

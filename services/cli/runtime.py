@@ -2,15 +2,14 @@
 
 `diffii up` runs the API and one worker as child processes on the embedded defaults (SQLite state,
 the `sqla+sqlite` broker transport, a local object folder); the recovery sweep runs inside the
-worker. It stops every child on Ctrl-C or SIGTERM, and stops everything if one child dies.
+worker. Its supervisor (services/cli/supervisor.py) restarts a child that dies, stops every child
+on Ctrl-C or SIGTERM, and takes them all down with it if it is killed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
 import sys
 import time
 from typing import Any
@@ -83,7 +82,7 @@ def sweeper(interval: float | None, once: bool) -> None:
     stop = _stop_flag()
     while True:
         try:
-            sweep(sessions, resend_after=settings.resend_after_seconds)
+            sweep(sessions, resend_after=settings.resend_after_seconds, policy=settings.retry_policy())
         except Exception:
             logging.getLogger("diffii.sweeper").exception("sweep failed")
         if once or _wait(stop, interval or settings.sweep_seconds):
@@ -129,42 +128,12 @@ def up(host: str, port: int, concurrency: int) -> None:
     upgrade_to_head(settings.database_url)  # once, before the children race to do it
     click.echo(f"diffii up: home {settings.home}, API on http://{host}:{port}", err=True)
 
-    env = {**os.environ, "DIFFII_HOME": str(settings.home)}
+    from services.cli.supervisor import Supervisor
+
+    state_file = settings.home / "supervisor.json"
+    env = {**os.environ, "DIFFII_HOME": str(settings.home), "DIFFII_SUPERVISOR_STATE": str(state_file)}
     commands = {
         "api": [sys.executable, "-c", _CLI, "serve", "--host", host, "--port", str(port)],
         "worker": [sys.executable, "-c", _CLI, "worker", "--concurrency", str(concurrency)],
     }
-    children: dict[str, subprocess.Popen[bytes]] = {}
-    stop = _stop_flag()
-    code = 0
-    try:
-        for name, argv in commands.items():
-            # Own process group: Ctrl-C reaches only us, and we stop each child with its grandchildren.
-            children[name] = subprocess.Popen(argv, env=env, start_new_session=True)
-        while not stop[0]:
-            for name, child in children.items():
-                if child.poll() is not None:
-                    click.echo(f"diffii up: {name} exited with {child.returncode}; stopping", err=True)
-                    code = 1
-                    stop[0] = True
-            time.sleep(0.3)
-    finally:
-        _stop_children(children)
-    sys.exit(code)
-
-
-def _stop_children(children: dict[str, subprocess.Popen[bytes]], grace: float = 15.0) -> None:
-    for child in children.values():
-        _signal_group(child, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for child in children.values():
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
-    for child in children.values():
-        _signal_group(child, signal.SIGKILL)  # also reaps task processes a killed parent left behind
-        child.wait()
-
-
-def _signal_group(child: subprocess.Popen[bytes], signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(child.pid, signum)
+    Supervisor(commands, env, state_file, lambda line: click.echo(line, err=True)).run(_stop_flag())

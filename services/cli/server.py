@@ -73,7 +73,7 @@ def migrate(url: str | None, revision: str) -> None:
 
 @click.group()
 def admin() -> None:
-    """Operator tasks: API keys, storage setup."""
+    """Operator tasks: API keys, storage setup, retention."""
 
 
 @admin.command("create-key")
@@ -81,7 +81,7 @@ def admin() -> None:
 def create_key_command(owner: str) -> None:
     """Create an API key and print it once (only its sha256 is stored)."""
     from services.common.auth import create_key
-    from services.common.db import make_session_factory, session_scope
+    from services.common.db import dispose, make_session_factory, session_scope
     from services.common.settings import CommonSettings
 
     settings = CommonSettings()
@@ -93,7 +93,7 @@ def create_key_command(owner: str) -> None:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--owner") from exc
     finally:
-        factory.kw["bind"].dispose()
+        dispose(factory)
     click.echo(f"created key {new.prefix} for owner {new.owner_name!r}; it is shown only now:", err=True)
     click.echo(new.key)
 
@@ -103,7 +103,7 @@ def create_key_command(owner: str) -> None:
 def revoke_key_command(prefix: str) -> None:
     """Revoke the key(s) with this prefix (the part after `dfi_`)."""
     from services.common.auth import revoke_key
-    from services.common.db import make_session_factory, session_scope
+    from services.common.db import dispose, make_session_factory, session_scope
     from services.common.settings import CommonSettings
 
     settings = CommonSettings()
@@ -113,10 +113,63 @@ def revoke_key_command(prefix: str) -> None:
         with session_scope(factory) as session:
             count = revoke_key(session, prefix)
     finally:
-        factory.kw["bind"].dispose()
+        dispose(factory)
     if not count:
         raise click.ClickException(f"no active key with prefix {prefix!r}")
     click.echo(f"revoked {count} key(s)")
+
+
+@admin.command("gc")
+@click.option("--retention-days", type=float, default=None, help="[default: DIFFII_RETENTION_DAYS or 30]")
+@click.option(
+    "--intermediate-retention-days",
+    type=float,
+    default=None,
+    help="[default: DIFFII_INTERMEDIATE_RETENTION_DAYS or 1]",
+)
+@click.option("--dry-run", is_flag=True, help="list what would be removed, remove nothing")
+def gc_command(
+    retention_days: float | None, intermediate_retention_days: float | None, dry_run: bool
+) -> None:
+    """Remove what ended jobs left in storage: pools, concepts and loose images after the
+    intermediate retention, everything (the archive too) after the retention. Job rows stay."""
+    from datetime import timedelta
+
+    from services.common.db import dispose, make_session_factory
+    from services.common.retention import collect
+    from services.common.settings import CommonSettings
+    from services.common.storage import make_storage
+
+    overrides = {
+        k: v
+        for k, v in {
+            "retention_days": retention_days,
+            "intermediate_retention_days": intermediate_retention_days,
+        }.items()
+        if v is not None
+    }
+    try:
+        settings = CommonSettings(**overrides)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    _require_schema(settings.database_url)
+    factory = make_session_factory(settings)
+    try:
+        report = collect(
+            factory,
+            make_storage(settings),
+            retention=timedelta(days=settings.retention_days),
+            intermediate_retention=timedelta(days=settings.intermediate_retention_days),
+            dry_run=dry_run,
+        )
+    finally:
+        dispose(factory)
+    verb = "would remove" if dry_run else "removed"
+    for job_id in report.expired:
+        click.echo(f"{verb} every object of job {job_id}")
+    for job_id in report.pruned:
+        click.echo(f"{verb} the intermediate objects of job {job_id}")
+    click.echo(f"gc: {len(report.expired)} expired, {len(report.pruned)} pruned")
 
 
 @admin.command("ensure-storage")

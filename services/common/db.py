@@ -83,6 +83,12 @@ def make_session_factory(settings: CommonSettings | str | Engine) -> sessionmake
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+def dispose(factory: sessionmaker[Session], *, close: bool = True) -> None:
+    """Close the pooled connections of a factory's engine. close=False in a forked child: the
+    parent's sockets are dropped without sending a goodbye on the parent's behalf."""
+    factory.kw["bind"].dispose(close=close)
+
+
 @contextmanager
 def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One transaction: commit on success, roll back on any exception, always close."""

@@ -14,23 +14,23 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
 from celery import Celery
 from pydantic import Field
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.common.models import Shard, ShardStatus
+from services.common.lifecycle import shards as lifecycle
+from services.common.lifecycle.table import SENDABLE_SHARD
+from services.common.models import Shard
 from services.common.settings import CommonSettings
 
 log = logging.getLogger("diffii.dispatch")
 
 TASK_PREFIX = "diffii."
 DEFAULT_QUEUE = "diffii"
-SENDABLE = (ShardStatus.pending, ShardStatus.queued)
 
 
 class DispatchSettings(CommonSettings):
@@ -108,7 +108,7 @@ def dispatch(session: Session, shard_ids: Iterable[str]) -> list[str]:
         return []
     settings = current_settings()
     rows = session.execute(
-        select(Shard.id, Shard.kind, Shard.job_id).where(Shard.id.in_(ids), Shard.status.in_(SENDABLE))
+        select(Shard.id, Shard.kind, Shard.job_id).where(Shard.id.in_(ids), Shard.status.in_(SENDABLE_SHARD))
     ).all()
     session.commit()  # end the read transaction; SQLite would otherwise hold its lock while we publish
     sent: list[str] = []
@@ -133,12 +133,6 @@ def dispatch(session: Session, shard_ids: Iterable[str]) -> list[str]:
             continue
         sent.append(shard_id)
     if sent:
-        # Only rows still waiting for a worker: a fast worker may already have claimed one.
-        session.execute(
-            update(Shard)
-            .where(Shard.id.in_(sent), Shard.status.in_(SENDABLE))
-            .values(status=ShardStatus.queued, enqueued_at=datetime.now(UTC))
-            .execution_options(synchronize_session=False)
-        )
+        lifecycle.mark_sent(session, sent)  # only rows still sendable: a fast worker may have one already
         session.commit()
     return sent

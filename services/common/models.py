@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Enum,
     Float,
@@ -28,9 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+from services.common.timeutil import utcnow
 
 
 def new_id() -> str:
@@ -47,6 +46,7 @@ class JobStatus(enum.StrEnum):
     learning = "learning"
     generating = "generating"
     packaging = "packaging"
+    cancelling = "cancelling"  # cancel asked while a shard ran; its worker stops at the next batch
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
@@ -73,6 +73,12 @@ class ShardStatus(enum.StrEnum):
 
 
 TZ = DateTime(timezone=True)
+
+
+def one_of(column: str, values: type[enum.StrEnum], name: str) -> CheckConstraint:
+    """The database refuses a status no code path may write (migration 0003)."""
+    allowed = ", ".join(f"'{v.value}'" for v in values)
+    return CheckConstraint(f"{column} IN ({allowed})", name=name)
 
 
 class Owner(Base):
@@ -117,6 +123,7 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("owner_id", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
         Index("ix_jobs_owner_created", "owner_id", "created_at", "id"),
+        one_of("status", JobStatus, "ck_jobs_status"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -138,6 +145,10 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(TZ, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(TZ, default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(TZ, nullable=True)
+    # Retention (migration 0003): when `diffii admin gc` removed the job's intermediate objects
+    # (pools, concepts, loose images), and when it removed the rest, the archive included.
+    pruned_at: Mapped[datetime | None] = mapped_column(TZ, nullable=True)
+    expired_at: Mapped[datetime | None] = mapped_column(TZ, nullable=True)
 
     shards: Mapped[list[Shard]] = relationship(back_populates="job", order_by="Shard.seq")
 
@@ -147,6 +158,9 @@ class Shard(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "seq", name="uq_shards_job_seq"),
         Index("ix_shards_status_lease", "status", "lease_expires_at"),
+        one_of("status", ShardStatus, "ck_shards_status"),
+        one_of("kind", ShardKind, "ck_shards_kind"),
+        CheckConstraint("attempts >= 0 AND attempts <= max_attempts", name="ck_shards_attempts"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -165,6 +179,10 @@ class Shard(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(TZ, nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(TZ, nullable=True)
     enqueued_at: Mapped[datetime | None] = mapped_column(TZ, nullable=True)
+    # Retries (migration 0003): a pending shard is not sent before not_before (backoff), and is not
+    # retried once first_started_at lies further back than the retry budget.
+    not_before: Mapped[datetime | None] = mapped_column(TZ, nullable=True)
+    first_started_at: Mapped[datetime | None] = mapped_column(TZ, nullable=True)
     images_done: Mapped[int] = mapped_column(Integer, default=0)
     images_total: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -68,6 +68,17 @@ class CommonSettings(BaseSettings):
         DatasetLimits.from_overrides(value)  # ValueError naming the bad field, at start-up
         return value
 
+    retention_days: float = Field(
+        30.0,
+        gt=0,
+        description="days an ended job's archive and all its objects are kept (`diffii admin gc`)",
+    )
+    intermediate_retention_days: float = Field(
+        1.0,
+        gt=0,
+        description="days an ended job's pools, concepts, loose images are kept (`diffii admin gc`)",
+    )
+
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> CommonSettings:
         self.home = self.home.expanduser()
@@ -98,13 +109,6 @@ class CommonSettings(BaseSettings):
         if self.storage == "local":
             assert self.storage_dir is not None
             self.storage_dir.mkdir(parents=True, exist_ok=True)
-
-    def redacted(self) -> dict[str, Any]:
-        data = self.model_dump(mode="json")
-        for name in ("s3_secret_access_key",):
-            if data.get(name):
-                data[name] = "***"
-        return data
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -64,11 +64,15 @@ signals.setup_logging.connect(_json_logging, weak=False)  # replaces Celery's ow
 
 @signals.worker_process_init.connect
 def _init_task_process(**_: Any) -> None:
+    from services.common.db import dispose
+    from services.common.pdeathsig import die_with_parent
     from services.worker import process
+
+    die_with_parent()  # a task process never outlives its worker, however the worker died
 
     # The main process's sweeper engine came along with fork; drop its sockets without closing them.
     if _sweeper_state.get("sessions") is not None:
-        _sweeper_state["sessions"].kw["bind"].dispose(close=False)
+        dispose(_sweeper_state["sessions"], close=False)
         _sweeper_state.clear()
     process.init_process(WorkerSettings(), preload=True)
     log.info("task process ready", extra={"pid": os.getpid()})
@@ -94,7 +98,11 @@ def run_sweep() -> None:
     try:
         if "sessions" not in _sweeper_state:
             _sweeper_state["sessions"] = make_session_factory(settings)
-        sweep(_sweeper_state["sessions"], resend_after=settings.resend_after_seconds)
+        sweep(
+            _sweeper_state["sessions"],
+            resend_after=settings.resend_after_seconds,
+            policy=settings.retry_policy(),
+        )
     except Exception:  # the next tick tries again; a sweep must never take the worker down
         log.exception("sweep failed")
 

@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from services.common.db import session_scope
+from services.common.lifecycle import shards
+from services.common.lifecycle.shards import Claim, LeaseLost, Signal
 from services.common.models import Job
-from services.worker import leases
-from services.worker.leases import Claim, LeaseLost, Signal
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -70,7 +70,7 @@ class ShardContext:
     def beat(self) -> None:
         """Renew the lease and record progress now; raise if the shard must not go on."""
         with self.session() as s:
-            self._note(leases.heartbeat(s, self.claim, self.settings.lease_seconds, self.images_done))
+            self._note(shards.heartbeat(s, self.claim, self.settings.lease_seconds, self.images_done))
         self.raise_if_stopped()
 
     def raise_if_stopped(self) -> None:
@@ -86,7 +86,7 @@ class ShardContext:
             self._last_check = now
             try:
                 with self.session() as s:
-                    self._note(leases.check(s, self.claim))
+                    self._note(shards.check(s, self.claim))
             except Exception:  # the database blinking must not kill a healthy shard
                 log.warning("stop check failed", exc_info=True)
         return self.signal != Signal.ok
@@ -95,7 +95,7 @@ class ShardContext:
         while not self._stop_thread.wait(self.settings.heartbeat_seconds):
             try:
                 with self.session() as s:
-                    self._note(leases.heartbeat(s, self.claim, self.settings.lease_seconds, self.images_done))
+                    self._note(shards.heartbeat(s, self.claim, self.settings.lease_seconds, self.images_done))
             except Exception:
                 log.warning("heartbeat failed", exc_info=True)
 
@@ -109,14 +109,3 @@ class ShardContext:
         if self._thread is not None:
             with contextlib.suppress(RuntimeError):
                 self._thread.join(timeout=10)
-
-    # -- test-only faults (WorkerSettings.fault_injection) -----------------------------------------
-
-    def inject_failure(self, stage: str, label: str | None) -> None:
-        for arg in self.settings.fault("fail", stage):
-            if arg in ("*", label):
-                raise RuntimeError(f"injected failure ({stage} {label})")
-
-    def inject_delay(self, stage: str) -> None:
-        for arg in self.settings.fault("delay", stage):
-            time.sleep(float(arg))

@@ -11,13 +11,14 @@ import os
 import shutil
 import socket
 import threading
-from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cachetools import LRUCache
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.common.db import make_session_factory
+from services.common.db import dispose, make_session_factory
 from services.common.storage import Storage, make_storage
 from services.worker.settings import WorkerSettings
 
@@ -27,26 +28,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("diffii.worker")
 
 
-class Lru(OrderedDict[Any, Any]):
-    """A tiny LRU: per-job artifacts (dataset, concepts, pools) reused by the next shard of the job."""
+class JobCache(LRUCache[Any, Any]):
+    """Per-job artifacts (dataset, concepts, pools) reused by the next shard of the same job."""
 
-    def __init__(self, size: int, on_evict: Any = None) -> None:
-        super().__init__()
-        self.size = size
+    def __init__(self, maxsize: int, on_evict: Callable[[Any, Any], None] | None = None) -> None:
+        super().__init__(maxsize)
         self.on_evict = on_evict
 
-    def __setitem__(self, key: Any, value: Any) -> None:
-        # Eviction lives here so a direct store (the learn stage's) is bounded like get_or's.
-        super().__setitem__(key, value)
-        self.move_to_end(key)
-        while len(self) > self.size:
-            old_key, old = self.popitem(last=False)
-            if self.on_evict:
-                self.on_evict(old_key, old)
+    def popitem(self) -> tuple[Any, Any]:
+        # LRUCache evicts through popitem, for get_or's stores and direct ones alike.
+        key, value = super().popitem()
+        if self.on_evict is not None:
+            self.on_evict(key, value)
+        return key, value
 
-    def get_or(self, key: Any, make: Any) -> Any:
+    def get_or(self, key: Any, make: Callable[[], Any]) -> Any:
         if key in self:
-            self.move_to_end(key)
             return self[key]
         value = make()
         self[key] = value
@@ -64,9 +61,9 @@ class WorkerProcess:
         self.work_dir = Path(self.settings.work_dir) / f"p{os.getpid()}"
         self._models: dict[str, LoadedModel] = {}
         self._model_lock = threading.Lock()
-        self.datasets = Lru(2, lambda key, value: shutil.rmtree(self.job_dir(key), ignore_errors=True))
-        self.concepts = Lru(2)
-        self.pools = Lru(4)
+        self.datasets = JobCache(2, lambda key, value: shutil.rmtree(self.job_dir(key), ignore_errors=True))
+        self.concepts = JobCache(2)
+        self.pools = JobCache(4)
 
     def job_dir(self, job_id: str) -> Path:
         path = self.work_dir / job_id
@@ -93,7 +90,7 @@ class WorkerProcess:
 
     def close(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)
-        self.sessions.kw["bind"].dispose()
+        dispose(self.sessions)
 
 
 _current: WorkerProcess | None = None

@@ -1,8 +1,8 @@
 """Run one shard message: claim, execute the stage, and record the outcome.
 
-Outcomes: success (the stage moved the job on), a stop (cancel or the job ended elsewhere), a lost
-lease (someone else owns the shard now; write nothing), or a failure (retry, or fail the job when out
-of attempts or when the error is the user's input).
+Outcomes: success (the stage moved the job on), a stop (the job is cancelling or ended elsewhere),
+a lost lease (someone else owns the shard now; write nothing), or a failure (retried after a
+backoff, or the job fails: out of attempts or retry budget, or an error a retry cannot fix).
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import logging
 import time
 
 from services.common.dispatch import dispatch
-from services.common.models import Job, ShardKind, ShardStatus
-from services.worker import leases
+from services.common.lifecycle import shards
+from services.common.lifecycle.retry import Failure, classify
+from services.common.lifecycle.shards import Claim, LeaseLost, Signal
+from services.common.models import ShardKind
 from services.worker.context import ShardContext, StopRequested
-from services.worker.leases import Claim, LeaseLost, Signal
 from services.worker.logs import log_context
 from services.worker.process import WorkerProcess, current
 from services.worker.stages import STAGES
@@ -22,18 +23,12 @@ from services.worker.stages import STAGES
 log = logging.getLogger("diffii.worker")
 
 
-def _permanent(exc: BaseException) -> bool:
-    from diffii_core.errors import DatasetError, ModelError
-
-    return isinstance(exc, DatasetError | ModelError)
-
-
 def run_shard(shard_id: str, kind: str, process: WorkerProcess | None = None) -> str:
     """Returns the outcome (for logs and tests): skipped, succeeded, stopped, lost, retry or failed."""
     process = process or current()
     with log_context(shard_id=shard_id, kind=kind, worker=process.name):
         with process.sessions() as session:
-            claimed = leases.claim(session, shard_id, process.name, process.settings.lease_seconds)
+            claimed = shards.claim(session, shard_id, process.name, process.settings.lease_seconds)
         if not isinstance(claimed, Claim):
             log.info("shard not claimed", extra={"reason": claimed})
             return "skipped"
@@ -56,11 +51,15 @@ def _run_claimed(process: WorkerProcess, claim: Claim) -> str:
         except (StopRequested, Cancelled, LeaseLost) as exc:
             outcome = _stopped(process, claim, ctx.signal, exc)
         except Exception as exc:
-            permanent = _permanent(exc)
-            log.warning("shard failed", exc_info=not permanent, extra={"error": leases.error_text(exc)})
+            failure = classify(exc)
+            log.warning(
+                "shard failed",
+                exc_info=failure is Failure.unknown,
+                extra={"error": shards.error_text(exc), "failure": failure.value},
+            )
+            # A retry is not sent now: the sweeper sends it once its backoff (not_before) is over.
             with process.sessions() as session:
-                next_ids = leases.fail_attempt(session, claim, exc, permanent=permanent)
-            outcome = "retry" if next_ids else "failed"
+                outcome = shards.fail_attempt(session, claim, exc, process.settings.retry_policy())
     if next_ids:
         with process.sessions() as session:
             dispatch(session, next_ids)
@@ -73,12 +72,6 @@ def _stopped(process: WorkerProcess, claim: Claim, signal: Signal, exc: BaseExce
         log.warning("lease lost; leaving the shard to its new owner")
         return "lost"
     with process.sessions() as session:
-        leases.lock_job(session, claim.job_id)
-        job = session.get(Job, claim.job_id)
-        if job is not None and job.cancel_requested:
-            leases.finalize_cancel(session, claim.job_id)
-        else:
-            leases.release(session, claim, ShardStatus.cancelled)
-        session.commit()
+        stopped = shards.stop(session, claim)
     log.info("shard stopped", extra={"reason": str(exc)})
-    return "stopped"
+    return "stopped" if stopped else "lost"

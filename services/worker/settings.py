@@ -6,17 +6,12 @@ task to a second worker. Validation enforces soft < hard < visibility timeout.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from pydantic import Field, model_validator
 
+from services.common.lifecycle.retry import RetryPolicy
 from services.common.settings import CommonSettings
-
-# Test-only fault injection, e.g. "fail:generate:square" (every attempt of the class's generate shards
-# raises) or "delay:generate:0.5" (sleep after each stored image, so a test can kill a worker mid-shard).
-# Several rules are separated by ";". Never set in production.
-_FAULT = re.compile(r"^(fail|delay):(prepare|learn|generate|package):(.+)$")
 
 
 class WorkerSettings(CommonSettings):
@@ -27,6 +22,13 @@ class WorkerSettings(CommonSettings):
     )
     heartbeat_seconds: float = Field(10.0, gt=0, description="heartbeat interval; well below lease_seconds")
     max_attempts: int = Field(3, ge=1, le=100, description="attempts per shard before the job fails")
+    retry_base_seconds: float = Field(
+        5.0, ge=0, description="backoff after a shard's first failed attempt; doubles each time (jittered)"
+    )
+    retry_max_seconds: float = Field(300.0, ge=0, description="the longest backoff between two attempts")
+    retry_budget_seconds: float = Field(
+        3600.0, gt=0, description="no new attempt of a shard once its first began this long ago"
+    )
     shard_size: int = Field(200, ge=1, description="max images per generate shard (larger classes are split)")
     batch_size: int = Field(8, ge=1, le=256, description="images per denoising batch")
     soft_time_limit: float = Field(6 * 3600, gt=0, description="seconds; the task gets an exception")
@@ -43,7 +45,6 @@ class WorkerSettings(CommonSettings):
         None, description="models loaded in every task process at start; default: every listed model"
     )
     work_dir: Path | None = Field(None, description="local scratch (datasets, pools); default {home}/work")
-    fault_injection: str = Field("", description="TEST ONLY: see _FAULT above")
 
     @model_validator(mode="after")
     def _check_limits(self) -> WorkerSettings:
@@ -51,24 +52,17 @@ class WorkerSettings(CommonSettings):
             raise ValueError("need soft_time_limit < time_limit < visibility_timeout")
         if self.heartbeat_seconds >= self.lease_seconds:
             raise ValueError("heartbeat_seconds must be below lease_seconds")
-        for rule in self.fault_rules():
-            if not _FAULT.match(rule):
-                raise ValueError(f"fault_injection rule {rule!r} is not kind:stage:argument")
         if self.work_dir is None:
             self.work_dir = self.home / "work"
         return self
 
-    def fault_rules(self) -> list[str]:
-        return [r.strip() for r in self.fault_injection.split(";") if r.strip()]
-
-    def fault(self, action: str, stage: str) -> list[str]:
-        """Arguments of the injected faults of this action and stage (empty in production)."""
-        out = []
-        for rule in self.fault_rules():
-            m = _FAULT.match(rule)
-            if m and m.group(1) == action and m.group(2) == stage:
-                out.append(m.group(3))
-        return out
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            base_seconds=self.retry_base_seconds,
+            max_seconds=self.retry_max_seconds,
+            budget_seconds=self.retry_budget_seconds,
+        )
 
     def models_to_preload(self) -> list[str]:
         return list(self.models) if self.preload_models is None else list(self.preload_models)

@@ -17,12 +17,14 @@ from urllib.parse import urlparse
 
 from sqlalchemy import select
 
+from services.common import keys
+from services.common.lifecycle import jobs, shards
+from services.common.lifecycle.shards import LeaseLost
+from services.common.lifecycle.table import Actor
 from services.common.models import Dataset as DatasetRow
-from services.common.models import Job, JobStatus, Shard, ShardKind, ShardStatus, utcnow
+from services.common.models import Job, JobStatus, Shard, ShardKind
 from services.common.storage import ObjectNotFound, make_storage
-from services.worker import keys, leases
 from services.worker.context import ShardContext, StopRequested
-from services.worker.leases import LeaseLost
 
 if TYPE_CHECKING:
     import torch
@@ -155,7 +157,6 @@ def prepare(ctx: ShardContext) -> list[str]:
     """Fetch and check the dataset, write the class manifest, create the job's other shards."""
     from diffii_core.params import images_for_class
 
-    ctx.inject_failure("prepare", None)
     job = ctx.job()
     params = job_params(job)
     model = ctx.process.model(params.model)  # ModelError: the job fails at once
@@ -179,11 +180,11 @@ def prepare(ctx: ShardContext) -> list[str]:
 
     def add(kind: ShardKind, **values: Any) -> None:
         rows.append(
-            Shard(
+            shards.new_shard(
+                Actor.worker,
                 job_id=job.id,
                 seq=len(rows) + 1,
                 kind=kind,
-                status=ShardStatus.waiting,
                 max_attempts=settings.max_attempts,
                 seed=params.seed,
                 **values,
@@ -212,13 +213,14 @@ def prepare(ctx: ShardContext) -> list[str]:
     else:
         status, first = JobStatus.packaging, ShardKind.package
     with ctx.session() as s:
-        leases.lock_job(s, job.id)
-        leases.succeed(s, ctx.claim, time.monotonic() - ctx.started)
-        moved = leases.set_job_status(
+        jobs.lock(s, job.id)
+        shards.succeed(s, ctx.claim, time.monotonic() - ctx.started)
+        moved = jobs.move(
             s,
             job.id,
+            "prepared",
+            Actor.worker,
             status,
-            expect=(JobStatus.queued, JobStatus.preparing),
             manifest=manifest,
             model_revision=model.revision,
             images_total=sum(counts),
@@ -227,14 +229,13 @@ def prepare(ctx: ShardContext) -> list[str]:
             raise StopRequested(job.id)  # cancelled meanwhile; the exception rolls all of this back
         s.add_all(rows)
         s.flush()
-        return leases.make_ready(s, job.id, (first,))
+        return shards.make_ready(s, job.id, (first,))
 
 
 def learn(ctx: ShardContext) -> list[str]:
     """Learn the job's concepts (tokens + one shared LoRA) and store them; then every class may start."""
     from diffii_core.concepts import learn_concepts
 
-    ctx.inject_failure("learn", None)
     job = ctx.job()
     params = job_params(job)
     model = ctx.process.model(params.model)
@@ -262,16 +263,13 @@ def learn(ctx: ShardContext) -> list[str]:
     ctx.process.concepts[job.id] = concepts
 
     with ctx.session() as s:
-        leases.lock_job(s, job.id)
-        leases.succeed(s, ctx.claim, time.monotonic() - ctx.started)
-        if not leases.set_job_status(s, job.id, JobStatus.generating, expect=(JobStatus.learning,)):
-            raise StopRequested(job.id)
-        ready = leases.make_ready(s, job.id, (ShardKind.generate,))
-        if not ready and leases.set_job_status(
-            s, job.id, JobStatus.packaging, expect=(JobStatus.generating,)
-        ):
-            ready = leases.make_ready(s, job.id, (ShardKind.package,))
-        return ready
+        jobs.lock(s, job.id)
+        shards.succeed(s, ctx.claim, time.monotonic() - ctx.started)
+        ready = shards.make_ready(s, job.id, (ShardKind.generate,))
+        target = JobStatus.generating if ready else JobStatus.packaging
+        if not jobs.move(s, job.id, "learned", Actor.worker, target):
+            raise StopRequested(job.id)  # cancelled meanwhile; the exception rolls all of this back
+        return ready or shards.make_ready(s, job.id, (ShardKind.package,))
 
 
 def _missing_runs(missing: list[int]) -> list[tuple[int, int]]:
@@ -292,7 +290,6 @@ def generate(ctx: ShardContext) -> list[str]:
 
     c = ctx.claim
     assert c.class_index is not None and c.class_name is not None
-    ctx.inject_failure("generate", c.class_name)
     job = ctx.job()
     params = job_params(job)
     manifest = job.manifest or {}
@@ -329,19 +326,17 @@ def generate(ctx: ShardContext) -> list[str]:
                     "application/json",
                 )
                 ctx.images_done += 1
-                ctx.inject_delay("generate")
                 if ctx.images_done % batch == 0:
                     ctx.beat()
 
     with ctx.session() as s:
-        return leases.finish_generate(s, c, time.monotonic() - ctx.started)
+        return shards.finish_generate(s, c, time.monotonic() - ctx.started)
 
 
 def package(ctx: ShardContext) -> list[str]:
     """Stream every image, metadata.jsonl and job.json into one zip (a multipart upload on S3)."""
     from diffii_core.archive import ArchiveWriter, job_document
 
-    ctx.inject_failure("package", None)
     job = ctx.job()
     params = job_params(job)
     manifest = job.manifest or {}
@@ -376,17 +371,9 @@ def package(ctx: ShardContext) -> list[str]:
                 ),
             )
         with ctx.session() as s:
-            leases.lock_job(s, job.id)
-            leases.succeed(s, ctx.claim, time.monotonic() - ctx.started, images_done=written)
-            now = utcnow()
-            if not leases.set_job_status(
-                s,
-                job.id,
-                JobStatus.succeeded,
-                expect=(JobStatus.packaging,),
-                archive_key=key,
-                finished_at=now,
-            ):
+            jobs.lock(s, job.id)
+            shards.succeed(s, ctx.claim, time.monotonic() - ctx.started, images_done=written)
+            if not jobs.move(s, job.id, "packaged", Actor.worker, archive_key=key):
                 raise StopRequested(job.id)
     except (StopRequested, LeaseLost):
         # Cancelled or failed while packaging: no archive may outlive that decision. The writer
@@ -394,7 +381,7 @@ def package(ctx: ShardContext) -> list[str]:
         # lease the archive may be another worker's finished result, so only when the job did not succeed.
         with ctx.session() as s:
             status = s.scalar(select(Job.status).where(Job.id == job.id))
-        if status in (JobStatus.cancelled, JobStatus.failed):
+        if status in (JobStatus.cancelling, JobStatus.cancelled, JobStatus.failed):
             try:
                 ctx.storage.delete(key)
             except Exception:

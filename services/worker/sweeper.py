@@ -1,15 +1,17 @@
 """Recovery sweep: nothing stays queued forever, no dead worker keeps a shard.
 
 Runs periodically in every worker's main process (and can run standalone: `diffii sweeper`). Every
-action is a conditional update, so any number of sweepers may run at once without harm.
+action is a lifecycle transition (a conditional update), so any number of sweepers may run at once.
 
-1. A running shard whose lease expired (its worker died or hung) goes back to pending, counting the
-   attempt; out of attempts, the job fails naming the class. Shards of ended jobs are closed instead.
-2. A pending shard not sent within `resend_after` (the process died between commit and publish, or
-   the broker was down) is sent. A queued shard is re-sent when its message looks lost: it waited
-   that long and either no shard is running anywhere, or a same-kind shard sent well after it has
-   already been picked up (the queue is FIFO, so it should have gone first).
-3. A job whose cancel was requested and that has no live running shard becomes cancelled.
+1. A running shard whose lease expired (its worker died or hung) goes back to pending with a backoff,
+   counting the attempt; out of attempts or retry budget, the job fails naming the class. A shard of a
+   cancelling job is stopped; one of an ended job is closed.
+2. A pending shard is sent when its retry backoff is over, or when it was not sent within
+   `resend_after` (the process died between commit and publish, or the broker was down). A queued
+   shard is re-sent when its message looks lost: it waited that long and either no shard is running
+   anywhere, or a same-kind shard sent well after it has already been picked up (the queue is FIFO,
+   so it should have gone first).
+3. A cancelling job with no live running shard (its worker died) becomes cancelled.
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.dispatch import dispatch
-from services.common.models import TERMINAL_JOB_STATUSES, Job, Shard, ShardStatus, utcnow
-from services.worker import leases
-from services.worker.leases import as_utc
+from services.common.lifecycle import jobs, shards
+from services.common.lifecycle.retry import RetryPolicy
+from services.common.lifecycle.table import Actor
+from services.common.models import Job, JobStatus, Shard, ShardStatus
+from services.common.timeutil import as_utc, utcnow
 
 log = logging.getLogger("diffii.sweeper")
 
@@ -43,14 +47,18 @@ class SweepReport:
 
 
 def sweep(
-    sessions: sessionmaker[Session], *, resend_after: float, now: datetime | None = None
+    sessions: sessionmaker[Session],
+    *,
+    resend_after: float,
+    policy: RetryPolicy | None = None,
+    now: datetime | None = None,
 ) -> SweepReport:
     now = now or utcnow()
     report = SweepReport()
     with sessions() as session:
-        _expired_leases(session, now, report)
+        _expired_leases(session, now, policy or RetryPolicy(), report)
         _lost_messages(session, now, timedelta(seconds=resend_after), report)
-        _finish_cancels(session, now, report)
+        _finish_cancels(session, report)
         if report.resent:
             dispatch(session, report.resent)
     if report:
@@ -66,60 +74,28 @@ def sweep(
     return report
 
 
-def _expired_leases(session: Session, now: datetime, report: SweepReport) -> None:
+def _expired_leases(session: Session, now: datetime, policy: RetryPolicy, report: SweepReport) -> None:
     rows = session.execute(
-        select(Shard, Job.status, Job.cancel_requested)
+        select(Shard, Job.status)
         .join(Job, Job.id == Shard.job_id)
         .where(Shard.status == ShardStatus.running, Shard.lease_expires_at < now)
         .limit(BATCH)
     ).all()
     session.commit()
-    for shard, job_status, cancel_requested in rows:
-        same = and_(
-            Shard.id == shard.id,
-            Shard.status == ShardStatus.running,
-            Shard.attempts == shard.attempts,
-            Shard.lease_expires_at < now,
-        )
-        seen = as_utc(shard.heartbeat_at)
-        cause = (
-            f"worker {shard.worker} lost (no heartbeat since {seen:%Y-%m-%d %H:%M:%S} UTC)"
-            if seen
-            else "worker lost"
-        )
-        leases.lock_job(session, shard.job_id)
-        if job_status in TERMINAL_JOB_STATUSES or cancel_requested:
-            leases.update_shards(
-                session, same, status=ShardStatus.cancelled, finished_at=now, lease_expires_at=None
-            )
-        elif shard.attempts >= shard.max_attempts:
-            if leases.update_shards(
-                session, same, status=ShardStatus.failed, finished_at=now, lease_expires_at=None, error=cause
-            ):
-                message = leases.failure_message(shard.kind, shard.class_name, shard.attempts, cause)
-                leases.fail_job(session, shard.job_id, message)
-                report.failed_jobs.append(shard.job_id)
-        elif leases.update_shards(
-            session,
-            same,
-            status=ShardStatus.pending,
-            worker=None,
-            lease_expires_at=None,
-            enqueued_at=now,
-            error=cause,
-        ):
+    for shard, job_status in rows:
+        outcome = shards.expire(session, shard, job_status, policy, now)
+        if outcome == "requeued":
             report.requeued.append(shard.id)
-            report.resent.append(shard.id)
-        session.commit()
+        elif outcome == "failed":
+            report.failed_jobs.append(shard.job_id)
+        elif outcome == "stopped":
+            report.cancelled_jobs.append(shard.job_id)
 
 
 def _lost_messages(session: Session, now: datetime, after: timedelta, report: SweepReport) -> None:
     ready_since = func.coalesce(Shard.enqueued_at, Shard.created_at)
-    pending = session.scalars(
-        select(Shard.id).where(Shard.status == ShardStatus.pending, ready_since < now - after).limit(BATCH)
-    ).all()
+    pending = session.scalars(select(Shard.id).where(shards.due_for_resend(now, after)).limit(BATCH)).all()
     report.resent.extend(pending)
-
     queued = session.execute(
         select(Shard.id, Shard.kind, Shard.enqueued_at)
         .where(Shard.status == ShardStatus.queued, ready_since < now - after)
@@ -155,25 +131,16 @@ def _lost_messages(session: Session, now: datetime, after: timedelta, report: Sw
     session.commit()
 
 
-def _finish_cancels(session: Session, now: datetime, report: SweepReport) -> None:
-    jobs = session.scalars(
-        select(Job.id)
-        .where(Job.cancel_requested.is_(True), Job.status.notin_(TERMINAL_JOB_STATUSES))
-        .limit(BATCH)
-    ).all()
-    for job_id in jobs:
-        live = session.scalar(
-            select(func.count())
-            .select_from(Shard)
-            .where(Shard.job_id == job_id, Shard.status == ShardStatus.running, Shard.lease_expires_at >= now)
-        )
-        if live:
-            continue  # its worker stops at the next batch and finishes the cancel itself
-        leases.lock_job(session, job_id)
-        if leases.finalize_cancel(session, job_id):
+def _finish_cancels(session: Session, report: SweepReport) -> None:
+    """A cancelling job whose running shards all went (their workers died and were expired above,
+    or stopped without finishing the cancel) becomes cancelled."""
+    candidates = session.scalars(select(Job.id).where(Job.status == JobStatus.cancelling).limit(BATCH)).all()
+    session.commit()
+    for job_id in candidates:
+        jobs.lock(session, job_id)
+        if jobs.finish_cancel(session, job_id, Actor.sweeper):
             report.cancelled_jobs.append(job_id)
         session.commit()
-    session.commit()
 
 
 __all__ = ["SweepReport", "sweep"]

@@ -42,4 +42,6 @@ def sweep() -> dict[str, list[str]]:
     from services.worker.process import current
     from services.worker.sweeper import sweep as run
 
-    return asdict(run(current().sessions, resend_after=settings.resend_after_seconds))
+    return asdict(
+        run(current().sessions, resend_after=settings.resend_after_seconds, policy=settings.retry_policy())
+    )

@@ -46,7 +46,7 @@ JOB_PARAMS: dict[str, Any] = {
     "concepts": {"steps": 10},
 }
 EXPECTED_IMAGES = 24
-JOB_TIMEOUT = 240.0
+JOB_TIMEOUT = 900.0  # a wait, not a measure: a loaded 2-core machine needs minutes per job
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -99,8 +99,8 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
-    def start_api(self) -> str:
-        port = free_port()
+    def start_api(self, port: int | None = None) -> str:
+        port = port or free_port()
         proc = self._spawn("api", [sys.executable, "-c", CLI, "serve", "--port", str(port)], self.env)
         self.api_url = f"http://127.0.0.1:{port}"
 
@@ -115,15 +115,23 @@ class Cluster:
         wait_until(ready, 60, "API readiness", interval=0.2)
         return self.api_url
 
-    def start_worker(self, name: str = "w1", **settings: str) -> Proc:
+    def start_worker(self, name: str = "w1", faults: str = "", **settings: str) -> Proc:
+        """A Celery worker process; `faults` installs tests/fault_worker.py's rules around it."""
         env = {**self.env, "DIFFII_WORK_DIR": str(self.tmp / f"work-{name}")}
         env.update({f"DIFFII_{k.upper()}": v for k, v in settings.items()})
+        app = "services.worker.celery_app"
+        if faults:
+            env["DIFFII_TEST_FAULTS"], app = faults, "tests.fault_worker"
         argv = [
-            sys.executable, "-m", "celery", "-A", "services.worker.celery_app", "worker",
+            sys.executable, "-m", "celery", "-A", app, "worker",
             "--pool=prefork", "--concurrency=1", f"--queues={self.env['DIFFII_QUEUE']}",
             f"--hostname={name}@%h", "--without-gossip", "--without-mingle", "--loglevel=info",
         ]  # fmt: skip
         return self._spawn(f"worker-{name}", argv, env)
+
+    def start_sweeper(self, name: str, interval: float = 0.5) -> Proc:
+        argv = [sys.executable, "-c", CLI, "sweeper", "--interval", str(interval)]
+        return self._spawn(f"sweeper-{name}", argv, self.env)
 
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
@@ -193,11 +201,12 @@ class Cluster:
         return {key[len(prefix) :]: self.storage.get_bytes(key) for key in self.storage.list(prefix)}
 
 
-@pytest.fixture
-def cluster(
-    make_pg_database: Callable[[], str], redis_url: str, s3_bucket_settings: dict[str, Any], tmp_path: Path
+@contextlib.contextmanager
+def make_cluster(
+    make_pg_database: Callable[[], str], redis_url: str, bucket_settings: dict[str, Any], tmp_path: Path
 ) -> Iterator[Cluster]:
-    from services.common.db import make_session_factory
+    """A fresh database, queue and bucket; every process started in it is stopped at the end."""
+    from services.common.db import dispose, make_session_factory
     from services.common.schema import upgrade_to_head
     from services.common.storage_s3 import S3Storage
     from tests.service_helpers import s3_storage_kwargs
@@ -214,51 +223,64 @@ def cluster(
             "DIFFII_QUEUE": queue,
             "DIFFII_QUEUES": f'["{queue}"]',
             "DIFFII_SIGNING_SECRET": "integration-signing-secret",
-            # Short enough that recovery tests wait seconds, long enough that a loaded machine
-            # starving the heartbeat thread for a few seconds does not look like a dead worker.
+            # Short leases so recovery tests wait seconds. A loaded machine starving a live
+            # worker's heartbeat thread past the lease costs nothing: the worker resumes its own
+            # expired attempt (lifecycle.shards._resume), so attempt counts stay exact.
             "DIFFII_LEASE_SECONDS": "10",
             "DIFFII_HEARTBEAT_SECONDS": "2",
             "DIFFII_SWEEP_SECONDS": "1",
             "DIFFII_RESEND_AFTER_SECONDS": "3",
             "DIFFII_MAX_ATTEMPTS": "3",
+            "DIFFII_RETRY_BASE_SECONDS": "0.5",
             "PYTHONUNBUFFERED": "1",
         }
     )
-    env.update({f"DIFFII_{k.upper()}": str(v) for k, v in s3_bucket_settings.items()})
+    env.update({f"DIFFII_{k.upper()}": str(v) for k, v in bucket_settings.items()})
     sessions = make_session_factory(database_url)
     c = Cluster(
         tmp=tmp_path,
         env=env,
         database_url=database_url,
         sessions=sessions,
-        storage=S3Storage(**s3_storage_kwargs(s3_bucket_settings)),
+        storage=S3Storage(**s3_storage_kwargs(bucket_settings)),
     )
     try:
         yield c
     finally:
         c.stop_all()
-        sessions.kw["bind"].dispose()
+        dispose(sessions)
 
 
-# The clean run's image bytes (1 worker, default batch and shard size), shared by the tests that
-# compare against it; whichever test needs it first computes it.
-_reference: dict[str, bytes] = {}
+@pytest.fixture
+def cluster(
+    make_pg_database: Callable[[], str], redis_url: str, s3_bucket_settings: dict[str, Any], tmp_path: Path
+) -> Iterator[Cluster]:
+    with make_cluster(make_pg_database, redis_url, s3_bucket_settings, tmp_path) as c:
+        yield c
 
 
-def reference_images(c: Cluster, key: str, dataset_id: str) -> dict[str, bytes]:
-    if not _reference:
-        if not any(p.name.startswith("worker") and p.popen.poll() is None for p in c.procs):
-            c.start_worker("ref")
-        job_id = c.submit(key, dataset_id)
+@pytest.fixture(scope="session")
+def reference_images(
+    make_pg_database: Callable[[], str],
+    redis_url: str,
+    moto_s3: dict[str, Any],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, bytes]:
+    """The image bytes of an undisturbed run (1 worker, default batch and shard size), made in a
+    cluster of its own, so no test's result depends on which test ran first."""
+    from services.common.storage_s3 import S3Storage
+    from tests.service_helpers import s3_storage_kwargs
+
+    bucket = {**moto_s3, "s3_bucket": f"ref-{uuid.uuid4().hex[:16]}"}
+    S3Storage(**s3_storage_kwargs(bucket)).ensure()
+    with make_cluster(make_pg_database, redis_url, bucket, tmp_path_factory.mktemp("reference")) as c:
+        c.start_api()
+        c.start_worker("ref")
+        key = c.new_key()
+        job_id = c.submit(key, c.upload_sample(key))
         job = c.wait_job(key, job_id)
         assert job["status"] == "succeeded", f"{job}\n{c.logs()}"
-        _reference.update(c.images(job_id))
-    return _reference
-
-
-def remember_reference(images: dict[str, bytes]) -> None:
-    if not _reference:
-        _reference.update(images)
+        return c.images(job_id)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

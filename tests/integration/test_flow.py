@@ -8,11 +8,11 @@ import zipfile
 
 import httpx
 
-from tests.integration.conftest import EXPECTED_IMAGES, Cluster, remember_reference
+from tests.integration.conftest import EXPECTED_IMAGES, Cluster
 from tests.service_helpers import auth
 
 
-def test_whole_flow_over_http(cluster: Cluster) -> None:
+def test_whole_flow_over_http(cluster: Cluster, reference_images: dict[str, bytes]) -> None:
     cluster.start_api()
     cluster.start_worker()
     key, other = cluster.new_key(), cluster.new_key()
@@ -57,7 +57,7 @@ def test_whole_flow_over_http(cluster: Cluster) -> None:
 
     images = cluster.images(job_id)
     assert len(images) == 2 * EXPECTED_IMAGES  # a PNG and its metadata per image, nothing else
-    remember_reference(images)
+    assert images == reference_images  # a second cluster, the same bytes
     assert 'diffii_shards{kind="generate",status="succeeded"}' in metrics
     # The workers' own figures, read from the shards they ran.
     figures = {
@@ -127,3 +127,5 @@ def test_jobs_on_s3_uris_and_bad_datasets_fail_at_once_with_the_reason(cluster: 
         job = cluster.wait_job(key, job_id)
         assert job["status"] == "failed" and words in job["message"], job
         assert "attempt" not in job["message"]  # the user's input: no retries, its own message
+        assert job["message"].startswith("preparing the dataset failed (DatasetError, not retried): ")
+        assert [step["attempts"] for step in job["progress"]["steps"]] == [1]

@@ -19,11 +19,11 @@ from diffii_core.errors import DatasetError
 from services.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
 from services.api.schemas import ClassOut, DatasetOut, Problem, SkippedOut
 from services.api.settings import ApiSettings
-from services.api.timeutil import as_utc
 from services.api.upload import new_temp_dir, receive_file
 from services.common.db import session_scope
 from services.common.models import Dataset, new_id
 from services.common.storage import Storage
+from services.common.timeutil import as_utc
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])

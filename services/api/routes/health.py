@@ -33,6 +33,24 @@ def check_storage(request: Request) -> None:
     request.app.state.storage.check()
 
 
+def check_supervised_children(settings: ApiSettings) -> None:
+    """Under `diffii up`: fails while a child (the worker) is down and waiting for its restart."""
+    from services.cli.supervisor import read_state
+
+    assert settings.supervisor_state is not None
+    state = read_state(settings.supervisor_state)
+    if state is None:
+        raise RuntimeError("the supervisor wrote no state")
+    down = {n: c for n, c in state["children"].items() if c["state"] != "running"}  # type: ignore[union-attr]
+    if down:
+        raise RuntimeError(
+            "; ".join(
+                f"{n} exited with {c['last_exit']}, restart {c['restarts']} in {c['restart_in']}s"
+                for n, c in down.items()
+            )
+        )
+
+
 @router.get("/healthz")
 def healthz() -> dict[str, str]:
     """The process is up and serving (no dependency is checked)."""
@@ -48,6 +66,8 @@ def readyz(request: Request) -> JSONResponse:
         "broker": lambda: check_broker(settings),
         "storage": lambda: check_storage(request),
     }
+    if settings.supervisor_state is not None:
+        checks["children"] = lambda: check_supervised_children(settings)
     results: dict[str, str] = {}
     # In parallel and each under a deadline: a hung dependency must not hang the probe.
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=len(checks), thread_name_prefix="readyz")
@@ -69,7 +89,12 @@ def readyz(request: Request) -> JSONResponse:
             {"status": "unavailable", "detail": f"not ready: {', '.join(failed)} failed", "checks": results},
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         )
-    return JSONResponse({"status": "ready", "checks": results})
+    body: dict[str, object] = {"status": "ready", "checks": results}
+    if settings.supervisor_state is not None:
+        from services.cli.supervisor import read_state
+
+        body["supervisor"] = read_state(settings.supervisor_state)  # restarts and last exits
+    return JSONResponse(body)
 
 
 @router.get("/metrics", response_class=Response)

@@ -8,7 +8,7 @@ import logging
 import secrets
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Response, status
 from fastapi.responses import RedirectResponse
 from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -16,24 +16,23 @@ from sqlalchemy.orm import Session
 
 from services.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
 from services.api.jobs_view import job_out, shards_of
-from services.api.pagination import decode_cursor, encode_cursor
-from services.api.schemas import S3_URI, JobOut, JobPage, JobRequest, Problem
+from services.api.pagination import CURSOR_PATTERN, decode_cursor, encode_cursor
+from services.api.schemas import ID_PATTERN, S3_URI, JobOut, JobPage, JobRequest, Problem
 from services.api.settings import ApiSettings
 from services.common.dispatch import dispatch
-from services.common.jobstate import request_cancel
-from services.common.models import (
-    TERMINAL_JOB_STATUSES,
-    Dataset,
-    Job,
-    JobStatus,
-    Shard,
-    ShardKind,
-    ShardStatus,
-)
+from services.common.lifecycle import jobs as lifecycle
+from services.common.lifecycle.shards import new_shard
+from services.common.lifecycle.table import Actor
+from services.common.models import TERMINAL_JOB_STATUSES, Dataset, Job, JobStatus, ShardKind
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(
+    prefix="/v1/jobs",
+    tags=["jobs"],
+    responses={401: {"model": Problem, "description": "missing, unknown or revoked API key"}},
+)
 
+JobId = Annotated[str, Path(pattern=ID_PATTERN, description="the job's id")]
 NOT_FOUND = {404: {"model": Problem, "description": "no such job for this API key"}}
 
 
@@ -48,12 +47,9 @@ def _request_hash(body: JobRequest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def owned_job(session: Session, owner_id: str, job_id: str, *, for_update: bool = False) -> Job:
+def owned_job(session: Session, owner_id: str, job_id: str) -> Job:
     """The caller's job, or 404: another owner's job is indistinguishable from a missing one."""
-    query = select(Job).where(Job.id == job_id, Job.owner_id == owner_id)
-    if for_update:
-        query = query.with_for_update()
-    job = session.scalar(query)
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.owner_id == owner_id))
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
     return job
@@ -135,9 +131,9 @@ def create_job(
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         params=params.model_dump(mode="json"),
-        status=JobStatus.queued,
+        status=lifecycle.initial_status(),
     )
-    prepare = Shard(job=job, seq=0, kind=ShardKind.prepare, status=ShardStatus.pending, seed=seed)
+    prepare = new_shard(Actor.api, job=job, seq=0, kind=ShardKind.prepare, seed=seed)
     session.add_all([job, prepare])
     try:
         session.commit()
@@ -159,7 +155,9 @@ def list_jobs(
     session: SessionDep,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    cursor: Annotated[
+        str | None, Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page")
+    ] = None,
 ) -> JobPage:
     """The caller's jobs, newest first; follow `next_cursor` until it is null."""
     query = select(Job).where(Job.owner_id == owner_id)
@@ -180,7 +178,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
-def get_job(job_id: str, owner_id: OwnerDep, session: SessionDep) -> JobOut:
+def get_job(job_id: JobId, owner_id: OwnerDep, session: SessionDep) -> JobOut:
     """Status, parameters and progress, with one entry per generation shard."""
     job = owned_job(session, owner_id, job_id)
     return job_out(job, shards_of(session, [job.id])[job.id])
@@ -191,16 +189,17 @@ def get_job(job_id: str, owner_id: OwnerDep, session: SessionDep) -> JobOut:
     response_model=JobOut,
     responses={**NOT_FOUND, 409: {"model": Problem, "description": "the job has already ended"}},
 )
-def cancel_job(job_id: str, owner_id: OwnerDep, session: SessionDep) -> JobOut:
-    """Ask the job to stop. Nothing running: `cancelled` at once; else running shards stop between batches."""
-    job = owned_job(session, owner_id, job_id, for_update=True)
-    if job.status in TERMINAL_JOB_STATUSES:
+def cancel_job(job_id: JobId, owner_id: OwnerDep, session: SessionDep) -> JobOut:
+    """Stop the job. With no shard running it is `cancelled` at once; otherwise it is `cancelling`
+    until its running shards stop at their next batch boundary, then `cancelled`. Images of shards
+    that finished stay stored (no archive is made) until the job is deleted or retention removes them.
+    Cancelling a job that is already `cancelling` returns it unchanged."""
+    job = owned_job(session, owner_id, job_id)
+    session.commit()
+    if lifecycle.request_cancel(session, job.id) is None:
+        session.refresh(job)
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job.id} has already ended: {job.status.value}")
-    session.commit()  # release the row lock taken by owned_job before request_cancel takes it again
-    ended = not request_cancel(session, job.id)
     session.refresh(job)
-    if ended:  # it finished between the check above and the cancel
-        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job.id} has already ended: {job.status.value}")
     return job_out(job, shards_of(session, [job.id])[job.id])
 
 
@@ -215,12 +214,14 @@ def cancel_job(job_id: str, owner_id: OwnerDep, session: SessionDep) -> JobOut:
     },
 )
 def get_archive(
-    job_id: str, owner_id: OwnerDep, session: SessionDep, settings: SettingsDep, storage: StorageDep
+    job_id: JobId, owner_id: OwnerDep, session: SessionDep, settings: SettingsDep, storage: StorageDep
 ) -> RedirectResponse:
     """Redirect to the synthetic dataset archive (zip) once the job has succeeded."""
     job = owned_job(session, owner_id, job_id)
     if job.archive_key is None:
-        if job.status in TERMINAL_JOB_STATUSES:
+        if job.expired_at is not None:
+            detail = f"job {job.id}'s archive was removed on {job.expired_at:%Y-%m-%d} (retention)"
+        elif job.status in TERMINAL_JOB_STATUSES:
             detail = f"job {job.id} ended {job.status.value} without an archive"
         else:
             detail = f"the archive is not ready: job {job.id} is {job.status.value}"
@@ -229,3 +230,36 @@ def get_archive(
         job.archive_key, expires=settings.presign_ttl, filename=f"diffii-{job.id}.zip"
     )
     return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={
+        204: {"description": "the job, its images and its archive are gone"},
+        **NOT_FOUND,
+        409: {"model": Problem, "description": "the job has not ended; cancel it first"},
+        503: {"model": Problem, "description": "storage failed; nothing was removed from the job's rows"},
+    },
+)
+def delete_job(job_id: JobId, owner_id: OwnerDep, session: SessionDep, storage: StorageDep) -> Response:
+    """Remove an ended job: its stored objects (images, pools, archive), then the job itself."""
+    from services.common.retention import delete_job as remove
+    from services.common.storage import StorageError
+
+    job = owned_job(session, owner_id, job_id)
+    if job.status not in TERMINAL_JOB_STATUSES:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"job {job.id} is {job.status.value}; cancel it before deleting it"
+        )
+    try:
+        removed = remove(session, storage, job.id)
+    except StorageError as exc:
+        log.warning("could not delete the objects of job %s: %s", job.id, exc)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"storage failed, job {job.id} kept; retry: {exc}"
+        ) from None
+    if not removed:  # deleted by a concurrent request meanwhile
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

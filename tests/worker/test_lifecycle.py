@@ -1,4 +1,4 @@
-"""Claiming, fencing, retries, fan-in and the recovery sweep, on Postgres and on SQLite.
+"""The lifecycle on Postgres and on SQLite: claiming, fencing, retries, fan-in, cancel, the sweep.
 
 These drive the database functions directly (no broker round trip needed: dispatch goes to
 kombu's in-memory transport), so every race and recovery path is checked in milliseconds.
@@ -7,69 +7,22 @@ kombu's in-memory transport), so every race and recovery path is checked in mill
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from services.common import dispatch
-from services.common.db import make_session_factory
-from services.common.jobstate import request_cancel
-from services.common.models import Job, JobStatus, Owner, Shard, ShardKind, ShardStatus, utcnow
-from services.common.schema import upgrade_to_head
-from services.worker import leases
-from services.worker.leases import Claim, LeaseLost, Signal
+from services.common.lifecycle import shards as leases
+from services.common.lifecycle.jobs import request_cancel
+from services.common.lifecycle.retry import RetryPolicy
+from services.common.lifecycle.shards import Claim, LeaseLost, Signal
+from services.common.models import Job, JobStatus, Shard, ShardKind, ShardStatus, utcnow
 from services.worker.stages import split_ranges
 from services.worker.sweeper import sweep
+from tests.worker.conftest import LEASE, claim, make_job
 
-LEASE = 30.0
-
-
-@pytest.fixture(params=["postgres", "sqlite"])
-def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    if request.param == "postgres":
-        url = request.getfixturevalue("make_pg_database")()
-    else:
-        url = f"sqlite:///{tmp_path / 'state.db'}"
-    upgrade_to_head(url)
-    factory = make_session_factory(url)
-    dispatch.configure(dispatch.DispatchSettings(_env_file=None, home=tmp_path, broker_url="memory://"))
-    yield factory
-    dispatch.configure(None)
-    factory.kw["bind"].dispose()
-
-
-def make_job(
-    sessions: Any, generate: int = 3, status: JobStatus = JobStatus.generating
-) -> tuple[str, list[str]]:
-    """A job in `status` with `generate` pending generate shards and a waiting package shard."""
-    with sessions() as s:
-        owner = Owner(name=f"o-{utcnow().timestamp()}-{id(s)}")
-        s.add(owner)
-        s.flush()
-        job = Job(owner_id=owner.id, params={}, status=status)
-        s.add(job)
-        s.flush()
-        ids = []
-        for i in range(generate):
-            shard = Shard(
-                job_id=job.id, seq=i + 1, kind=ShardKind.generate, class_index=i, class_name=f"c{i}",
-                start=0, stop=4, status=ShardStatus.pending, max_attempts=3,
-            )  # fmt: skip
-            s.add(shard)
-            s.flush()
-            ids.append(shard.id)
-        s.add(Shard(job_id=job.id, seq=generate + 1, kind=ShardKind.package, status=ShardStatus.waiting))
-        s.commit()
-        return job.id, ids
-
-
-def claim(sessions: Any, shard_id: str, worker: str = "w1") -> Claim | str:
-    with sessions() as s:
-        return leases.claim(s, shard_id, worker, LEASE)
+NO_WAIT = RetryPolicy(base_seconds=0, jitter=0)  # retries due at once: these tests count them
 
 
 def test_only_one_claimant_wins(sessions: Any) -> None:
@@ -144,8 +97,8 @@ def test_retries_then_fails_the_job_naming_the_class(sessions: Any) -> None:
         c = claim(sessions, shard_id)
         assert isinstance(c, Claim) and c.attempt == attempt
         with sessions() as s:
-            again = leases.fail_attempt(s, c, ValueError("boom"))
-        assert again == ([shard_id] if attempt < 3 else [])
+            outcome = leases.fail_attempt(s, c, ValueError("boom"), NO_WAIT)
+        assert outcome == ("retry" if attempt < 3 else "failed")
     with sessions() as s:
         job, shard = s.get(Job, job_id), s.get(Shard, shard_id)
         assert job.status == JobStatus.failed
@@ -162,9 +115,12 @@ def test_user_errors_fail_at_once(sessions: Any) -> None:
     c = claim(sessions, shard_id)
     assert isinstance(c, Claim)
     with sessions() as s:
-        assert leases.fail_attempt(s, c, DatasetError("class 'x' has no usable image"), permanent=True) == []
+        assert leases.fail_attempt(s, c, DatasetError("class 'x' has no usable image"), NO_WAIT) == "failed"
     with sessions() as s:
-        assert s.get(Job, job_id).message == "class 'x' has no usable image"
+        assert s.get(Job, job_id).message == (
+            "class 'c0' failed (DatasetError, not retried): class 'x' has no usable image"
+        )
+        assert s.get(Shard, shard_id).attempts == 1
 
 
 def test_sweeper_requeues_dead_workers_and_fails_after_the_last_attempt(sessions: Any) -> None:
@@ -182,11 +138,11 @@ def test_sweeper_requeues_dead_workers_and_fails_after_the_last_attempt(sessions
     for attempt in (1, 2):
         assert isinstance(claim(sessions, shard_id, f"w{attempt}"), Claim)
         expire()
-        report = sweep(sessions, resend_after=60)
+        report = sweep(sessions, resend_after=60, policy=NO_WAIT)
         assert report.requeued == [shard_id] and shard_id in report.resent
     assert isinstance(claim(sessions, shard_id, "w3"), Claim)
     expire()
-    report = sweep(sessions, resend_after=60)
+    report = sweep(sessions, resend_after=60, policy=NO_WAIT)
     assert report.failed_jobs == [job_id]
     with sessions() as s:
         message = s.get(Job, job_id).message
@@ -223,12 +179,17 @@ def test_cancel_stops_everything_and_claims_close_stale_messages(sessions: Any) 
     c = claim(sessions, running)
     assert isinstance(c, Claim)
     with sessions() as s:
-        assert request_cancel(s, job_id) is True
-        assert request_cancel(s, job_id) is False  # already ended
+        assert request_cancel(s, job_id) == JobStatus.cancelling  # a shard runs: two-phase
+        assert request_cancel(s, job_id) == JobStatus.cancelling  # asking again changes nothing
     with sessions() as s:
-        assert leases.check(s, c) == Signal.lost  # the running worker stops at its next check
+        assert leases.check(s, c) == Signal.stop  # the running worker stops at its next check
+        assert s.get(Shard, waiting).status == ShardStatus.cancelled  # not started: closed at once
+    assert claim(sessions, waiting) == f"job is {JobStatus.cancelling}"
+    with sessions() as s:
+        assert leases.stop(s, c) is True  # the last running shard stopped: the cancel is complete
+    with sessions() as s:
         assert s.get(Job, job_id).status == JobStatus.cancelled
-    assert claim(sessions, waiting) == f"job is {JobStatus.cancelled}"
+        assert request_cancel(s, job_id) is None  # already ended
 
 
 @pytest.mark.parametrize(
@@ -239,3 +200,47 @@ def test_split_ranges(total: int, size: int, expected: list[tuple[int, int]]) ->
     ranges = split_ranges(total, size)
     assert ranges == expected
     assert all(stop - start <= size for start, stop in ranges)
+
+
+def test_a_starved_but_live_worker_resumes_its_expired_attempt(sessions: Any) -> None:
+    """A heartbeat thread starved of CPU lets the lease lapse; the sweeper re-queues the shard. If
+    nobody claimed it since, the live worker takes it back: no attempt is spent, no work is lost."""
+    _, (shard_id, *_) = make_job(sessions)
+    c = claim(sessions, shard_id)
+    assert isinstance(c, Claim)
+    with sessions() as s:
+        s.execute(
+            Shard.__table__.update()
+            .where(Shard.id == shard_id)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+        s.commit()
+    assert sweep(sessions, resend_after=60, policy=NO_WAIT).requeued == [shard_id]
+    with sessions() as s:
+        assert leases.check(s, c) == Signal.ok  # expired, but still our attempt
+        assert leases.heartbeat(s, c, LEASE, images_done=2) == Signal.ok
+    assert claim(sessions, shard_id, "w2") == "shard is running"  # the re-sent message is dropped
+    with sessions() as s:
+        leases.succeed(s, c, 1.0)
+        s.commit()
+        row = s.get(Shard, shard_id)
+        assert row.status == ShardStatus.succeeded and row.attempts == 1
+
+
+def test_an_expired_attempt_that_another_worker_claimed_cannot_resume(sessions: Any) -> None:
+    _, (shard_id, *_) = make_job(sessions)
+    c = claim(sessions, shard_id)
+    assert isinstance(c, Claim)
+    with sessions() as s:
+        s.execute(
+            Shard.__table__.update()
+            .where(Shard.id == shard_id)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+        s.commit()
+    sweep(sessions, resend_after=60, policy=NO_WAIT)
+    assert isinstance(claim(sessions, shard_id, "w2"), Claim)
+    with sessions() as s:
+        assert leases.heartbeat(s, c, LEASE) == Signal.lost
+        with pytest.raises(LeaseLost):
+            leases.succeed(s, c, 1.0)

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def job_prefix(job_id: str) -> str:
+    """Everything a job stored lies under this prefix (what deletion and retention remove)."""
+    return f"jobs/{job_id}/"
+
+
 def concepts_prefix(job_id: str) -> str:
     return f"jobs/{job_id}/concepts/"
 
@@ -25,6 +30,14 @@ def image_png(job_id: str, class_index: int, index: int) -> str:
 
 def image_meta(job_id: str, class_index: int, index: int) -> str:
     return f"{images_prefix(job_id, class_index)}{index:06d}.json"
+
+
+def pools_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/pools/"
+
+
+def all_images_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/images/"
 
 
 def archive(job_id: str) -> str:

@@ -1,0 +1,224 @@
+"""Load and scale figures of the service (run through bench/service.py --load / --scale).
+
+- load: status-poll latency. While a job runs, GET /v1/jobs/{id} is sent at a fixed rate (open loop:
+  a request's time starts at its scheduled send time, so a stalled server cannot hide its queue) for
+  a fixed duration; prints the achieved rate, errors, p50/p99 (target p99 < 50 ms).
+- scale: scale-out efficiency of 1, 2, 4, 8 workers on a simulated-compute model (each image a
+  fixed sleep; tests/fault_worker.py `simulate`), so the control plane's own overhead is what is
+  measured: efficiency = (images x seconds per image / workers) / the generate phase's wall time
+  (target >= 0.9 at 8 workers).
+
+Both need Postgres and Redis (--database-url, --broker-url): the embedded SQLite broker polls.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = "from services.cli.main import main; main()"
+SIM_PARAMS = {"model": "tiny", "seed": 1, "expansion": 5, "concepts": {"steps": 0}, "inference_steps": 2,
+              "inversion_steps": 2}  # fmt: skip
+
+
+class Service:
+    """An API and N workers (processes) on the given Postgres, Redis and a local object folder."""
+
+    def __init__(self, tmp: Path, database_url: str, broker_url: str, extra: dict[str, str]) -> None:
+        from services.common.schema import upgrade_to_head
+
+        self.tmp = tmp
+        upgrade_to_head(database_url)
+        queue = f"bench-{uuid.uuid4().hex[:8]}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFII_")}
+        self.env.update(
+            DIFFII_HOME=str(tmp / "home"), DIFFII_DATABASE_URL=database_url, DIFFII_BROKER_URL=broker_url,
+            DIFFII_QUEUE=queue, DIFFII_QUEUES=f'["{queue}"]', DIFFII_STORAGE="local",
+            DIFFII_STORAGE_DIR=str(tmp / "objects"), DIFFII_SIGNING_SECRET="bench", PYTHONPATH=str(ROOT),
+            DIFFII_SWEEP_SECONDS="2", **extra,
+        )  # fmt: skip
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.url = ""
+
+    def spawn(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = (self.tmp / f"{name}.log").open("wb")
+        proc = subprocess.Popen(argv, env=env or self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
+    def start_api(self) -> None:
+        from tests.service_helpers import free_port, wait_until
+
+        port = free_port()
+        self.spawn([sys.executable, "-c", CLI, "serve", "--port", str(port)], "api")
+        self.url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, 120, "API readiness", interval=0.3)
+
+    def start_workers(self, n: int, faults: str = "") -> None:
+        from tests.service_helpers import wait_until
+
+        app = "tests.fault_worker" if faults else "services.worker.celery_app"
+        logs = []
+        for i in range(n):
+            env = {**self.env, "DIFFII_TEST_FAULTS": faults, "DIFFII_WORK_DIR": str(self.tmp / f"work{i}")}
+            argv = [sys.executable, "-m", "celery", "-A", app, "worker", "--pool=solo",
+                    f"--queues={self.env['DIFFII_QUEUE']}", f"--hostname=w{i}@%h", "--without-gossip",
+                    "--without-mingle", "--loglevel=info"]  # fmt: skip
+            self.spawn(argv, f"worker{i}", env)
+            logs.append(self.tmp / f"worker{i}.log")
+        wait_until(lambda: all(b"ready." in p.read_bytes() for p in logs), 300, "workers", interval=0.5)
+
+    def key(self) -> str:
+        return subprocess.run(
+            [sys.executable, "-c", CLI, "admin", "create-key", "--owner", f"bench-{uuid.uuid4().hex[:6]}"],
+            env=self.env, cwd=ROOT, check=True, capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
+
+    def submit(self, headers: dict[str, str], params: dict[str, Any]) -> str:
+        from diffii_core.sample_data import write_sample_archive
+
+        archive = write_sample_archive(self.tmp / f"sample-{uuid.uuid4().hex[:6]}.zip")
+        with httpx.Client(base_url=self.url, headers=headers, timeout=60) as client, archive.open("rb") as fp:
+            dataset_id = client.post("/v1/datasets", files={"file": ("d.zip", fp)}).json()["id"]
+            return client.post("/v1/jobs", json={**params, "dataset_id": dataset_id}).json()["id"]
+
+    def wait(self, headers: dict[str, str], job_id: str, timeout: float = 1800) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with httpx.Client(base_url=self.url, headers=headers, timeout=60) as client:
+            while time.monotonic() < deadline:
+                job = client.get(f"/v1/jobs/{job_id}").json()
+                if job["status"] in ("succeeded", "failed", "cancelled"):
+                    return job
+                time.sleep(0.5)
+        raise SystemExit(f"job {job_id} did not end within {timeout:g}s")
+
+    def stop(self) -> None:
+        import signal
+
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def poll_latency(url: str, path: str, headers: dict[str, str], rate: float, seconds: float) -> dict[str, Any]:
+    """Open-loop GETs at `rate` per second for `seconds`, from a few threads; latencies in ms."""
+    total = int(rate * seconds)
+    start = time.monotonic() + 0.5
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    threads = 16
+
+    def sender(offset: int) -> None:
+        with httpx.Client(base_url=url, headers=headers, timeout=10) as client:
+            for i in range(offset, total, threads):
+                due = start + i / rate
+                time.sleep(max(0.0, due - time.monotonic()))
+                try:
+                    ok = client.get(path).status_code == 200
+                except httpx.TransportError:
+                    ok = False
+                done = time.monotonic()
+                with lock:
+                    if ok:
+                        latencies.append((done - due) * 1000)
+                    else:
+                        errors[0] += 1
+
+    workers = [threading.Thread(target=sender, args=(k,)) for k in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    elapsed = time.monotonic() - start
+    latencies.sort()
+    return {
+        "requests": total,
+        "achieved_rate": round(len(latencies) / elapsed, 1),
+        "errors": errors[0],
+        "p50_ms": round(statistics.median(latencies), 2) if latencies else None,
+        "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))], 2) if latencies else None,
+    }
+
+
+def run_load(database_url: str, broker_url: str, rate: float, seconds: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="diffii-load-") as tmp:
+        svc = Service(Path(tmp), database_url, broker_url, {})
+        try:
+            svc.start_api()
+            # A job that keeps a worker busy the whole time (simulated compute: no CPU taken from the API).
+            svc.start_workers(1, faults="simulate:generate:2")
+            headers = {"Authorization": f"Bearer {svc.key()}"}
+            job_id = svc.submit(headers, SIM_PARAMS)
+            return poll_latency(svc.url, f"/v1/jobs/{job_id}", headers, rate, seconds)
+        finally:
+            svc.stop()
+
+
+def generate_phase(database_url: str, job_id: str) -> tuple[float, int]:
+    """Wall time from the first generate shard's start to the last one's end, and their images."""
+    from sqlalchemy import select
+
+    from services.common.db import dispose, make_session_factory
+    from services.common.models import Shard, ShardKind
+    from services.common.timeutil import as_utc
+
+    sessions = make_session_factory(database_url)
+    try:
+        with sessions() as s:
+            rows = list(
+                s.scalars(select(Shard).where(Shard.job_id == job_id, Shard.kind == ShardKind.generate))
+            )
+        first = min(as_utc(r.started_at) for r in rows if r.started_at)
+        last = max(as_utc(r.finished_at) for r in rows if r.finished_at)
+        return (last - first).total_seconds(), sum(r.images_total for r in rows)
+    finally:
+        dispose(sessions)
+
+
+def run_scale(
+    database_url: str, broker_url: str, per_image: float, counts: list[int]
+) -> list[dict[str, Any]]:
+    rows = []
+    for n in counts:
+        with tempfile.TemporaryDirectory(prefix="diffii-scale-") as tmp:
+            svc = Service(Path(tmp), database_url, broker_url, {"DIFFII_SHARD_SIZE": "2"})
+            try:
+                svc.start_api()
+                svc.start_workers(n, faults=f"simulate:generate:{per_image}")
+                headers = {"Authorization": f"Bearer {svc.key()}"}
+                job = svc.wait(headers, svc.submit(headers, SIM_PARAMS))
+                if job["status"] != "succeeded":
+                    raise SystemExit(f"{n} workers: job {job['status']}: {job.get('message')}")
+                wall, images = generate_phase(database_url, job["id"])
+            finally:
+                svc.stop()
+        ideal = images * per_image / n
+        rows.append({"workers": n, "images": images, "generate_wall_s": round(wall, 2),
+                     "ideal_s": round(ideal, 2), "efficiency": round(ideal / wall, 3)})  # fmt: skip
+    return rows

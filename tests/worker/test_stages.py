@@ -1,0 +1,155 @@
+"""Each stage of services/worker/stages.py, in this process: a SQLite state file, a local object
+store and the built-in `tiny` model. The runner claims and runs one shard at a time, so what each
+stage writes, and which shards it makes ready, is checked step by step."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from diffii_core.sample_data import write_sample_archive
+from services.common import dispatch, keys
+from services.common.db import dispose
+from services.common.lifecycle.jobs import request_cancel
+from services.common.models import Dataset, Job, JobStatus, Owner, Shard, ShardKind, ShardStatus
+from services.common.schema import upgrade_to_head
+from services.worker.process import WorkerProcess
+from services.worker.runner import run_shard
+from services.worker.settings import WorkerSettings
+
+PARAMS = {"model": "tiny", "expansion": 1, "seed": 3, "inference_steps": 3, "inversion_steps": 3,
+          "concepts": {"steps": 2, "checkpoint_every": 1}}  # fmt: skip
+
+
+@pytest.fixture
+def process(tmp_path: Path) -> Iterator[WorkerProcess]:
+    settings = WorkerSettings(
+        _env_file=None, home=tmp_path, broker_url="memory://", batch_size=2, shard_size=2,
+        retry_base_seconds=0, preload_models=[],
+    )  # fmt: skip
+    upgrade_to_head(settings.database_url)
+    dispatch.configure(settings)
+    p = WorkerProcess(settings)
+    yield p
+    dispatch.configure(None)
+    dispose(p.sessions)
+
+
+def _job(p: WorkerProcess, tmp_path: Path, archive: Path | None = None, **params: Any) -> str:
+    from diffii_core.params import JobParams
+
+    archive = archive or write_sample_archive(tmp_path / "sample.zip")
+    p.storage.put_bytes("datasets/d1/source.zip", archive.read_bytes())
+    with p.sessions() as s:
+        owner = Owner(name="me")
+        s.add(owner)
+        s.flush()
+        s.add(Dataset(id="d1", owner_id=owner.id, object_key="datasets/d1/source.zip", filename="sample.zip",
+                      bytes=1, images=12, classes=[]))  # fmt: skip
+        job = Job(owner_id=owner.id, dataset_id="d1", status=JobStatus.queued,
+                  params=JobParams(**{**PARAMS, **params}).model_dump(mode="json"))  # fmt: skip
+        s.add(job)
+        s.flush()
+        s.add(Shard(job_id=job.id, seq=0, kind=ShardKind.prepare, status=ShardStatus.pending, seed=3))
+        s.commit()
+        return job.id
+
+
+def _ready(p: WorkerProcess, job_id: str) -> list[Shard]:
+    with p.sessions() as s:
+        return list(
+            s.scalars(
+                select(Shard)
+                .where(Shard.job_id == job_id, Shard.status.in_((ShardStatus.pending, ShardStatus.queued)))
+                .order_by(Shard.seq)
+            )
+        )
+
+
+def _job_row(p: WorkerProcess, job_id: str) -> Job:
+    with p.sessions() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        s.expunge(job)
+        return job
+
+
+def _run_ready(p: WorkerProcess, job_id: str, kind: ShardKind) -> list[str]:
+    shards = _ready(p, job_id)
+    assert shards and {s.kind for s in shards} == {kind}, [(s.kind, s.status) for s in shards]
+    return [run_shard(s.id, kind.value, p) for s in shards]
+
+
+def test_each_stage_moves_the_job_on_and_writes_its_objects(process: WorkerProcess, tmp_path: Path) -> None:
+    p = process
+    job_id = _job(p, tmp_path)
+
+    assert _run_ready(p, job_id, ShardKind.prepare) == ["succeeded"]
+    job = _job_row(p, job_id)
+    assert job.status == JobStatus.learning and job.images_total == 12
+    assert [c["generated"] for c in job.manifest["classes"]] == [c["images"] for c in job.manifest["classes"]]
+    with p.sessions() as s:
+        kinds = [sh.kind for sh in s.scalars(select(Shard).where(Shard.job_id == job_id).order_by(Shard.seq))]
+    # prepare, learn, generate shards of at most 2 images per class, package.
+    assert kinds[:2] == [ShardKind.prepare, ShardKind.learn] and kinds[-1] == ShardKind.package
+    assert kinds.count(ShardKind.generate) == sum(-(-c["images"] // 2) for c in job.manifest["classes"])
+
+    assert _run_ready(p, job_id, ShardKind.learn) == ["succeeded"]
+    assert _job_row(p, job_id).status == JobStatus.generating
+    assert {k.rsplit("/", 1)[-1] for k in p.storage.list(keys.concepts_prefix(job_id))} >= {"concepts.json"}
+
+    assert set(_run_ready(p, job_id, ShardKind.generate)) == {"succeeded"}
+    assert _job_row(p, job_id).status == JobStatus.packaging
+    assert len(p.storage.list(keys.all_images_prefix(job_id))) == 2 * 12  # a PNG and its metadata each
+
+    assert _run_ready(p, job_id, ShardKind.package) == ["succeeded"]
+    job = _job_row(p, job_id)
+    assert job.status == JobStatus.succeeded and job.archive_key == keys.archive(job_id)
+    with zipfile.ZipFile(io.BytesIO(p.storage.get_bytes(job.archive_key))) as zf:
+        assert len([n for n in zf.namelist() if n.endswith(".png")]) == 12
+        assert json.loads(zf.read("job.json"))["params"]["seed"] == 3
+
+
+def test_a_method_without_concepts_skips_learning(process: WorkerProcess, tmp_path: Path) -> None:
+    job_id = _job(process, tmp_path, method="real-guidance")
+    assert _run_ready(process, job_id, ShardKind.prepare) == ["succeeded"]
+    assert _job_row(process, job_id).status == JobStatus.generating
+    assert {s.kind for s in _ready(process, job_id)} == {ShardKind.generate}
+
+
+def test_prepare_fails_at_once_on_an_unusable_dataset(process: WorkerProcess, tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.zip"
+    bogus.write_bytes(b"not a zip at all")
+    job_id = _job(process, tmp_path, archive=bogus)
+    assert _run_ready(process, job_id, ShardKind.prepare) == ["failed"]
+    job = _job_row(process, job_id)
+    assert job.status == JobStatus.failed
+    assert job.message.startswith("preparing the dataset failed (DatasetError, not retried): ")
+
+
+def test_a_cancelling_job_closes_a_shard_whose_message_arrives_late(
+    process: WorkerProcess, tmp_path: Path
+) -> None:
+    p = process
+    job_id = _job(p, tmp_path)
+    _run_ready(p, job_id, ShardKind.prepare)
+    _run_ready(p, job_id, ShardKind.learn)
+    first, *rest = _ready(p, job_id)
+    # Another worker runs a shard, so the cancel is two-phase; then our shard starts, sees it and stops.
+    with p.sessions() as s:
+        s.execute(update(Shard).where(Shard.id == rest[0].id).values(status=ShardStatus.running, attempts=1))
+        s.commit()
+        assert request_cancel(s, job_id) == JobStatus.cancelling
+        s.execute(update(Shard).where(Shard.id == first.id).values(status=ShardStatus.pending))
+        s.commit()
+    assert run_shard(first.id, "generate", p) == "skipped"  # a cancelling job's message is dropped
+    with p.sessions() as s:
+        assert s.get(Shard, first.id).status == ShardStatus.cancelled
+        assert s.get(Job, job_id).status == JobStatus.cancelling  # the other shard still runs
