@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from diffii_core.methods import METHODS, REGISTRY, MethodSpec
+from diffii_core.methods import METHODS, REGISTRY
 from diffii_core.sampling import SAMPLERS
 
 Method = Literal[METHODS]  # type: ignore[valid-type]  # the registry's names, in the API schema too
@@ -32,21 +32,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def spec(method: str) -> MethodSpec:
-    return REGISTRY[method]
-
-
 def uses_concepts(method: str) -> bool:
     """Whether a method needs learned concepts (tokens, with or without LoRA)."""
     return REGISTRY[method].needs_concepts
-
-
-def uses_inversion(method: str) -> bool:
-    return REGISTRY[method].inversion
-
-
-def uses_references(method: str) -> bool:
-    return REGISTRY[method].references
 
 
 class ConceptParams(BaseModel):

@@ -23,7 +23,7 @@ def _params(steps: int, **extra) -> JobParams:
         seed=3,
         inference_steps=6,
         inversion_steps=6,
-        concepts=ConceptParams(steps=steps, learning_rate=3e-3, lora_rank=4, **extra),
+        concepts=ConceptParams(**({"steps": steps, "learning_rate": 3e-3, "lora_rank": 4} | extra)),
     )
 
 
