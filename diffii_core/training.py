@@ -157,6 +157,8 @@ def learn_concepts(
 ) -> Concepts:
     """Learn the concepts of every class of `dataset` (a diffii_core Dataset) for params.method.
     The model is left holding them; enter `concepts_applied` with the result to use it."""
+    if model.in_use is not None:
+        raise RuntimeError(f"model {model.name!r} is in use by a job's concepts; learn outside that scope")
     cfg = params.concepts
     with_lora = REGISTRY[params.method].concepts != "tokens"
     resolution = params.resolution or model.resolution
@@ -167,7 +169,7 @@ def learn_concepts(
     ids = ensure_tokens(model, all_tokens)
     embedding = model.text_encoder.get_input_embeddings()
     _init_placeholder_rows(model, ids, params)
-    model.installed = model.in_use = None
+    model.installed = None  # the rows and the adapter change from here on
     lora_params: list[torch.nn.Parameter] = []
     if with_lora:
         install_adapter(model, cfg.lora_rank, init_seed=derive_seed(params.seed, "lora-init"))

@@ -113,11 +113,13 @@ def test_saved_concepts_reproduce_the_trained_pipeline_on_a_fresh_model(sample, 
     make(other, reloaded, None)  # diff-ii refuses to run on the base model's scope
 
 
-def test_scopes_do_not_overlap_and_end_with_the_block(trained):
+def test_scopes_do_not_overlap_and_end_with_the_block(trained, sample):
     model, concepts = trained
     assert model.in_use == concepts.fingerprint
     with pytest.raises(RuntimeError, match="already in use"), concepts_applied(model, None):
         pass
+    with pytest.raises(RuntimeError, match="learn outside that scope"):
+        learn_concepts(model, sample, _params(1))
     base = load_model("tiny")
     with concepts_applied(base, None):
         assert base.in_use == "base"
