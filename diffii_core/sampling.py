@@ -8,7 +8,7 @@ use). Both read the model's own schedule (prediction type, spacing, zero-termina
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from diffusers import DPMSolverMultistepScheduler
@@ -16,6 +16,9 @@ from diffusers import DPMSolverMultistepScheduler
 from diffii_core.ddim import Schedule, denoise, denoise_timesteps, suffix_steps
 from diffii_core.models import LoadedModel
 from diffii_core.unet import predict_noise
+
+if TYPE_CHECKING:
+    from diffii_core.params import JobParams
 
 Sampler = Literal["ddim", "dpm-solver++"]
 SAMPLERS: tuple[str, ...] = ("ddim", "dpm-solver++")
@@ -73,16 +76,13 @@ def sample_two_stage(
     plain: torch.Tensor,
     suffixed: torch.Tensor,
     uncond: torch.Tensor,
-    *,
-    steps: int,
-    split_ratio: float,
-    guidance_scale: float,
-    sampler: str = "ddim",
+    params: JobParams,
     timesteps: list[int] | None = None,
 ) -> torch.Tensor:
-    """Denoise latents [B, c, h, w]; plain/suffixed are per-image text states [B, 77, d]; `timesteps`
-    (default: all `steps`) may be the tail of the schedule, for img2img."""
-    config = model.scheduler_config
+    """Denoise latents [B, c, h, w] with params' sampler, steps, split ratio and guidance; plain/suffixed
+    are per-image text states [B, 77, d]; `timesteps` (default: the whole schedule) may be its tail."""
+    config, steps, sampler = model.scheduler_config, params.inference_steps, params.sampler
+    split_ratio, guidance_scale = params.split_ratio, params.guidance_scale
     timesteps = timesteps or sampler_timesteps(config, sampler, steps)
     schedule = Schedule.from_config(config)
     use_suffix = suffix_steps(timesteps, split_ratio, schedule.num_train_timesteps)

@@ -87,11 +87,7 @@ def generate(req: ShareRequest) -> Iterator[GeneratedImage]:
         ]
         latents = torch.stack([p.latent for p in plans])
         suffixed = torch.stack([by_suffix[p.suffix] if p.suffix else plain[0] for p in plans])
-        out = sample_two_stage(
-            model, latents, plain.expand(len(plans), -1, -1), suffixed, uncond,
-            steps=params.inference_steps, split_ratio=params.split_ratio,
-            guidance_scale=params.guidance_scale, sampler=params.sampler,
-        )  # fmt: skip
+        out = sample_two_stage(model, latents, plain.expand(len(plans), -1, -1), suffixed, uncond, params)
         for plan, array in zip(plans, decode_latents(model, out), strict=True):
             yield _finish(plan, array, req, plain_prompt)
 

@@ -137,10 +137,7 @@ def render(
             for p in group
         ]
         cond = torch.stack([state(p.target) for p in group])
-        out = sample_two_stage(
-            model, torch.stack(latents), cond, cond, uncond, steps=steps, split_ratio=params.split_ratio,
-            guidance_scale=params.guidance_scale, sampler=params.sampler, timesteps=timesteps,
-        )  # fmt: skip
+        out = sample_two_stage(model, torch.stack(latents), cond, cond, uncond, params, timesteps)
         outputs.update(zip([id(p) for p in group], out, strict=True))
     arrays = list(decode_latents(model, torch.stack([outputs[id(p)] for p in plans])))
     if params.resize_to_source and req.references:
