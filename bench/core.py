@@ -15,13 +15,14 @@ from pathlib import Path
 
 import torch
 
-from diffii_core.concepts import apply_concepts, learn_concepts
+from diffii_core.concepts import concepts_applied
 from diffii_core.dataset import load_dataset
 from diffii_core.generate import generate_share
 from diffii_core.inversion import invert_class
 from diffii_core.models import load_model
 from diffii_core.params import ConceptParams, JobParams
 from diffii_core.sample_data import write_sample_dataset
+from diffii_core.training import learn_concepts
 
 
 class ForwardClock:
@@ -46,7 +47,6 @@ def run(resolution: int, batch_size: int, images: int, dataset, concepts_steps: 
     model = load_model("tiny")
     params = JobParams(seed=1, resolution=resolution, concepts=ConceptParams(steps=concepts_steps))
     concepts = learn_concepts(model, dataset, params)
-    apply_concepts(model, concepts)
     clock = ForwardClock()
     model.unet.forward = clock.wrap(model.unet.forward)
     model.text_encoder.forward = clock.wrap(model.text_encoder.forward)
@@ -54,25 +54,18 @@ def run(resolution: int, batch_size: int, images: int, dataset, concepts_steps: 
     model.vae.decode = clock.wrap(model.vae.decode)
     cls = max(dataset.classes, key=lambda c: len(c.images))
     began = time.perf_counter()
-    pool = invert_class(
-        model, concepts, [i.open() for i in cls.images], cls.name, params, batch_size=batch_size
-    )
-    made = sum(
-        1
-        for _ in generate_share(
-            model,
-            concepts,
-            pool,
-            class_name=cls.name,
-            label_index=cls.index,
-            class_names=dataset.class_names(),
-            source_names=[i.path for i in cls.images],
-            params=params,
-            start=0,
-            stop=images,
-            batch_size=batch_size,
+    with concepts_applied(model, concepts):
+        pool = invert_class(
+            model, concepts, [i.open() for i in cls.images], cls.name, params, batch_size=batch_size
         )
-    )
+        made = sum(
+            1
+            for _ in generate_share(
+                model, concepts, pool, class_name=cls.name, label_index=cls.index,
+                class_names=dataset.class_names(), source_names=[i.path for i in cls.images],
+                params=params, start=0, stop=images, batch_size=batch_size,
+            )
+        )  # fmt: skip
     total = time.perf_counter() - began
     return {"images_per_s": made / total, "efficiency": clock.seconds / total, "seconds": total}
 

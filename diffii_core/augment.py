@@ -10,12 +10,16 @@ from pathlib import Path
 
 from diffii_core.archive import ArchiveWriter, job_document
 from diffii_core.atomic import atomic_write
-from diffii_core.concepts import Concepts, apply_concepts, learn_concepts
-from diffii_core.dataset import DatasetLimits, load_dataset
+from diffii_core.classifier import FeatureClassifier, train_classifier
+from diffii_core.concept_import import import_published, is_published_layout
+from diffii_core.concepts import Concepts, concepts_applied
+from diffii_core.dataset import Dataset, DatasetLimits, load_dataset
 from diffii_core.generate import generate_share
 from diffii_core.inversion import invert_class
-from diffii_core.models import load_model
-from diffii_core.params import JobParams, images_for_class, uses_concepts, uses_inversion, uses_references
+from diffii_core.methods import REGISTRY, MethodSpec
+from diffii_core.models import LoadedModel, load_model
+from diffii_core.params import JobParams, images_for_class
+from diffii_core.training import learn_concepts
 
 # progress(stage, total) returns a function that advances that stage's bar by n.
 Progress = Callable[[str, int], Callable[[int], None]]
@@ -49,40 +53,30 @@ def augment(
     progress: Progress = _no_progress,
 ) -> AugmentSummary:
     """Run params.method (Diff-II or a baseline) on a dataset and write the archive to `out`; the file
-    appears whole or not at all. Methods without concepts skip learning; only Diff-II inverts.
-    `work_dir` keeps concept-learning checkpoints (a rerun resumes); `concepts_dir` saves the learned
-    concepts, or reuses them when already there."""
+    appears whole or not at all. What runs before generation is what the method's registry entry needs:
+    concepts (learned, or reused from `concepts_dir`: ours, or the published Diff-Mix layout), the
+    inversion pool, a classifier of the real set. `work_dir` keeps concept-learning checkpoints."""
     began = time.monotonic()
     out = Path(out)
     dataset = load_dataset(source, limits or DatasetLimits())
     model = load_model(params.model, registry, device=device)
-
-    concepts: Concepts | None = None
-    if not uses_concepts(params.method):
-        pass  # real-guidance / real-mix: the base model with plain class names, nothing to learn
-    elif concepts_dir is not None and (concepts_dir / "concepts.json").exists():
-        concepts = Concepts.load(concepts_dir)
-    else:
-        bar = progress("learning concepts", params.concepts.steps)
-        concepts = learn_concepts(
-            model, dataset, params, checkpoint_dir=work_dir, progress=lambda step, total: bar(1)
-        )
-        if concepts_dir is not None:
-            concepts.save(concepts_dir)
-    apply_concepts(model, concepts)
+    spec = REGISTRY[params.method]
+    concepts = _concepts(spec, model, dataset, params, concepts_dir, work_dir, progress)
+    classifier = _classifier(spec, model, dataset, params)
 
     class_names = dataset.class_names()
     counts = [images_for_class(params, len(c.images)) for c in dataset.classes]
-    inverting = progress("inverting", dataset.images if uses_inversion(params.method) else 0)
+    inverting = progress("inverting", dataset.images if spec.inversion else 0)
     generating = progress("generating", sum(counts))
     # A failed or interrupted run leaves no archive (and no part of one) at --out.
-    with atomic_write(out) as handle:
+    with atomic_write(out) as handle, concepts_applied(model, concepts):
         writer = ArchiveWriter(handle)
         metadata = []
         for cls, count in zip(dataset.classes, counts, strict=True):
             images = [item.open() for item in cls.images]
             pool = None
-            if uses_inversion(params.method):
+            if spec.inversion:
+                assert concepts is not None
                 pool = invert_class(
                     model, concepts, images, cls.name, params, batch_size=batch_size, progress=inverting
                 )
@@ -98,7 +92,8 @@ def augment(
                 start=0,
                 stop=count,
                 batch_size=batch_size,
-                references=images if uses_references(params.method) else None,
+                references=images if spec.references else None,
+                classifier=classifier,
             ):
                 writer.add_image(image.file_name, image.png)
                 metadata.append(image.metadata)
@@ -120,3 +115,34 @@ def augment(
         skipped=skipped,
         seconds=time.monotonic() - began,
     )
+
+
+def _concepts(
+    spec: MethodSpec, model: LoadedModel, dataset: Dataset, params: JobParams, concepts_dir: Path | None,
+    work_dir: Path | None, progress: Progress,
+) -> Concepts | None:  # fmt: skip
+    if not spec.needs_concepts:
+        return None  # real-guidance / real-mix / real-filter: the base model with class names
+    names = dataset.class_names()
+    if concepts_dir is not None and (concepts_dir / "concepts.json").exists():
+        concepts = Concepts.load(concepts_dir)
+        concepts.check_fits(spec.concepts, names, concepts_dir)
+        return concepts
+    if concepts_dir is not None and concepts_dir.is_dir() and is_published_layout(concepts_dir):
+        concepts = import_published(concepts_dir, names, params.metaclass, params.class_prompts)
+        concepts.check_fits(spec.concepts, names, concepts_dir)
+        return concepts
+    bar = progress("learning concepts", params.concepts.steps)
+    concepts = learn_concepts(model, dataset, params, checkpoint_dir=work_dir, progress=lambda s, t: bar(1))
+    if concepts_dir is not None:
+        concepts.save(concepts_dir)
+    return concepts
+
+
+def _classifier(
+    spec: MethodSpec, model: LoadedModel, dataset: Dataset, params: JobParams
+) -> FeatureClassifier | None:
+    if not spec.classifier:
+        return None
+    images = [[item.open() for item in c.images] for c in dataset.classes]
+    return train_classifier(model, images, params.resolution or model.resolution, params.image_geometry)

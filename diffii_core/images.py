@@ -23,6 +23,14 @@ def to_square(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+def fit_square(image: Image.Image, size: int, geometry: str = "squash") -> Image.Image:
+    """The model's square input: "squash" resizes to size x size as the published code does (nothing of
+    a wide subject is cut off); "crop" keeps the aspect and cuts the longer side."""
+    if geometry == "crop":
+        return to_square(image, size)
+    return image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+
+
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """[3, H, W] in [-1, 1]."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0

@@ -9,20 +9,30 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from diffii_core.ddim import Schedule, denoise_timesteps, inversion_timesteps, invert
+from diffii_core.concepts import Concepts, scope_key
+from diffii_core.ddim import Schedule, inversion_timesteps, invert, published_inversion_timesteps
 from diffii_core.errors import ArtifactError
-from diffii_core.images import encode_images, to_square, to_tensor
+from diffii_core.images import encode_images, fit_square, to_tensor
 from diffii_core.models import LoadedModel
 from diffii_core.params import JobParams
 from diffii_core.prompts import concept_prompt, encode_prompts
+from diffii_core.sampling import sampler_timesteps
 from diffii_core.unet import predict_noise
 
 
+def schedule_for(model: LoadedModel, params: JobParams) -> list[int]:
+    """Ascending inversion timesteps: diffusers' inverse DDIM schedule (published), or one that ends
+    exactly where the job's denoising starts."""
+    if params.inversion_schedule == "published":
+        return published_inversion_timesteps(model.scheduler_config, params.inversion_steps)
+    t_start = sampler_timesteps(model.scheduler_config, params.sampler, params.inference_steps)[0]
+    return inversion_timesteps(t_start, params.inversion_steps)
+
+
 def invert_latents(model: LoadedModel, latents: torch.Tensor, prompt: str, params: JobParams) -> torch.Tensor:
-    """Invert clean latents [N, c, h, w] up to the first timestep of the denoising schedule."""
+    """Invert clean latents [N, c, h, w] with `prompt` and no guidance."""
     schedule = Schedule.from_config(model.scheduler_config)
-    t_start = denoise_timesteps(model.scheduler_config, params.inference_steps)[0]
-    timesteps = inversion_timesteps(t_start, params.inversion_steps)
+    timesteps = schedule_for(model, params)
     hidden = encode_prompts(model, [prompt])
 
     def predict(x: torch.Tensor, t: int) -> torch.Tensor:
@@ -33,7 +43,7 @@ def invert_latents(model: LoadedModel, latents: torch.Tensor, prompt: str, param
 
 def invert_class(
     model: LoadedModel,
-    concepts,
+    concepts: Concepts,
     images: list[Image.Image],
     class_name: str,
     params: JobParams,
@@ -41,10 +51,15 @@ def invert_class(
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """The class's inversion pool [N, c, h, w], fp32 on the CPU. Images are resized to the resolution."""
+    """The class's inversion pool [N, c, h, w], fp32 on the CPU. Images are fitted to the model's square
+    (squashed, as published, unless params.image_geometry is "crop"). Run inside
+    `concepts_applied(model, concepts)`."""
+    if model.in_use != scope_key(concepts):
+        raise RuntimeError("invert_class must run inside concepts_applied(model, concepts)")
     resolution = params.resolution or model.resolution
     prompt = concept_prompt(concepts.tokens[class_name], params.metaclass)
-    pixels = torch.stack([to_tensor(to_square(image, resolution)) for image in images])
+    geometry = params.image_geometry
+    pixels = torch.stack([to_tensor(fit_square(image, resolution, geometry)) for image in images])
     latents = encode_images(model, pixels, batch_size)
     pools = []
     for start in range(0, latents.shape[0], batch_size):

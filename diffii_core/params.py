@@ -10,45 +10,31 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Method = Literal["diff-ii", "diff-mix", "diff-aug", "diff-gen", "real-guidance", "real-mix", "da-fusion"]
-METHODS: tuple[str, ...] = (
-    "diff-ii",
-    "diff-mix",
-    "diff-aug",
-    "diff-gen",
-    "real-guidance",
-    "real-mix",
-    "da-fusion",
-)
+from diffii_core.methods import METHODS, REGISTRY
+from diffii_core.sampling import SAMPLERS
 
-# Published img2img strengths: Diff-Mix's default 0.5 (0.7 recommended), DA-Fusion's list drawn per image;
-# diff-gen is text to image (strength 1).
-DEFAULT_STRENGTH: dict[str, list[float]] = {
-    "diff-mix": [0.5],
-    "real-mix": [0.5],
-    "diff-aug": [0.5],
-    "real-guidance": [0.5],
-    "da-fusion": [0.25, 0.5, 0.75, 1.0],
-    "diff-gen": [1.0],
+Method = Literal[METHODS]  # type: ignore[valid-type]  # the registry's names, in the API schema too
+Preset = Literal["published", "quick"]
+# Models for trials and tests: the quick preset keeps them fast unless a job asks for "published".
+QUICK_MODELS: frozenset[str] = frozenset({"tiny", "tiny-v", "world"})
+# What differs between the published recipe (SD 1.5, Diff-Mix / Diff-II code) and the quick preset.
+PRESETS: dict[str, dict[str, Any]] = {
+    "published": {
+        "inversion_steps": 200,
+        "inversion_schedule": "published",
+        "concepts": {"steps": 35_000, "batch_size": 2, "gradient_accumulation": 4},
+    },
+    "quick": {
+        "inversion_steps": 50,
+        "inversion_schedule": "to-denoise-start",
+        "concepts": {"steps": 1000, "batch_size": 2, "gradient_accumulation": 1},
+    },
 }
-# Methods whose prompt is the plain class name on the base model: no concept learning, no inversion.
-BASE_MODEL_METHODS: frozenset[str] = frozenset({"real-guidance", "real-mix"})
-SOFT_LABEL_METHODS: frozenset[str] = frozenset({"diff-mix", "real-mix"})
 
 
 def uses_concepts(method: str) -> bool:
-    """Whether a method needs learned concepts (tokens + LoRA); real-guidance and real-mix do not."""
-    return method not in BASE_MODEL_METHODS
-
-
-def uses_inversion(method: str) -> bool:
-    """Whether a method starts from a DDIM inversion pool (only Diff-II)."""
-    return method == "diff-ii"
-
-
-def uses_references(method: str) -> bool:
-    """Whether a method starts from real reference images (the img2img / SDEdit methods)."""
-    return method in {"diff-mix", "real-mix", "diff-aug", "real-guidance", "da-fusion"}
+    """Whether a method needs learned concepts (tokens, with or without LoRA)."""
+    return REGISTRY[method].needs_concepts
 
 
 class ConceptParams(BaseModel):
@@ -56,11 +42,30 @@ class ConceptParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = Field(1000, ge=0, le=200_000, description="optimiser steps (published: 35000 on SD 1.5)")
+    steps: int = Field(
+        35_000, ge=0, le=200_000, description="optimiser steps (preset: 35000 published, 1000 quick)"
+    )
     lora_rank: int = Field(10, ge=1, le=256, description="LoRA rank on every UNet attention projection")
-    tokens_per_class: int = Field(1, ge=1, le=16, description="learned placeholder tokens per class")
+    tokens_per_class: int = Field(
+        1, ge=1, le=16, description="learned placeholder tokens per class (default: the method's)"
+    )
     learning_rate: float = Field(5e-5, gt=0, le=1.0, description="AdamW learning rate (LoRA and tokens)")
-    batch_size: int = Field(2, ge=1, le=64, description="training images per step")
+    batch_size: int = Field(2, ge=1, le=64, description="training images per forward pass")
+    gradient_accumulation: int = Field(
+        4, ge=1, le=64, description="passes per optimiser step (published: 2 x 4 = an effective batch of 8)"
+    )
+    grad_clip: float = Field(1.0, gt=0, le=1e6, description="gradient-norm clip of the LoRA parameters")
+    sampling: Literal["auto", "uniform", "balanced"] = Field(
+        "auto",
+        description="which images a step sees: uniform, class-balanced, or auto (balanced when class "
+        "sizes differ by more than 10x: the long-tail recipe)",
+    )
+    placeholder_init: Literal["metaclass", "random"] = Field(
+        "metaclass", description="start each placeholder at the metaclass word's embedding (published)"
+    )
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="autocast for training: auto = bf16 on GPUs that have it, else fp16; none on CPU"
+    )
     checkpoint_every: int = Field(500, ge=1, le=200_000, description="steps between resumable checkpoints")
 
 
@@ -80,13 +85,26 @@ class JobParams(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=CROSS_FIELD_SCHEMA)
 
     method: Method = Field("diff-ii", description="augmentation method")
+    preset: Preset = Field(
+        "published",
+        description="defaults for steps and schedules: published (the papers' recipe) or quick (trials); "
+        "default: quick for tiny/world, published for every other model",
+    )
     metaclass: str = Field(
         "object", min_length=1, max_length=64, pattern=TEXT, description='dataset theme, e.g. "bird"'
     )
     expansion: float = Field(5.0, gt=0, le=100, description="synthetic images per real image of a class")
     split_ratio: float = Field(0.3, ge=0, le=1, description="share of early timesteps that use the suffix")
-    inference_steps: int = Field(25, ge=1, le=1000, description="DDIM denoising steps")
-    inversion_steps: int = Field(50, ge=1, le=1000, description="DDIM inversion steps (published: 200)")
+    inference_steps: int = Field(25, ge=1, le=1000, description="denoising steps")
+    sampler: Literal[SAMPLERS] = Field(  # type: ignore[valid-type]
+        "ddim", description="denoising sampler; default: the method's (Diff-II ddim, baselines dpm-solver++)"
+    )
+    inversion_steps: int = Field(200, ge=1, le=1000, description="DDIM inversion steps (preset: 200 / 50)")
+    inversion_schedule: Literal["published", "to-denoise-start"] = Field(
+        "published",
+        description="published: diffusers' inverse DDIM timesteps (to t=996 for 200 steps); "
+        "to-denoise-start: end exactly where denoising starts",
+    )
     guidance_scale: float = Field(7.5, ge=1.0, le=50.0, description="classifier-free guidance scale")
     suffixes: list[Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT)]] | None = Field(
         None, min_length=1, max_length=100, description="prompt suffixes; default: a list for the metaclass"
@@ -107,7 +125,52 @@ class JobParams(BaseModel):
     gamma: float = Field(
         0.5, gt=0, le=10.0, description="soft-label exponent: target weight kappa * s**gamma"
     )
-    resize_to_source: bool = Field(False, description="resize img2img outputs back to the reference's size")
+    resize_to_source: bool = Field(True, description="resize img2img outputs back to the reference's size")
+    image_geometry: Literal["squash", "crop"] = Field(
+        "squash", description="how a real image becomes the model's square: squash (published) or crop"
+    )
+    class_prompts: dict[str, str] | None = Field(
+        None,
+        description="class folder -> name used in prompts; default: the folder name without its "
+        "number prefix, '_' as spaces",
+    )
+    filter_attempts: int = Field(4, ge=1, le=32, description="real-filter: draws per image until one passes")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_and_method_defaults(cls, data: Any) -> Any:
+        """Fill what the user left out from the preset and the method, so a stored job reads back alike."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        model, method_name = data.get("model", "tiny"), data.get("method", "diff-ii")
+        quick = isinstance(model, str) and model in QUICK_MODELS
+        preset = data.setdefault("preset", "quick" if quick else "published")
+        values = PRESETS.get(preset) if isinstance(preset, str) else None
+        method = REGISTRY.get(method_name) if isinstance(method_name, str) else None
+        if values is None or method is None:
+            return data  # the field validators name the bad value
+        for key in ("inversion_steps", "inversion_schedule"):
+            data.setdefault(key, values[key])
+        data.setdefault("sampler", method.sampler)
+        concepts = data.get("concepts") or {}
+        if isinstance(concepts, ConceptParams):
+            concepts = concepts.model_dump(exclude_unset=True)
+        if isinstance(concepts, dict):
+            concepts = {**values["concepts"], "tokens_per_class": method.tokens_per_class, **concepts}
+            data["concepts"] = concepts
+        return data
+
+    @field_validator("class_prompts")
+    @classmethod
+    def _class_prompts_are_text(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        cleaned = {k: " ".join(v.split()) for k, v in value.items()}
+        bad = [k for k, v in cleaned.items() if not v or len(v) > 200]
+        if bad:
+            raise ValueError(f"class prompt names must be 1 to 200 characters of text (not for {bad[:3]})")
+        return cleaned
 
     @field_validator("strength", mode="before")
     @classmethod
@@ -118,8 +181,9 @@ class JobParams(BaseModel):
 
     @model_validator(mode="after")
     def _strength_fits_method(self) -> JobParams:
-        if self.strength is not None and self.method == "diff-gen" and any(s != 1.0 for s in self.strength):
-            raise ValueError("diff-gen is text to image: strength must be 1 or left out")
+        refs = REGISTRY[self.method].references
+        if self.strength is not None and not refs and any(s != 1.0 for s in self.strength):
+            raise ValueError(f"{self.method} is text to image: strength must be 1 or left out")
         return self
 
     @field_validator("metaclass")
@@ -152,4 +216,4 @@ def strengths(params: JobParams) -> list[float]:
     """The strengths an image's strength is drawn from: the job's, else the method's published default."""
     if params.strength is not None:
         return list(params.strength)
-    return list(DEFAULT_STRENGTH.get(params.method, [1.0]))
+    return list(REGISTRY[params.method].strengths)

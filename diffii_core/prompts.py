@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 import torch
 
 from diffii_core.models import LoadedModel
@@ -22,6 +25,20 @@ def name_prompt(class_name: str, metaclass: str, suffix: str | None = None) -> s
     """The prompt of methods that use the base model: the plain class name."""
     text = f"a photo of a {class_name} {metaclass}"
     return f"{text} {suffix}" if suffix else text
+
+
+def readable_name(folder: str) -> str:
+    """A class folder name as words: "001.Black_footed_Albatross" -> "Black footed Albatross"."""
+    text = re.sub(r"^\s*\d+\s*[._\-\s]\s*", "", folder)
+    text = " ".join(text.replace("_", " ").split())
+    return text or " ".join(folder.replace("_", " ").split()) or folder
+
+
+def class_prompt_name(folder: str, names: Mapping[str, str] | None = None) -> str:
+    """The user's name for the class when given, else the folder's readable name."""
+    if names and folder in names:
+        return names[folder]
+    return readable_name(folder)
 
 
 def ensure_tokens(model: LoadedModel, tokens: list[str]) -> list[int]:

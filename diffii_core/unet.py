@@ -1,4 +1,4 @@
-"""One UNet noise prediction, with the batch-of-one padding that keeps results batch-independent."""
+"""One UNet prediction, with the batch-of-one padding that keeps results batch-independent."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from diffii_core.models import LoadedModel
 
 @torch.no_grad()
 def predict_noise(model: LoadedModel, x: torch.Tensor, t: int, hidden: torch.Tensor) -> torch.Tensor:
-    """eps for latents x [N, c, h, w] at timestep t with text states hidden [N, 77, d]; fp32 on the CPU.
+    """The UNet's output (noise, or velocity for a v-prediction model; Schedule.split reads either) for
+    latents x [N, c, h, w] at timestep t with text states hidden [N, 77, d]; fp32 on the CPU.
     A batch of one is run as two identical rows (see images.run_padded)."""
     n = x.shape[0]
     if n == 1:

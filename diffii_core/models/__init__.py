@@ -1,4 +1,5 @@
-"""Loading a model: the built-in `tiny`, a local diffusers Stable Diffusion directory, or a hub id."""
+"""Loading a model: the built-in `tiny` (or `tiny-v`, the same built as a v-prediction, zero-terminal-SNR
+model), a local diffusers Stable Diffusion directory, or a hub id."""
 
 from __future__ import annotations
 
@@ -6,14 +7,20 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from diffii_core.batch_invariance import stabilize
+from diffii_core.ddim import Schedule
 from diffii_core.errors import ModelError
 from diffii_core.model_registry import DEFAULT_REGISTRY
 
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, PreTrainedTokenizerBase
+
+BUILT_IN = {"tiny": "epsilon", "tiny-v": "v_prediction"}
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
@@ -23,16 +30,22 @@ class LoadedModel:
 
     name: str
     revision: str
-    tokenizer: Any
-    text_encoder: Any
-    unet: Any
-    vae: Any
+    tokenizer: PreTrainedTokenizerBase
+    text_encoder: CLIPTextModel
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
     scheduler_config: dict[str, Any]
     device: torch.device
     dtype: torch.dtype
     resolution: int
-    # Which job's concepts are installed now, so applying the same ones again costs nothing.
-    applied: str | None = field(default=None, repr=False)
+    # Whose concepts the UNet and embedding rows hold now, and whether a scope is using them; only
+    # diffii_core.concepts.concepts_applied reads or writes these.
+    installed: str | None = field(default=None, repr=False)
+    in_use: str | None = field(default=None, repr=False)
+
+    @property
+    def prediction_type(self) -> str:
+        return str(self.scheduler_config.get("prediction_type", "epsilon"))
 
     @property
     def vae_scale(self) -> int:
@@ -45,14 +58,6 @@ class LoadedModel:
     @property
     def scaling_factor(self) -> float:
         return float(self.vae.config.scaling_factor)
-
-    def describe(self) -> dict[str, str]:
-        return {
-            "name": self.name,
-            "revision": self.revision,
-            "device": str(self.device),
-            "dtype": str(self.dtype),
-        }
 
 
 def pick_device(device: str | None = None) -> tuple[torch.device, torch.dtype]:
@@ -81,11 +86,13 @@ def load_model(
         # Denormal floats in small networks' activations slow CPU kernels about 3x; they never
         # change an 8-bit image.
         torch.set_flush_denormal(True)
-    if source == "tiny":
-        from diffii_core.models.tiny import SCHEDULER_CONFIG, TINY_RESOLUTION, build_tiny, tiny_revision
+    if source in BUILT_IN:
+        from diffii_core.models.tiny import TINY_RESOLUTION, build_tiny, scheduler_config, tiny_revision
 
+        prediction = BUILT_IN[source]
         tokenizer, text_encoder, unet, vae = build_tiny()
-        parts = (tokenizer, text_encoder, unet, vae, dict(SCHEDULER_CONFIG), tiny_revision(), TINY_RESOLUTION)
+        config = scheduler_config(prediction)
+        parts = (tokenizer, text_encoder, unet, vae, config, tiny_revision(prediction), TINY_RESOLUTION)
         dtype = torch.float32  # the tiny model is a CPU smoke model; fp16 buys nothing there
     else:
         if source == "world":
@@ -102,6 +109,7 @@ def load_model(
         stabilize(module)
         module.requires_grad_(False)
         module.eval()
+    Schedule.from_config(scheduler_config)  # refuses a prediction type we cannot sample, at load time
     return LoadedModel(
         name=name,
         revision=revision,
@@ -151,7 +159,8 @@ def _read_scheduler_config(where: str, common: dict[str, Any]) -> dict[str, Any]
     from diffusers import DDIMScheduler
 
     config = dict(DDIMScheduler.load_config(where, subfolder="scheduler", **common))
-    # Sampling is DDIM (eta 0) whatever scheduler the model ships with; keep only what DDIM reads.
+    # Sampling is DDIM or DPM-Solver++ whatever scheduler the model ships with; keep the schedule's shape,
+    # what the UNet predicts, and zero-terminal-SNR rescaling (SD 2.x and v-prediction fine-tunes).
     keep = {
         "num_train_timesteps",
         "beta_start",
@@ -162,6 +171,7 @@ def _read_scheduler_config(where: str, common: dict[str, Any]) -> dict[str, Any]
         "steps_offset",
         "prediction_type",
         "timestep_spacing",
+        "rescale_betas_zero_snr",
     }
     return {k: v for k, v in config.items() if k in keep}
 

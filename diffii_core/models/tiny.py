@@ -66,6 +66,16 @@ SCHEDULER_CONFIG = {
 WEIGHT_SEED = 20240601
 
 
+def scheduler_config(prediction_type: str = "epsilon") -> dict:
+    """SD 1.x's schedule; the v-prediction tiny also rescales to zero terminal SNR with trailing
+    timesteps, as v-prediction models fine-tuned that way ship."""
+    config = dict(SCHEDULER_CONFIG)
+    if prediction_type == "v_prediction":
+        config |= {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True}
+        config |= {"timestep_spacing": "trailing", "steps_offset": 0}
+    return config
+
+
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """Byte-level BPE with no merges: every Unicode string (any class name) has a distinct encoding."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
@@ -92,6 +102,8 @@ def build_tiny() -> tuple[PreTrainedTokenizerFast, CLIPTextModel, UNet2DConditio
     return tokenizer, text_encoder, unet, vae
 
 
-def tiny_revision() -> str:
+def tiny_revision(prediction_type: str = "epsilon") -> str:
     blob = json.dumps([UNET_CONFIG, VAE_CONFIG, TEXT_CONFIG, WEIGHT_SEED], sort_keys=True, default=list)
-    return "tiny-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
+    # The epsilon tiny keeps its old revision, so stored artefacts stay valid.
+    return f"tiny-{digest}" if prediction_type == "epsilon" else f"tiny-v-{digest}"

@@ -17,12 +17,12 @@ import torch
 from PIL import Image
 
 from diffii_core.ddim import denoise_timesteps
-from diffii_core.generate import sample_two_stage
 from diffii_core.images import decode_latents, encode_images
 from diffii_core.inversion import invert_latents
 from diffii_core.models import LoadedModel, load_model
 from diffii_core.params import JobParams
 from diffii_core.prompts import encode_prompts
+from diffii_core.sampling import sample_two_stage
 from diffii_core.seeding import generator
 from diffii_core.world import domain
 from diffii_core.world.oracle import Oracle, attributes_right, load_oracle, predict, to_batch
@@ -58,7 +58,9 @@ def _draw(pool: tuple[domain.Species, ...], count: int, seed: int) -> list[domai
 
 def text_to_image(model: LoadedModel, prompts: list[str], seed: int, batch: int = 32) -> np.ndarray:
     """25-step DDIM with CFG 7.5, one seeded generator per image: uint8 [N, H, W, 3]."""
-    params = JobParams(model=model.name, metaclass=domain.METACLASS, seed=seed)
+    params = JobParams(
+        model=model.name, preset="quick", sampler="ddim", metaclass=domain.METACLASS, seed=seed
+    )
     shape = (model.latent_channels, model.resolution // model.vae_scale, model.resolution // model.vae_scale)
     uncond = encode_prompts(model, [""])
     out = []
@@ -74,7 +76,9 @@ def text_to_image(model: LoadedModel, prompts: list[str], seed: int, batch: int 
 
 def reconstruct_from_inversion(model: LoadedModel, pixels: torch.Tensor, prompts: list[str]) -> np.ndarray:
     """Invert each image with its caption (50 steps, no guidance) and denoise it back (25 steps)."""
-    params = JobParams(model=model.name, metaclass=domain.METACLASS, guidance_scale=1.0)
+    params = JobParams(
+        model=model.name, preset="quick", sampler="ddim", metaclass=domain.METACLASS, guidance_scale=1.0
+    )
     latents = encode_images(model, pixels, batch_size=32)
     out = []
     for i in range(latents.shape[0]):

@@ -70,7 +70,8 @@ def _params(options: dict[str, Any]):
 @click.option(
     "--concepts-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="save the learned concepts here, or reuse them when present",
+    help="save the learned concepts here, or reuse them when present (ours, or the published "
+    "Diff-Mix layout: learned_embeds*.bin + pytorch_lora_weights.safetensors)",
 )
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def augment(

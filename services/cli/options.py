@@ -2,14 +2,46 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from diffii_core.params import METHODS
+from diffii_core.methods import METHODS
+from diffii_core.sampling import SAMPLERS
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _read_suffixes(ctx: click.Context, param: click.Parameter, path: Path | None) -> list[str] | None:
+    """A JSON list of strings, or plain text with one suffix per line."""
+    if path is None:
+        return None
+    text = path.read_text(encoding="utf-8")
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise click.BadParameter(f"{path} holds no suffixes: a JSON list of strings or one per line")
+    return value
+
+
+def _read_class_names(ctx: click.Context, param: click.Parameter, path: Path | None) -> dict | None:
+    if path is None:
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise click.BadParameter(f"{path} is not JSON: {exc}") from exc
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise click.BadParameter(f"{path} must map class folder names to the names used in prompts")
+    return value
+
+
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 JOB_OPTIONS: list[Callable[[F], F]] = [
     click.option(
@@ -17,13 +49,37 @@ JOB_OPTIONS: list[Callable[[F], F]] = [
         type=click.Choice(METHODS),
         help="augmentation method [default: diff-ii]",
     ),
+    click.option(
+        "--preset",
+        type=click.Choice(["published", "quick"]),
+        help="steps and schedules: the papers' recipe, or quick for trials [default: quick for tiny]",
+    ),
     click.option("--metaclass", help='dataset theme, e.g. "bird"'),
     click.option("--expansion", type=float, help="synthetic images per real image of a class"),
     click.option("--split-ratio", type=float, help="share of early timesteps that use the suffix"),
-    click.option("--inference-steps", type=int, help="DDIM denoising steps"),
+    click.option("--inference-steps", type=int, help="denoising steps"),
+    click.option("--sampler", type=click.Choice(SAMPLERS), help="denoising sampler [default: the method's]"),
     click.option("--inversion-steps", type=int, help="DDIM inversion steps"),
     click.option("--guidance-scale", type=float, help="classifier-free guidance scale"),
     click.option("--suffix", "suffixes", multiple=True, help="prompt suffix (repeatable)"),
+    click.option(
+        "--suffixes-file",
+        type=_FILE,
+        callback=_read_suffixes,
+        help="prompt suffixes from a file: a JSON list, or one per line (the published lists)",
+    ),
+    click.option(
+        "--class-names",
+        "class_prompts",
+        type=_FILE,
+        callback=_read_class_names,
+        help="JSON file mapping class folders to the names used in prompts (classes.json)",
+    ),
+    click.option(
+        "--image-geometry",
+        type=click.Choice(["squash", "crop"]),
+        help="real image to the model's square: squash (published) or centre crop",
+    ),
     click.option(
         "--seed", type=int, help="job seed [augment: 0; submit: the server picks one and reports it]"
     ),
@@ -33,6 +89,18 @@ JOB_OPTIONS: list[Callable[[F], F]] = [
     click.option("--lora-rank", type=int, help="LoRA rank"),
     click.option("--tokens-per-class", type=int, help="learned tokens per class"),
     click.option("--learning-rate", type=float, help="concept-learning rate"),
+    click.option("--concept-batch-size", type=int, help="concept-learning images per pass"),
+    click.option("--gradient-accumulation", type=int, help="concept-learning passes per optimiser step"),
+    click.option(
+        "--concept-sampling",
+        type=click.Choice(["auto", "uniform", "balanced"]),
+        help="concept-learning image draw [default: auto: balanced for long-tailed data]",
+    ),
+    click.option(
+        "--mixed-precision",
+        type=click.Choice(["auto", "no", "bf16", "fp16"]),
+        help="concept-learning autocast [default: auto]",
+    ),
     click.option(
         "--strength",
         "strength",
@@ -54,6 +122,10 @@ CONCEPT_FIELDS = {
     "lora_rank": "lora_rank",
     "tokens_per_class": "tokens_per_class",
     "learning_rate": "learning_rate",
+    "concept_batch_size": "batch_size",
+    "gradient_accumulation": "gradient_accumulation",
+    "concept_sampling": "sampling",
+    "mixed_precision": "mixed_precision",
 }
 
 
@@ -72,8 +144,11 @@ def job_body(options: dict[str, Any]) -> dict[str, Any]:
             continue
         if name in CONCEPT_FIELDS:
             concepts[CONCEPT_FIELDS[name]] = value
+        elif name in LIST_FIELDS or name == "suffixes_file":
+            key = "suffixes" if name == "suffixes_file" else name
+            body[key] = [*body.get(key, []), *value]  # --suffix and --suffixes-file add up
         else:
-            body[name] = list(value) if name in LIST_FIELDS else value
+            body[name] = value
     if concepts:
         body["concepts"] = concepts
     return body

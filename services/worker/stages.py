@@ -38,9 +38,9 @@ log = logging.getLogger("diffii.worker")
 
 def needs_concepts(params: JobParams) -> bool:
     """Methods on the base model (real-guidance, real-mix) skip the learn stage entirely."""
-    from diffii_core.params import uses_concepts
+    from diffii_core.methods import REGISTRY
 
-    return uses_concepts(params.method)
+    return REGISTRY[params.method].needs_concepts
 
 
 def job_params(job: Job) -> JobParams:
@@ -116,6 +116,17 @@ def job_concepts(ctx: ShardContext, job: Job, params: JobParams) -> Concepts | N
         return Concepts.load(folder)  # ArtifactError when missing: a retryable failure
 
     return ctx.process.concepts.get_or(job.id, load)
+
+
+def job_classifier(ctx: ShardContext, job: Job, params: JobParams, model: Any) -> Any:
+    """Real-Filter's classifier of the real set: deterministic, so each process fits its own once."""
+    from diffii_core.classifier import train_classifier
+
+    def fit() -> Any:
+        images = [[item.open() for item in c.images] for c in job_dataset(ctx, job).classes]
+        return train_classifier(model, images, params.resolution or model.resolution, params.image_geometry)
+
+    return ctx.process.pools.get_or((job.id, "classifier"), fit)
 
 
 def class_pool(ctx: ShardContext, job: Job, params: JobParams, model: Any, concepts: Any) -> torch.Tensor:
@@ -234,7 +245,7 @@ def prepare(ctx: ShardContext) -> list[str]:
 
 def learn(ctx: ShardContext) -> list[str]:
     """Learn the job's concepts (tokens + one shared LoRA) and store them; then every class may start."""
-    from diffii_core.concepts import learn_concepts
+    from diffii_core.training import learn_concepts
 
     job = ctx.job()
     params = job_params(job)
@@ -284,9 +295,9 @@ def _missing_runs(missing: list[int]) -> list[tuple[int, int]]:
 
 def generate(ctx: ShardContext) -> list[str]:
     """Images [start, stop) of one class, each stored under its deterministic key as it is made."""
-    from diffii_core.concepts import apply_concepts
+    from diffii_core.concepts import concepts_applied
     from diffii_core.generate import generate_share
-    from diffii_core.params import uses_inversion, uses_references
+    from diffii_core.methods import REGISTRY
 
     c = ctx.claim
     assert c.class_index is not None and c.class_name is not None
@@ -304,30 +315,34 @@ def generate(ctx: ShardContext) -> list[str]:
     if missing:
         model = ctx.process.model(params.model)
         concepts = job_concepts(ctx, job, params)
-        apply_concepts(model, concepts)
-        pool = class_pool(ctx, job, params, model, concepts) if uses_inversion(params.method) else None
-        references = None
-        if uses_references(params.method):
-            cls = job_dataset(ctx, job).classes[c.class_index]
-            references = [item.open() for item in cls.images]
-        batch = ctx.settings.batch_size
-        for start, stop in _missing_runs(missing):
-            for image in generate_share(
-                model, concepts, pool, class_name=c.class_name, label_index=c.class_index,
-                class_names=[x["name"] for x in classes], source_names=info["sources"], params=params,
-                start=start, stop=stop, batch_size=batch, should_stop=ctx.should_stop, references=references,
-            ):  # fmt: skip
-                ctx.storage.put_bytes(
-                    keys.image_png(job.id, c.class_index, image.index), image.png, "image/png"
-                )
-                ctx.storage.put_bytes(
-                    keys.image_meta(job.id, c.class_index, image.index),
-                    json.dumps(image.metadata, ensure_ascii=False, sort_keys=True).encode(),
-                    "application/json",
-                )
-                ctx.images_done += 1
-                if ctx.images_done % batch == 0:
-                    ctx.beat()
+        spec = REGISTRY[params.method]
+        with concepts_applied(model, concepts):
+            pool = class_pool(ctx, job, params, model, concepts) if spec.inversion else None
+            references = classifier = None
+            if spec.references:
+                cls = job_dataset(ctx, job).classes[c.class_index]
+                references = [item.open() for item in cls.images]
+            if spec.classifier:
+                classifier = job_classifier(ctx, job, params, model)
+            batch = ctx.settings.batch_size
+            for start, stop in _missing_runs(missing):
+                for image in generate_share(
+                    model, concepts, pool, class_name=c.class_name, label_index=c.class_index,
+                    class_names=[x["name"] for x in classes], source_names=info["sources"], params=params,
+                    start=start, stop=stop, batch_size=batch, should_stop=ctx.should_stop,
+                    references=references, classifier=classifier,
+                ):  # fmt: skip
+                    ctx.storage.put_bytes(
+                        keys.image_png(job.id, c.class_index, image.index), image.png, "image/png"
+                    )
+                    ctx.storage.put_bytes(
+                        keys.image_meta(job.id, c.class_index, image.index),
+                        json.dumps(image.metadata, ensure_ascii=False, sort_keys=True).encode(),
+                        "application/json",
+                    )
+                    ctx.images_done += 1
+                    if ctx.images_done % batch == 0:
+                        ctx.beat()
 
     with ctx.session() as s:
         return shards.finish_generate(s, c, time.monotonic() - ctx.started)

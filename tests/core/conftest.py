@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from diffii_core.concepts import Concepts, apply_concepts, learn_concepts
+from diffii_core.concepts import Concepts, concepts_applied
 from diffii_core.dataset import Dataset, load_dataset
 from diffii_core.models import LoadedModel, load_model
 from diffii_core.params import ConceptParams, JobParams
 from diffii_core.sample_data import write_sample_dataset
+from diffii_core.training import learn_concepts
 
 
 @pytest.fixture(scope="session")
@@ -41,9 +43,9 @@ def fast_params() -> JobParams:
 
 
 @pytest.fixture(scope="session")
-def trained(sample: Dataset, fast_params: JobParams) -> tuple[LoadedModel, Concepts]:
-    """One model with concepts learned on the sample data, shared by read-only tests."""
+def trained(sample: Dataset, fast_params: JobParams) -> Iterator[tuple[LoadedModel, Concepts]]:
+    """One model with concepts learned on the sample data, in their scope, shared by read-only tests."""
     model = load_model("tiny")
     concepts = learn_concepts(model, sample, fast_params)
-    apply_concepts(model, concepts)
-    return model, concepts
+    with concepts_applied(model, concepts):
+        yield model, concepts

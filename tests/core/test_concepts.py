@@ -1,40 +1,68 @@
-"""Concept learning: placeholder rows and a shared LoRA."""
+"""Concept learning: placeholder rows and a shared LoRA, as the published recipe trains them."""
 
+import pytest
 import torch
+import torch.nn.functional as F
 
-from diffii_core.concepts import Concepts, apply_concepts, evaluation_loss, learn_concepts
+from diffii_core.concepts import Concepts, concepts_applied, install_adapter
+from diffii_core.dataset import ClassInfo, Dataset, ImageItem
 from diffii_core.errors import Cancelled
 from diffii_core.generate import generate_share
+from diffii_core.images import fit_square, to_tensor
 from diffii_core.inversion import invert_class
 from diffii_core.models import load_model
 from diffii_core.params import ConceptParams, JobParams
+from diffii_core.prompts import concept_prompt, encode_prompts
+from diffii_core.training import ViewSampler, class_balanced, learn_concepts
 
 
 def _params(steps: int, **extra) -> JobParams:
+    method = extra.pop("method", "diff-ii")
     return JobParams(
+        method=method,
         seed=3,
         inference_steps=6,
         inversion_steps=6,
-        concepts=ConceptParams(steps=steps, learning_rate=3e-3, lora_rank=4, **extra),
+        concepts=ConceptParams(**({"steps": steps, "learning_rate": 3e-3, "lora_rank": 4} | extra)),
     )
 
 
-def test_training_lowers_the_fixed_noise_loss_and_touches_only_placeholder_rows(sample, fresh_model):
-    params = _params(40)
-    before_loss = evaluation_loss(fresh_model, sample, params)
-    rows_before = fresh_model.text_encoder.get_input_embeddings().weight.detach().clone()
-    concepts = learn_concepts(fresh_model, sample, params)
-    after_loss = evaluation_loss(fresh_model, sample, params)
-    assert after_loss < before_loss
-    rows_after = fresh_model.text_encoder.get_input_embeddings().weight.detach()
-    ids = fresh_model.tokenizer.convert_tokens_to_ids([t for v in concepts.tokens.values() for t in v])
+@torch.no_grad()
+def _fixed_loss(model, sample, concepts) -> float:
+    """The epsilon-MSE on fixed images, noise and timesteps: comparable before and after training."""
+    gen = torch.Generator().manual_seed(0)
+    total = 0.0
+    for c in sample.classes:
+        pixels = torch.stack([to_tensor(fit_square(i.open(), 64)) for i in c.images])
+        latents = model.vae.encode(pixels).latent_dist.mean * model.scaling_factor
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.full((latents.shape[0],), 500)
+        a = 0.28
+        noisy = a**0.5 * latents + (1 - a) ** 0.5 * noise
+        hidden = encode_prompts(model, [concept_prompt(concepts.tokens[c.name], "object")] * len(c.images))
+        total += float(F.mse_loss(model.unet(noisy, t, hidden).sample, noise))
+    return total
+
+
+def test_training_lowers_the_fixed_noise_loss_and_touches_only_placeholder_rows(sample):
+    untrained = load_model("tiny")
+    start = learn_concepts(untrained, sample, _params(0))  # the starting point: init rows, B = 0
+    before_loss = _fixed_loss(untrained, sample, start)
+    model = load_model("tiny")
+    rows_before = model.text_encoder.get_input_embeddings().weight.detach().clone()
+    concepts = learn_concepts(model, sample, _params(40))
+    assert _fixed_loss(model, sample, concepts) < before_loss
+    rows_after = model.text_encoder.get_input_embeddings().weight.detach()
+    ids = model.tokenizer.convert_tokens_to_ids([t for v in concepts.tokens.values() for t in v])
     others = torch.ones(rows_after.shape[0], dtype=torch.bool)
     others[ids] = False
     n_old = rows_before.shape[0]
     assert torch.equal(rows_after[:n_old][others[:n_old]], rows_before[others[:n_old]])
-    # The placeholders started at the mean of the metaclass word's rows, and training moved them.
-    start = rows_before[fresh_model.tokenizer(params.metaclass, add_special_tokens=False).input_ids].mean(0)
-    assert all(not torch.allclose(rows_after[i], start) for i in ids)
+    # The placeholders started at the metaclass word's embedding, and training moved them.
+    init = rows_before[model.tokenizer("object", add_special_tokens=False).input_ids].mean(0)
+    assert all(not torch.allclose(rows_after[i], init) for i in ids)
+    assert torch.allclose(start.embeddings[start.tokens[sample.classes[0].name][0]], init)
+    assert concepts.recipe["placeholder_init"] == "metaclass" and concepts.recipe["lora_init"] == "gaussian"
     assert len(concepts.tokens) == len(sample.classes)
 
 
@@ -45,25 +73,33 @@ def test_saved_concepts_reproduce_the_trained_pipeline_on_a_fresh_model(sample, 
     cls = sample.classes[0]
     images = [i.open() for i in cls.images]
 
-    def make(model, c):
-        pool = invert_class(model, c, images, cls.name, params)
-        return [
-            g.png
-            for g in generate_share(
-                model,
-                c,
-                pool,
-                class_name=cls.name,
-                label_index=0,
-                class_names=[cls.name],
-                source_names=[i.path for i in cls.images],
-                params=params,
-                start=0,
-                stop=3,
-            )
-        ]
+    def make(model, c, scope):
+        with concepts_applied(model, scope):
+            pool = invert_class(model, c, images, cls.name, params) if scope is not None else None
+        with concepts_applied(model, scope):
+            if pool is None:  # the base model: invert with the concepts, generate without them
+                with pytest.raises(RuntimeError, match="concepts_applied"):
+                    list(generate_share(model, c, None, class_name=cls.name, label_index=0,
+                                        class_names=[cls.name], source_names=[], params=params, start=0,
+                                        stop=1))  # fmt: skip
+                return None
+            return [
+                g.png
+                for g in generate_share(
+                    model,
+                    c,
+                    pool,
+                    class_name=cls.name,
+                    label_index=0,
+                    class_names=[cls.name],
+                    source_names=[i.path for i in cls.images],
+                    params=params,
+                    start=0,
+                    stop=3,
+                )
+            ]
 
-    trained_images = make(fresh_model, concepts)
+    trained_images = make(fresh_model, concepts, concepts)
     concepts.save(tmp_path / "concepts")
     assert {p.name for p in (tmp_path / "concepts").iterdir()} == {
         "concepts.json",
@@ -72,14 +108,26 @@ def test_saved_concepts_reproduce_the_trained_pipeline_on_a_fresh_model(sample, 
     }
     other = load_model("tiny")
     reloaded = Concepts.load(tmp_path / "concepts")
-    apply_concepts(other, reloaded)
-    assert make(other, reloaded) == trained_images
-    apply_concepts(other, None)  # the base model makes other images
-    assert make(other, reloaded) != trained_images
+    assert reloaded.recipe == concepts.recipe
+    assert make(other, reloaded, reloaded) == trained_images
+    make(other, reloaded, None)  # diff-ii refuses to run on the base model's scope
+
+
+def test_scopes_do_not_overlap_and_end_with_the_block(trained, sample):
+    model, concepts = trained
+    assert model.in_use == concepts.fingerprint
+    with pytest.raises(RuntimeError, match="already in use"), concepts_applied(model, None):
+        pass
+    with pytest.raises(RuntimeError, match="learn outside that scope"):
+        learn_concepts(model, sample, _params(1))
+    base = load_model("tiny")
+    with concepts_applied(base, None):
+        assert base.in_use == "base"
+    assert base.in_use is None
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_result(sample, tmp_path):
-    params = _params(6, checkpoint_every=2)
+    params = _params(6, checkpoint_every=2, gradient_accumulation=2, batch_size=1)
     straight = learn_concepts(load_model("tiny"), sample, params)
 
     calls = {"n": 0}
@@ -89,21 +137,101 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_result(sampl
         return calls["n"] > 4
 
     interrupted = load_model("tiny")
-    try:
+    with pytest.raises(Cancelled):
         learn_concepts(
             interrupted, sample, params, checkpoint_dir=tmp_path, should_stop=stop_after_four_steps
         )
-    except Cancelled:
-        pass
-    else:
-        raise AssertionError("learning was not stopped")
     seen = []
     resumed = learn_concepts(
-        load_model("tiny"),
-        sample,
-        params,
-        checkpoint_dir=tmp_path,
-        progress=lambda step, total: seen.append(step),
+        load_model("tiny"), sample, params, checkpoint_dir=tmp_path, progress=lambda s, t: seen.append(s)
     )
     assert seen == [5, 6]  # steps 1-4 came from the checkpoint
     assert resumed.fingerprint == straight.fingerprint
+    assert straight.recipe["effective_batch"] == "2"
+
+
+def test_lora_starts_from_the_published_normal_init(fresh_model):
+    install_adapter(fresh_model, rank=4, init_seed=0)
+    a = torch.cat([p.detach().flatten() for n, p in fresh_model.unet.named_parameters() if "lora_A" in n])
+    b = torch.cat([p.detach().flatten() for n, p in fresh_model.unet.named_parameters() if "lora_B" in n])
+    assert abs(float(a.std()) - 1 / 4) < 0.02  # N(0, 1/r); kaiming would give ~1/sqrt(3 * fan_in)
+    assert torch.count_nonzero(b) == 0
+
+
+def test_bf16_autocast_keeps_trainable_weights_fp32_and_learns(sample, fresh_model):
+    concepts = learn_concepts(fresh_model, sample, _params(3, mixed_precision="bf16"))
+    assert concepts.recipe["mixed_precision"] == "bf16"
+    lora = {n: p for n, p in fresh_model.unet.named_parameters() if "lora_" in n}
+    assert lora and all(p.dtype == torch.float32 for p in lora.values())
+    assert fresh_model.text_encoder.get_input_embeddings().weight.dtype == torch.float32
+    assert all(torch.isfinite(torch.tensor(v)) for v in concepts.losses)
+    assert any(torch.count_nonzero(v) for k, v in concepts.lora.items() if "lora_B" in k)  # B moved from 0
+
+
+def test_clipping_covers_the_lora_only_not_the_placeholder_rows(sample):
+    """With a clip far below the gradient norm, clipped rows would barely move (their gradient falls
+    under AdamW's eps); the published scripts clip the LoRA only, so the rows move ~lr per step."""
+    model = load_model("tiny")
+    start = learn_concepts(model, sample, _params(0))
+    moved = learn_concepts(load_model("tiny"), sample, _params(1, grad_clip=1e-12, learning_rate=1e-2))
+    token = start.tokens[sample.classes[0].name][0]
+    assert float((moved.embeddings[token] - start.embeddings[token]).abs().max()) > 5e-3
+    lora_moved = max(float(v.abs().max()) for k, v in moved.lora.items() if "lora_B" in k)
+    assert lora_moved < 1e-3  # the LoRA's step was clipped to nothing
+
+
+def test_placeholder_init_can_be_random_and_is_recorded(sample, fresh_model):
+    concepts = learn_concepts(fresh_model, sample, _params(0, placeholder_init="random"))
+    rows = [concepts.embeddings[t[0]] for t in concepts.tokens.values()]
+    assert concepts.recipe["placeholder_init"] == "random"
+    assert not torch.allclose(rows[0], rows[1])
+
+
+def _item(name: str, index: int, image) -> ImageItem:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return ImageItem(name, f"{name}/{index}.png", buffer.getvalue(), image.width, image.height)
+
+
+def test_long_tailed_data_is_sampled_class_balanced():
+    assert class_balanced([100, 5], "auto") and not class_balanced([20, 5], "auto")
+    assert class_balanced([20, 5], "balanced") and not class_balanced([100, 5], "uniform")
+    sizes = [200, 10]
+    draws = {True: [0, 0], False: [0, 0]}
+    for balanced in (True, False):
+        views = iter(ViewSampler(sizes, balanced, 50, torch.Generator().manual_seed(0)))
+        for _ in range(20):
+            for index, *_ in next(views):
+                draws[balanced][0 if index < sizes[0] else 1] += 1
+    assert 400 <= draws[True][1] <= 600  # half the draws for the tail class
+    assert draws[False][1] < 100  # uniform over images: ~1/21
+
+
+def test_training_decodes_only_the_images_each_batch_needs(sample, fresh_model):
+    """No image is held decoded for the whole run: a step opens exactly the images of its batch."""
+    opened = []
+    classes = []
+    for c in sample.classes:
+        items = []
+        for item in c.images:
+            wrapped = _item(c.name, len(items), item.open())
+            original = wrapped.open
+            wrapped.open = lambda original=original: opened.append(1) or original()  # type: ignore[method-assign]
+            items.append(wrapped)
+        classes.append(ClassInfo(c.name, c.index, items))
+    counted = Dataset(classes, [])
+    learn_concepts(fresh_model, counted, _params(2, batch_size=2, gradient_accumulation=1))
+    assert len(opened) == 4 < 2 * counted.images
+
+
+def test_da_fusion_learns_tokens_only_with_its_token_count(sample, fresh_model):
+    params = JobParams(method="da-fusion", seed=1, concepts={"steps": 2, "learning_rate": 1e-3})
+    assert params.concepts.tokens_per_class == 4
+    concepts = learn_concepts(fresh_model, sample, params)
+    assert concepts.kind == "tokens" and concepts.lora == {} and concepts.lora_rank == 0
+    assert all(len(t) == 4 for t in concepts.tokens.values())
+    assert not any(p.requires_grad for p in fresh_model.unet.parameters())
+    with pytest.raises(Exception, match="tokens; this method needs lora"):
+        concepts.check_fits("lora+tokens", concepts.class_names)

@@ -3,6 +3,7 @@ tiny model: archives, labels, soft labels, strengths, determinism and the base-m
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -16,14 +17,17 @@ from pydantic import ValidationError
 
 import diffii_core.augment as augment_module
 from diffii_core.augment import augment
-from diffii_core.ddim import denoise_timesteps
-from diffii_core.methods import denoise_steps, generate_baseline, img2img_timesteps, soft_label
+from diffii_core.concepts import concepts_applied
+from diffii_core.generate import generate_share
+from diffii_core.methods import REGISTRY
+from diffii_core.methods.img2img import soft_label
 from diffii_core.models import load_model
-from diffii_core.params import DEFAULT_STRENGTH, ConceptParams, JobParams, strengths, uses_concepts
+from diffii_core.params import ConceptParams, JobParams, strengths, uses_concepts
+from diffii_core.sampling import denoise_steps, img2img_timesteps, sampler_timesteps
 
 from .test_augment_cli import FAST, run_cli
 
-BASELINES = ["diff-mix", "diff-aug", "diff-gen", "real-guidance", "real-mix", "da-fusion"]
+BASELINES = ["diff-mix", "diff-aug", "diff-gen", "real-guidance", "real-mix", "da-fusion", "real-filter"]
 FIELDS = {
     "file_name", "label", "label_index", "method", "seed", "sources", "source_class", "source_index",
     "target", "target_index", "strength", "soft_label", "suffix", "split_ratio",
@@ -58,7 +62,8 @@ def concepts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("method", BASELINES)
 def test_each_method_writes_counts_labels_and_metadata(method, sample_dir, sample, concepts_dir, tmp_path):
     params = _params(method)
-    summary = augment(sample_dir, tmp_path / "out.zip", params, batch_size=3, concepts_dir=concepts_dir)
+    kind_dir = concepts_dir / REGISTRY[method].concepts  # DA-Fusion learns tokens only: its own concepts
+    summary = augment(sample_dir, tmp_path / "out.zip", params, batch_size=3, concepts_dir=kind_dir)
     names, lines, job = _read(tmp_path / "out.zip")
     index = job["class_index"]
     assert job["params"]["method"] == method
@@ -78,7 +83,7 @@ def test_each_method_writes_counts_labels_and_metadata(method, sample_dir, sampl
             assert line["sources"] == [] and line["strength"] == 1.0 and line["init"] == "noise"
         else:
             assert len(line["sources"]) == 1 and line["sources"][0].startswith(line["source_class"] + "/")
-            assert line["strength"] in DEFAULT_STRENGTH[method]
+            assert line["strength"] in REGISTRY[method].strengths
         if method in ("diff-mix", "real-mix"):
             y = line["soft_label"]
             assert len(y) == len(index) and math.isclose(sum(y), 1.0)
@@ -137,13 +142,16 @@ def test_parameters_validate_and_default_per_method():
 def _run(model, params, sample, cls_index=0, references=None, batch_size=4, start=0, stop=1, concepts=None):
     cls = sample.classes[cls_index]
     refs = references if references is not None else [i.open() for i in cls.images]
-    return list(
-        generate_baseline(
-            model, concepts, class_name=cls.name, label_index=cls.index, class_names=sample.class_names(),
-            source_names=[f"ref{i}" for i in range(len(refs))], params=params, start=start, stop=stop,
-            references=refs, batch_size=batch_size,
-        )
-    )  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        if model.in_use is None:  # the session's trained model is in its concepts' scope already
+            stack.enter_context(concepts_applied(model, concepts))
+        return list(
+            generate_share(
+                model, concepts, None, class_name=cls.name, label_index=cls.index,
+                class_names=sample.class_names(), source_names=[f"ref{i}" for i in range(len(refs))],
+                params=params, start=start, stop=stop, references=refs, batch_size=batch_size,
+            )
+        )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -156,14 +164,16 @@ def test_strength_runs_the_expected_number_of_denoising_steps(base_model, sample
     calls = []
     handle = base_model.unet.register_forward_hook(lambda *a: calls.append(1))
     try:
-        for s, expected in [(0.25, 2), (0.5, 4), (0.7, 6), (1.0, 8)]:
+        # int(s * steps) as diffusers counts: 0.7 * 8 = 5.6 runs 5 steps, not round()'s 6.
+        for s, expected in [(0.25, 2), (0.5, 4), (0.7, 5), (1.0, 8)]:
             params = _params("real-guidance", inference_steps=8, strength=[s])
             calls.clear()
             images = _run(base_model, params, sample)
             assert len(calls) == expected == denoise_steps(s, 8)  # guidance runs both halves in one call
             assert images[0].metadata["denoise_steps"] == expected
-            full = denoise_timesteps(base_model.scheduler_config, 8)
-            assert img2img_timesteps(base_model.scheduler_config, 8, s) == full[8 - expected :]
+            full = sampler_timesteps(base_model.scheduler_config, params.sampler, 8)
+            tail = img2img_timesteps(base_model.scheduler_config, params.sampler, 8, s)
+            assert tail == full[8 - expected :]
     finally:
         handle.remove()
 
@@ -183,11 +193,12 @@ def test_strength_one_ignores_the_reference(base_model, sample):
     )
 
 
-def test_resize_to_source_gives_the_reference_size(base_model, sample):
+def test_outputs_come_back_at_the_reference_size_by_default(base_model, sample):
     params = _params("real-guidance", resolution=32)
-    assert Image.open(io.BytesIO(_run(base_model, params, sample)[0].png)).size == (32, 32)
-    resized = _run(base_model, params.model_copy(update={"resize_to_source": True}), sample)[0]
+    resized = _run(base_model, params, sample)[0]
     assert Image.open(io.BytesIO(resized.png)).size == (64, 64) and resized.metadata["size"] == [64, 64]
+    square = _run(base_model, params.model_copy(update={"resize_to_source": False}), sample)[0]
+    assert Image.open(io.BytesIO(square.png)).size == (32, 32)
 
 
 @pytest.mark.parametrize("method", ["real-guidance", "real-mix"])
@@ -209,15 +220,16 @@ def test_base_model_methods_touch_no_learned_weights(method, sample_dir, tmp_pat
     model = seen[0]
     assert not getattr(model.unet, "peft_config", None)  # no LoRA adapter was ever installed
     assert not [t for t in model.tokenizer.get_vocab() if t.startswith("<diffii-")]
-    assert model.applied is None
+    assert model.installed == "base" and model.in_use is None
     _, lines, _ = _read(tmp_path / "out.zip")
     assert {line["method"] for line in lines} == {method}
 
 
-@pytest.mark.parametrize("method", ["da-fusion", "diff-mix"])
+@pytest.mark.parametrize("method", ["diff-aug", "diff-mix"])
 def test_images_do_not_depend_on_the_batch_size(method, trained, sample):
     model, concepts = trained
-    params = _params(method, inference_steps=6)
+    # Several strengths, so a batch mixes images of different step counts (as DA-Fusion's do).
+    params = _params(method, inference_steps=6, strength=[0.25, 0.5, 0.75, 1.0])
     one = _run(model, params, sample, batch_size=1, stop=5, concepts=concepts)
     four = _run(model, params, sample, batch_size=4, stop=5, concepts=concepts)
     assert [g.png for g in one] == [g.png for g in four]

@@ -1,0 +1,323 @@
+"""Concept learning as published (Diff-Mix's recipe): placeholder token rows per class and, unless the
+method learns tokens only, one LoRA on every UNet attention projection, trained jointly on the model's
+own objective (noise, or velocity for v-prediction models).
+
+1. Placeholders start at the metaclass word's embedding; the LoRA at A ~ N(0, 1/r), B = 0.
+2. Trainable weights and AdamW stay fp32; the forward runs under autocast (bf16, or fp16 with a gradient
+   scaler) on a GPU, so small gradients of an fp16 UNet do not underflow.
+3. Each optimiser step accumulates `gradient_accumulation` passes of `batch_size` images (2 x 4: the
+   published effective batch of 8 on one GPU), drawn uniformly or class-balanced, decoded per batch
+   by a DataLoader: no image is held in memory between steps.
+4. The LoRA gradients are clipped to norm 1; after each step every embedding row other than the
+   placeholders is restored. Checkpoints make a long run resumable to the same result."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from PIL import Image
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from diffii_core.atomic import atomic_path
+from diffii_core.concepts import ADAPTER, Concepts, disable_adapter, install_adapter
+from diffii_core.ddim import Schedule
+from diffii_core.errors import Cancelled
+from diffii_core.images import to_tensor
+from diffii_core.methods import REGISTRY
+from diffii_core.models import LoadedModel
+from diffii_core.prompts import concept_prompt, ensure_tokens, placeholder_tokens, tokenize
+from diffii_core.seeding import derive_seed, generator
+
+if TYPE_CHECKING:
+    from diffii_core.params import ConceptParams, JobParams
+
+CHECKPOINT = "concepts-checkpoint.pt"
+BALANCE_RATIO = 10  # class sizes differing by more than this make "auto" sampling class-balanced
+
+# (image index, crop top fraction, crop left fraction, flip): everything random about one training view.
+View = tuple[int, float, float, bool]
+
+
+class TrainingImages(TorchDataset):
+    """The dataset's images, opened and decoded only when a batch asks for them."""
+
+    def __init__(self, items: list[tuple[Any, int]], resolution: int) -> None:
+        self.items = items  # (dataset image item with .open(), class index)
+        self.resolution = resolution
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, view: View) -> tuple[torch.Tensor, int]:
+        index, top_u, left_u, flip = view
+        item, label = self.items[index]
+        image = item.open().convert("RGB")
+        # Shorter side to the resolution, then the random crop and flip (the published transforms).
+        w, h = image.size
+        scale = self.resolution / min(w, h)
+        size = (max(self.resolution, round(w * scale)), max(self.resolution, round(h * scale)))
+        pixels = to_tensor(image.resize(size, Image.Resampling.BICUBIC))
+        top = int(top_u * (pixels.shape[1] - self.resolution + 1))
+        left = int(left_u * (pixels.shape[2] - self.resolution + 1))
+        crop = pixels[:, top : top + self.resolution, left : left + self.resolution]
+        return (crop.flip(-1) if flip else crop), label
+
+
+def class_balanced(counts: list[int], mode: str) -> bool:
+    if mode != "auto":
+        return mode == "balanced"
+    return max(counts) > BALANCE_RATIO * min(counts)
+
+
+class ViewSampler:
+    """Batches of views drawn from the run's generator as the loader asks for them, so a resumed run
+    draws what the uninterrupted one would."""
+
+    def __init__(self, class_sizes: list[int], balanced: bool, batch_size: int, gen: torch.Generator):
+        self.offsets = [sum(class_sizes[:c]) for c in range(len(class_sizes))]
+        self.sizes, self.balanced, self.batch_size, self.gen = class_sizes, balanced, batch_size, gen
+
+    def pick(self) -> int:
+        if self.balanced:  # a class uniformly, then one of its images: tail classes get their share
+            c = int(torch.randint(0, len(self.sizes), (1,), generator=self.gen))
+            return self.offsets[c] + int(torch.randint(0, self.sizes[c], (1,), generator=self.gen))
+        return int(torch.randint(0, sum(self.sizes), (1,), generator=self.gen))
+
+    def __iter__(self) -> Iterator[list[View]]:
+        while True:
+            views = []
+            for _ in range(self.batch_size):
+                index = self.pick()
+                u = torch.rand(3, generator=self.gen, dtype=torch.float64).tolist()
+                views.append((index, u[0], u[1], u[2] < 0.5))
+            yield views
+
+
+def _collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, list[int]]:
+    return torch.stack([b[0] for b in batch]), [b[1] for b in batch]
+
+
+def autocast_mode(cfg: ConceptParams, device: torch.device) -> str:
+    """ "no", "bf16" or "fp16": what `auto` means on this device."""
+    if cfg.mixed_precision != "auto":
+        return cfg.mixed_precision
+    if device.type != "cuda":
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+@dataclass
+class _Run:
+    model: LoadedModel
+    params: JobParams
+    schedule: Schedule
+    precision: str
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "no":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.model.device.type, dtype=dtype)
+
+    def loss(self, pixels: torch.Tensor, classes: list[int], gen: torch.Generator) -> torch.Tensor:
+        model, tpc = self.model, self.params.concepts.tokens_per_class
+        with torch.no_grad():
+            dist = model.vae.encode(pixels.to(model.device, model.dtype)).latent_dist
+            latents = dist.sample(generator=gen).float().cpu() * model.scaling_factor
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, self.schedule.num_train_timesteps, (latents.shape[0],), generator=gen)
+        alpha = self.schedule.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+        noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
+        target = self.schedule.target(latents, noise, alpha)
+        texts = [concept_prompt(placeholder_tokens(c, tpc), self.params.metaclass) for c in classes]
+        with self.autocast():
+            hidden = model.text_encoder(tokenize(model, texts))[0]
+            pred = model.unet(noisy.to(model.device, model.dtype), t.to(model.device), hidden).sample
+        return F.mse_loss(pred.float(), target.to(model.device))
+
+
+def learn_concepts(
+    model: LoadedModel,
+    dataset: Any,
+    params: JobParams,
+    *,
+    checkpoint_dir: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Concepts:
+    """Learn the concepts of every class of `dataset` (a diffii_core Dataset) for params.method.
+    The model is left holding them; enter `concepts_applied` with the result to use it."""
+    if model.in_use is not None:
+        raise RuntimeError(f"model {model.name!r} is in use by a job's concepts; learn outside that scope")
+    cfg = params.concepts
+    with_lora = REGISTRY[params.method].concepts != "tokens"
+    resolution = params.resolution or model.resolution
+    class_names = [c.name for c in dataset.classes]
+    sizes = [len(c.images) for c in dataset.classes]
+    tokens = {name: placeholder_tokens(i, cfg.tokens_per_class) for i, name in enumerate(class_names)}
+    all_tokens = [t for name in class_names for t in tokens[name]]
+    ids = ensure_tokens(model, all_tokens)
+    embedding = model.text_encoder.get_input_embeddings()
+    _init_placeholder_rows(model, ids, params)
+    model.installed = None  # the rows and the adapter change from here on
+    lora_params: list[torch.nn.Parameter] = []
+    if with_lora:
+        install_adapter(model, cfg.lora_rank, init_seed=derive_seed(params.seed, "lora-init"))
+        lora_params = [p for n, p in model.unet.named_parameters() if "lora_" in n]
+    else:
+        disable_adapter(model)
+    for p in lora_params:
+        p.requires_grad_(True)
+    embedding.weight.requires_grad_(True)
+    original = embedding.weight.detach().clone()
+    keep = torch.ones(original.shape[0], dtype=torch.bool)
+    keep[ids] = False
+    optimizer = torch.optim.AdamW(
+        [*lora_params, embedding.weight], lr=cfg.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2
+    )
+    run = _Run(model, params, Schedule.from_config(model.scheduler_config), autocast_mode(cfg, model.device))
+    scaler = torch.amp.GradScaler(model.device.type, enabled=run.precision == "fp16")
+    gen = generator(params.seed, "concept-learning")
+    balanced = class_balanced(sizes, cfg.sampling)
+    images = TrainingImages([(item, c.index) for c in dataset.classes for item in c.images], resolution)
+    fingerprint = _run_fingerprint(model, params, dataset)
+    step, losses = 0, []
+    ckpt = checkpoint_dir / CHECKPOINT if checkpoint_dir else None
+    if ckpt is not None and ckpt.exists():
+        step, losses = _resume(ckpt, fingerprint, model, ids, optimizer, scaler, gen, with_lora)
+    # Built after a resume restored the generator. No loader workers: they would fetch ahead, drawing
+    # views out of turn with the noise, and a resumed run would no longer match an uninterrupted one.
+    sampler = ViewSampler(sizes, balanced, cfg.batch_size, gen)
+    batches = iter(DataLoader(images, batch_sampler=sampler, collate_fn=_collate, num_workers=0))
+
+    try:
+        while step < cfg.steps:
+            if should_stop is not None and should_stop():
+                raise Cancelled("concept learning was stopped")
+            total = 0.0
+            for _ in range(cfg.gradient_accumulation):
+                pixels, classes = next(batches)
+                loss = run.loss(pixels, classes, gen) / cfg.gradient_accumulation
+                scaler.scale(loss).backward()
+                total += float(loss.detach())
+            scaler.unscale_(optimizer)
+            if lora_params:  # the published scripts clip the LoRA only, not the token rows
+                torch.nn.utils.clip_grad_norm_(lora_params, cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                # AdamW's decay and momentum touch every row; only the placeholders may move.
+                embedding.weight[keep] = original[keep]
+            step += 1
+            losses.append(total)
+            if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+                _checkpoint(ckpt, fingerprint, step, losses, model, ids, optimizer, scaler, gen, with_lora)
+            # After the checkpoint, so a caller that copies it elsewhere copies this step's.
+            if progress is not None:
+                progress(step, cfg.steps)
+    finally:
+        embedding.weight.requires_grad_(False)
+        for p in lora_params:
+            p.requires_grad_(False)
+
+    lora = {}
+    if with_lora:
+        state = get_peft_model_state_dict(model.unet, adapter_name=ADAPTER)
+        lora = {k: v.detach().float().cpu().clone() for k, v in state.items()}
+    concepts = Concepts(
+        class_names=class_names,
+        tokens=tokens,
+        embeddings={
+            t: embedding.weight[i].detach().float().cpu().clone()
+            for t, i in zip(all_tokens, ids, strict=True)
+        },
+        lora=lora,
+        lora_rank=cfg.lora_rank if with_lora else 0,
+        metaclass=params.metaclass,
+        model={"name": model.name, "revision": model.revision},
+        steps=step,
+        losses=[round(v, 6) for v in losses[-1000:]],
+        recipe={
+            "placeholder_init": cfg.placeholder_init,
+            "lora_init": "gaussian" if with_lora else "none",
+            "mixed_precision": run.precision,
+            "sampling": "balanced" if balanced else "uniform",
+            "effective_batch": str(cfg.batch_size * cfg.gradient_accumulation),
+            "prediction_type": model.prediction_type,
+        },
+    )
+    model.installed = concepts.fingerprint
+    return concepts
+
+
+def _init_placeholder_rows(model: LoadedModel, ids: list[int], params: JobParams) -> None:
+    """The published start: the metaclass word's embedding (the mean of its rows where the tokenizer
+    splits it). "random": rows drawn from the spread of the existing rows, seeded by the job."""
+    weight = model.text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        if params.concepts.placeholder_init == "random":
+            gen = generator(params.seed, "placeholder-init")
+            scale = float(weight[: min(ids)].std())
+            for row in ids:
+                weight[row] = torch.randn(weight.shape[1], generator=gen).to(weight) * scale
+            return
+        word_ids = model.tokenizer(params.metaclass, add_special_tokens=False).input_ids or [0]
+        start = weight[word_ids].mean(0)
+        for row in ids:
+            weight[row] = start
+
+
+def _run_fingerprint(model: LoadedModel, params: JobParams, dataset: Any) -> str:
+    files = [[c.name, [item.path for item in c.images]] for c in dataset.classes]
+    blob = json.dumps([model.revision, params.model_dump(mode="json"), files], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _checkpoint(
+    path: Path, fingerprint: str, step: int, losses: list[float], model: LoadedModel, ids: list[int],
+    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, gen: torch.Generator, with_lora: bool,
+) -> None:  # fmt: skip
+    weight = model.text_encoder.get_input_embeddings().weight
+    lora = get_peft_model_state_dict(model.unet, adapter_name=ADAPTER) if with_lora else {}
+    state = {
+        "fingerprint": fingerprint,
+        "step": step,
+        "losses": losses,
+        "rows": weight[ids].detach().clone(),
+        "lora": {k: v.detach().clone() for k, v in lora.items()},
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "generator": gen.get_state(),
+    }
+    with atomic_path(path) as tmp:  # a crash mid-write leaves the previous checkpoint whole
+        torch.save(state, tmp)
+
+
+def _resume(
+    path: Path, fingerprint: str, model: LoadedModel, ids: list[int], optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler, gen: torch.Generator, with_lora: bool,
+) -> tuple[int, list[float]]:  # fmt: skip
+    state = torch.load(path, weights_only=False)
+    if state.get("fingerprint") != fingerprint:
+        return 0, []  # a checkpoint of other parameters or data: start over rather than mix runs
+    weight = model.text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        weight[ids] = state["rows"]
+    if with_lora:
+        set_peft_model_state_dict(model.unet, state["lora"], adapter_name=ADAPTER)
+    optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    gen.set_state(state["generator"])
+    return int(state["step"]), list(state["losses"])
