@@ -29,6 +29,7 @@ def generate(req: ShareRequest) -> Iterator[GeneratedImage]:
             raise Cancelled(f"stopped before image {first} of class {req.class_name!r}")
         pending = list(range(first, min(req.stop, first + req.batch_size)))
         best: dict[int, tuple] = {}
+        tries = dict.fromkeys(pending, 0)
         for attempt in range(req.params.filter_attempts):
             plans = plans_for(SPEC, req, pending, attempt)
             arrays = render(SPEC, req, plans, prompts)
@@ -39,14 +40,17 @@ def generate(req: ShareRequest) -> Iterator[GeneratedImage]:
             for plan, array, row in zip(plans, arrays, probs, strict=True):
                 score = float(row[req.label_index])
                 passed = int(row.argmax()) == req.label_index
-                if plan.index not in best or score > best[plan.index][0]:
-                    best[plan.index] = (score, passed, plan, array, attempt + 1)
+                tries[plan.index] += 1
+                # A passing draw always wins; among failures, the best score is kept.
+                if plan.index not in best or passed or score > best[plan.index][0]:
+                    best[plan.index] = (score, passed, plan, array)
             pending = [i for i in pending if not best[i][1]]
             if not pending:
                 break
         for index in sorted(best):
-            score, passed, plan, array, attempts = best[index]
-            extra = {"filter_score": round(score, 6), "filter_passed": passed, "filter_attempts": attempts}
+            score, passed, plan, array = best[index]
+            extra = {"filter_score": round(score, 6), "filter_passed": passed}
+            extra["filter_attempts"] = tries[index]
             yield finish(SPEC, req, plan, array, prompts[req.label_index], extra)
 
 
