@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from diffii_core.methods import METHODS, REGISTRY
-from diffii_core.sampling import SAMPLERS
+from diffii_core.methods.spec import SAMPLERS
 
 Method = Literal[METHODS]  # type: ignore[valid-type]  # the registry's names, in the API schema too
 Preset = Literal["published", "quick"]

@@ -8,7 +8,7 @@ use). Both read the model's own schedule (prediction type, spacing, zero-termina
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import DPMSolverMultistepScheduler
@@ -20,8 +20,6 @@ from diffii_core.unet import predict_noise
 if TYPE_CHECKING:
     from diffii_core.params import JobParams
 
-Sampler = Literal["ddim", "dpm-solver++"]
-SAMPLERS: tuple[str, ...] = ("ddim", "dpm-solver++")
 Predict = Callable[[torch.Tensor, int, int], torch.Tensor]
 _DPM_KEYS = (
     "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",

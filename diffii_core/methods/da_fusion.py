@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from diffii_core.methods.img2img import generate_img2img
 from diffii_core.methods.spec import MethodSpec, ShareRequest
 
 if TYPE_CHECKING:
@@ -13,6 +12,8 @@ if TYPE_CHECKING:
 
 
 def generate(req: ShareRequest) -> Iterator[GeneratedImage]:
+    from diffii_core.methods.img2img import generate_img2img
+
     return generate_img2img(SPEC, req)
 
 

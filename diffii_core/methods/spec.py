@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from diffii_core.params import JobParams
 
 ConceptKind = Literal["none", "lora+tokens", "tokens"]
+# The denoising samplers a method or a job may name (implemented in `diffii_core.sampling`).
+Sampler = Literal["ddim", "dpm-solver++"]
+SAMPLERS: tuple[str, ...] = ("ddim", "dpm-solver++")
 
 
 @dataclass

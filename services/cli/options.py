@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from diffii_core.methods import METHODS
-from diffii_core.sampling import SAMPLERS
+from diffii_core.methods.spec import SAMPLERS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
