@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from services.common.lifecycle.moves import move_where
 from services.common.lifecycle.table import JOB_TRANSITIONS, OPEN_SHARD, Actor, lookup
 from services.common.models import Job, JobStatus, Shard, ShardStatus
 from services.common.timeutil import utcnow
@@ -64,8 +65,6 @@ def move(
 def close_open_shards(session: Session, job_id: str, actor: Actor) -> int:
     """Every unfinished shard of an ended job -> cancelled. A worker still running one sees that at
     its next heartbeat or stop check and stops without writing anything more."""
-    from services.common.lifecycle.shards import move_where
-
     return move_where(session, (Shard.job_id == job_id, Shard.status.in_(OPEN_SHARD)), "close", actor)
 
 
@@ -118,8 +117,6 @@ def request_cancel(session: Session, job_id: str) -> JobStatus | None:
         changed = move(session, job_id, "cancel", Actor.api, JobStatus.cancelling, cancel_requested=True)
         new = JobStatus.cancelling
     if changed:
-        from services.common.lifecycle.shards import move_where
-
         move_where(session, closing, "close", Actor.api)
     session.commit()
     return new if changed else None

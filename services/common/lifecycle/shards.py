@@ -10,15 +10,15 @@ Callers own the transaction.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from services.common.lifecycle import jobs
+from services.common.lifecycle.moves import move_where
 from services.common.lifecycle.retry import Failure, RetryPolicy, classify
 from services.common.lifecycle.table import SENDABLE_SHARD, SHARD_TRANSITIONS, Actor, lookup
 from services.common.models import TERMINAL_JOB_STATUSES, Job, JobStatus, Shard, ShardKind, ShardStatus
@@ -51,25 +51,6 @@ class Signal(enum.StrEnum):
     ok = "ok"
     lost = "lost"  # the shard is no longer ours
     stop = "stop"  # the job is cancelling or has ended
-
-
-def move_where(
-    session: Session,
-    where: Iterable[ColumnElement[bool]],
-    event: str,
-    actor: Actor,
-    target: ShardStatus | None = None,
-    **values: Any,
-) -> int:
-    """Apply a transition of the table to the shards matching `where` and the event's source states."""
-    sources, to = lookup(SHARD_TRANSITIONS, event, actor, target)
-    result = session.execute(
-        update(Shard)
-        .where(*where, Shard.status.in_(sources))
-        .values(status=to, **values)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount  # type: ignore[attr-defined]
 
 
 def new_shard(actor: Actor, **values: Any) -> Shard:
