@@ -175,3 +175,35 @@ def run_checks(
     report["samples"] = samples
     report["denoise_steps"] = len(denoise_timesteps(model.scheduler_config, 25))
     return report
+
+
+def vae_report(work_dir: Path, *, samples: int = 400, seed: int = 99) -> dict[str, float]:
+    """The VAE gate on a training checkpoint, before any UNet is trained on its latents: PSNR and the
+    oracle on reconstructions of evaluation-species images (all four attributes, and each one)."""
+    from diffii_core.world.oracle import HEADS
+    from diffii_core.world.train import Recipe, _load_checkpoint, centred_vae
+
+    torch.set_flush_denormal(True)
+    state = _load_checkpoint(work_dir / "vae.pt")
+    if state is None:
+        raise FileNotFoundError(f"no VAE checkpoint in {work_dir}")
+    vae = centred_vae(work_dir, Recipe(**{**state["recipe"], "vae_stats_images": 512}))
+    held = domain.evaluation_species()
+    species = [held[i % len(held)] for i in range(samples)]
+    real = to_batch([domain.sample_image(s, domain.image_rng(seed, i))[0] for i, s in enumerate(species)])
+    with torch.no_grad():
+        recon = torch.cat(
+            [vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1) for x in real.split(100)]
+        )
+    oracle = load_oracle()
+    pred = predict(oracle, recon)
+    report = {
+        "vae_steps": float(state["step"]),
+        "psnr_db": float(10 * torch.log10(4 / ((recon - real) ** 2).mean())),
+        "oracle_on_real": float(attributes_right(predict(oracle, real), species).float().mean()),
+        "vae_attribute_accuracy": float(attributes_right(pred, species).float().mean()),
+    }
+    for name in domain.ATTRIBUTES:
+        want = torch.tensor([HEADS[name].index(s.attributes[name]) for s in species])
+        report[f"{name}_accuracy"] = float((pred[name] == want).float().mean())
+    return report

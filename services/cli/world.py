@@ -144,14 +144,32 @@ def dataset(
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--skip-faithfulness", is_flag=True, help="skip the Diff-II run (the slowest gate)")
-def check(as_json: bool, samples: int, model_dir: Path | None, seed: int, skip_faithfulness: bool) -> None:
+@click.option(
+    "--vae-checkpoint",
+    "vae_work_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="instead: the VAE gate on the vae.pt checkpoint in this training folder",
+)
+def check(
+    as_json: bool,
+    samples: int,
+    model_dir: Path | None,
+    seed: int,
+    skip_faithfulness: bool,
+    vae_work_dir: Path | None,
+) -> None:
     """Measure the world model's quality gates with the oracle."""
-    from diffii_core.world.check import run_checks
+    from diffii_core.world.check import TARGETS, run_checks, vae_report
 
     def say(text: str) -> None:
         click.echo(text, err=True)
 
-    report = run_checks(model_dir, samples=samples, seed=seed, say=say, faithfulness=not skip_faithfulness)
+    if vae_work_dir is not None:
+        report = {**vae_report(vae_work_dir, samples=samples), "targets": TARGETS}
+    else:
+        report = run_checks(
+            model_dir, samples=samples, seed=seed, say=say, faithfulness=not skip_faithfulness
+        )
     if as_json:
         click.echo(json.dumps(report, sort_keys=True))
         return

@@ -245,6 +245,19 @@ def test_centred_vae_latents_have_zero_mean_and_unit_spread(tmp_path: Path) -> N
     assert abs(float(z.std()) - 1.0) < 1e-2
 
 
+def test_vae_report_measures_a_checkpoint_before_any_unet(tmp_path: Path) -> None:
+    from diffii_core.world.check import vae_report
+    from diffii_core.world.train import Recipe, train_vae
+
+    train_vae(tmp_path, Recipe(vae_batch=2, vae_stats_images=8), 1)
+    report = vae_report(tmp_path, samples=16)
+    assert report["vae_steps"] == 1.0 and report["psnr_db"] > 0
+    assert report["oracle_on_real"] >= 0.75  # the real images: the oracle's own bar, on 16 of them
+    assert all(0.0 <= report[f"{a}_accuracy"] <= 1.0 for a in domain.ATTRIBUTES)
+    with pytest.raises(FileNotFoundError):
+        vae_report(tmp_path / "nothing")
+
+
 SHIPPED = (Path(domain.__file__).parent / "pipeline" / "manifest.json").exists()
 ORACLE = (Path(domain.__file__).parent / "oracle" / "oracle.safetensors").exists()
 
