@@ -4,7 +4,6 @@ evaluate` fine-tunes it with a fresh head, exactly as it would a ResNet-50 a use
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from transformers import ResNetConfig, ResNetForImageClassification
 
-from diffii_core.seeding import generator
 from diffii_core.world import domain
+from diffii_core.world.fit import Progress, cached, fit
 from diffii_core.world.oracle import to_batch
 
 CONFIG = {
@@ -45,16 +44,11 @@ def train_backbone(
     *,
     seed: int = 0,
     batch: int = 64,
-    progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
+    progress: Progress | None = None,
 ) -> int:
     """Train on a seeded render of the pretraining species; save a transformers model directory."""
     torch.set_flush_denormal(True)
-    cache = work_dir / f"backbone-data-{seed}.pt"
-    if cache.exists():
-        x, y = torch.load(cache)
-    else:
-        x, y = _render(seed, 40_000)
-        torch.save((x, y), cache)
+    x, y = cached(work_dir / f"backbone-data-{seed}.pt", lambda: _render(seed, 40_000))
     labels = [s.name for s in domain.pretraining_species()]
     config = ResNetConfig(
         **CONFIG,
@@ -65,21 +59,12 @@ def train_backbone(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ResNetForImageClassification(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-    model.train()
-    for step in range(steps):
-        g = generator(seed, "backbone", step)
-        idx = torch.randint(x.shape[0], (batch,), generator=g)
-        xb = torch.where((torch.rand(batch, generator=g) < 0.5)[:, None, None, None], x[idx].flip(3), x[idx])
-        loss = F.cross_entropy(model(pixel_values=xb).logits, y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if progress:
-            progress("backbone", step + 1, steps, {"loss": loss.item()})
-    model.eval()
+
+    def batch_loss(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        flip = (torch.rand(batch, generator=g) < 0.5)[:, None, None, None]
+        return F.cross_entropy(model(pixel_values=torch.where(flip, x[idx].flip(3), x[idx])).logits, y[idx])
+
+    fit(model, x.shape[0], batch_loss, steps, seed=seed, name="backbone", batch=batch, progress=progress)
     xt, yt = _render(seed + 1, 2000)
     with torch.no_grad():
         acc = float((model(pixel_values=xt).logits.argmax(1) == yt).float().mean())

@@ -24,6 +24,7 @@ from diffusers.utils import logging as diffusers_logging
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
+from diffii_core.models.tiny import SCHEDULER_CONFIG as TINY_SCHEDULER_CONFIG
 from diffii_core.suffixes import DEFAULT_SUFFIXES
 from diffii_core.world import domain
 
@@ -67,19 +68,9 @@ TEXT_CONFIG: dict[str, Any] = {
     "eos_token_id": 1,
     "pad_token_id": 1,
 }
-# Stable Diffusion 1.x's schedule: the engine's timestep and split-ratio rules apply unchanged.
-SCHEDULER_CONFIG: dict[str, Any] = {
-    "_class_name": "DDIMScheduler",
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "prediction_type": "epsilon",
-    "timestep_spacing": "leading",
-}
+# Stable Diffusion 1.x's schedule (as the tiny model's): the engine's timestep and split-ratio rules
+# apply unchanged.
+SCHEDULER_CONFIG: dict[str, Any] = {"_class_name": "DDIMScheduler", **TINY_SCHEDULER_CONFIG}
 
 _EXTRA_WORDS = ["a", "an", "the", "of", "photo", "picture", "image", "in", "on", "with", "and", "no", "bird"]
 

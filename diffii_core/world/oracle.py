@@ -9,7 +9,7 @@ attribute of real held-out images right at least 95 % of the time.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +20,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from diffii_core.atomic import atomic_write
-from diffii_core.seeding import generator
 from diffii_core.world import domain
+from diffii_core.world.fit import Progress, cached, fit
 
 HEADS: dict[str, tuple[str, ...]] = {
     **domain.ATTRIBUTES,
@@ -89,34 +89,20 @@ def train_oracle(
     *,
     seed: int = 0,
     batch: int = 64,
-    progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
+    progress: Progress | None = None,
 ) -> int:
     """Train on a seeded render of every species; writes `out/oracle.safetensors` and its accuracy."""
     torch.set_flush_denormal(True)
-    cache = work_dir / f"oracle-data-{seed}.pt"
-    if cache.exists():
-        x, y = torch.load(cache)
-    else:
-        x, y = render_labelled(seed, 40_000)
-        torch.save((x, y), cache)
+    x, y = cached(work_dir / f"oracle-data-{seed}.pt", lambda: render_labelled(seed, 40_000))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Oracle()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-    model.train()
-    for step in range(steps):
-        g = generator(seed, "oracle", step)
-        idx = torch.randint(x.shape[0], (batch,), generator=g)
-        out_logits = model(x[idx])
-        loss = sum(F.cross_entropy(out_logits[k], y[k][idx]) for k in HEADS)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if progress:
-            progress("oracle", step + 1, steps, {"loss": loss.item()})
-    model.eval()
+
+    def batch_loss(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        logits = model(x[idx])
+        return sum(F.cross_entropy(logits[k], y[k][idx]) for k in HEADS)  # type: ignore[return-value]
+
+    fit(model, x.shape[0], batch_loss, steps, seed=seed, name="oracle", batch=batch, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), str(out / "oracle.safetensors"))
     report = evaluate_oracle(model, seed=seed + 1)
