@@ -187,4 +187,6 @@ def test_a_spent_retry_budget_fails_the_job_saying_so(sessions: Any) -> None:
         assert shards.fail_attempt(s, c, StorageError("S3 unreachable"), policy, now=later) == "failed"
     with sessions() as s:
         message = s.get(Job, job_id).message
-    assert message == "class 'c0' failed after 1 attempt: S3 unreachable (retry budget of 60 s spent)"
+    assert message == (
+        "class 'c0' failed after 1 attempt: StorageError: S3 unreachable (retry budget of 60 s spent)"
+    )
