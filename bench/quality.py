@@ -243,7 +243,7 @@ def main() -> int:
     parser.add_argument("--model", default="world", help="model name (default: the shipped world model)")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
+    torch.set_flush_denormal(True)  # this process only: about 3x faster small networks on CPU
     setting = SETTINGS[args.setting]
     args.out.mkdir(parents=True, exist_ok=True)
     methods = tuple(args.methods)

@@ -82,10 +82,6 @@ def load_model(
         raise ModelError(f"model {name!r} is not in the model list (known: {known})")
     source = registry[name]
     dev, dtype = pick_device(device)
-    if dev.type == "cpu":
-        # Denormal floats in small networks' activations slow CPU kernels about 3x; they never
-        # change an 8-bit image.
-        torch.set_flush_denormal(True)
     if source in BUILT_IN:
         from diffii_core.models.tiny import TINY_RESOLUTION, build_tiny, scheduler_config, tiny_revision
 

@@ -47,7 +47,6 @@ def train_backbone(
     progress: Progress | None = None,
 ) -> int:
     """Train on a seeded render of the pretraining species; save a transformers model directory."""
-    torch.set_flush_denormal(True)
     x, y = cached(work_dir / f"backbone-data-{seed}.pt", lambda: _render(seed, 40_000))
     labels = [s.name for s in domain.pretraining_species()]
     config = ResNetConfig(

@@ -128,7 +128,6 @@ def run_checks(
     faithfulness: bool = True,
 ) -> dict[str, Any]:
     """Every gate's figure, the targets, and which were met."""
-    torch.set_flush_denormal(True)
     registry = {"world": str(model_dir) if model_dir else "world"}
     model = load_model("world", registry, device="cpu")
     oracle = load_oracle()
@@ -183,7 +182,6 @@ def vae_report(work_dir: Path, *, samples: int = 400, seed: int = 99) -> dict[st
     from diffii_core.world.oracle import HEADS
     from diffii_core.world.train import Recipe, _load_checkpoint, centred_vae
 
-    torch.set_flush_denormal(True)
     state = _load_checkpoint(work_dir / "vae.pt")
     if state is None:
         raise FileNotFoundError(f"no VAE checkpoint in {work_dir}")

@@ -92,7 +92,6 @@ def train_oracle(
     progress: Progress | None = None,
 ) -> int:
     """Train on a seeded render of every species; writes `out/oracle.safetensors` and its accuracy."""
-    torch.set_flush_denormal(True)
     x, y = cached(work_dir / f"oracle-data-{seed}.pt", lambda: render_labelled(seed, 40_000))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
