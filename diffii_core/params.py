@@ -70,8 +70,15 @@ class ConceptParams(BaseModel):
 
 
 # Rules across fields, stated in the JSON schema too (the REST API's OpenAPI document).
+# Methods that start from no real image (the default, diff-ii, among them) take no strength but 1.
+NO_REFERENCE_METHODS = [name for name, spec in REGISTRY.items() if not spec.references]
 CROSS_FIELD_SCHEMA: dict[str, Any] = {
-    "if": {"properties": {"method": {"const": "diff-gen"}}, "required": ["method"]},
+    "if": {
+        "anyOf": [
+            {"not": {"required": ["method"]}},
+            {"properties": {"method": {"enum": NO_REFERENCE_METHODS}}, "required": ["method"]},
+        ]
+    },
     "then": {
         "properties": {"strength": {"anyOf": [{"type": "array", "items": {"const": 1}}, {"type": "null"}]}}
     },
@@ -183,7 +190,7 @@ class JobParams(BaseModel):
     def _strength_fits_method(self) -> JobParams:
         refs = REGISTRY[self.method].references
         if self.strength is not None and not refs and any(s != 1.0 for s in self.strength):
-            raise ValueError(f"{self.method} is text to image: strength must be 1 or left out")
+            raise ValueError(f"{self.method} starts from no real image: strength must be 1 or left out")
         return self
 
     @field_validator("metaclass")
