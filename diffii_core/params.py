@@ -136,10 +136,12 @@ class JobParams(BaseModel):
     image_geometry: Literal["squash", "crop"] = Field(
         "squash", description="how a real image becomes the model's square: squash (published) or crop"
     )
-    class_prompts: dict[str, str] | None = Field(
-        None,
-        description="class folder -> name used in prompts; default: the folder name without its "
-        "number prefix, '_' as spaces",
+    class_prompts: dict[str, Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT)]] | None = (
+        Field(
+            None,
+            description="class folder -> name used in prompts; default: the folder name without its "
+            "number prefix, '_' as spaces",
+        )
     )
     filter_attempts: int = Field(4, ge=1, le=32, description="real-filter: draws per image until one passes")
 
@@ -173,8 +175,9 @@ class JobParams(BaseModel):
     def _class_prompts_are_text(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         if value is None:
             return None
+        # The same rule as the schema's (1 to 200 characters, not all space), then spaces collapsed.
+        bad = [k for k, v in value.items() if not v.split() or len(v) > 200]
         cleaned = {k: " ".join(v.split()) for k, v in value.items()}
-        bad = [k for k, v in cleaned.items() if not v or len(v) > 200]
         if bad:
             raise ValueError(f"class prompt names must be 1 to 200 characters of text (not for {bad[:3]})")
         return cleaned
