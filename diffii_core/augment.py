@@ -3,10 +3,13 @@ the service runs the same steps split into tasks."""
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from PIL import Image
 
 from diffii_core.archive import ArchiveWriter, job_document
 from diffii_core.atomic import atomic_write
@@ -19,6 +22,7 @@ from diffii_core.inversion import invert_class
 from diffii_core.methods import REGISTRY, MethodSpec
 from diffii_core.models import LoadedModel, load_model
 from diffii_core.params import JobParams, images_for_class
+from diffii_core.preview import SYNTHETIC_PER_SHEET, class_sheet
 from diffii_core.training import learn_concepts
 
 # progress(stage, total) returns a function that advances that stage's bar by n.
@@ -74,7 +78,7 @@ def augment(
         metadata = []
         for cls, count in zip(dataset.classes, counts, strict=True):
             images = [item.open() for item in cls.images]
-            pool = None
+            pool, shown = None, []
             if spec.inversion:
                 assert concepts is not None
                 pool = invert_class(
@@ -97,7 +101,10 @@ def augment(
             ):
                 writer.add_image(image.file_name, image.png)
                 metadata.append(image.metadata)
+                if len(shown) < SYNTHETIC_PER_SHEET:
+                    shown.append(Image.open(io.BytesIO(image.png)))
                 generating(1)
+            writer.add_preview(cls.name, class_sheet(cls.name, images, shown))
         classes = [
             {"index": c.index, "name": c.name, "images": len(c.images), "generated": n}
             for c, n in zip(dataset.classes, counts, strict=True)

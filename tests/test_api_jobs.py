@@ -465,3 +465,39 @@ def test_failed_job_archive_is_409_with_the_status(
     response = api.get(f"/v1/jobs/{job_id}/archive", headers=owner["headers"])
     assert response.status_code == 409
     assert "failed without an archive" in response.json()["detail"]
+
+
+def test_previews_are_409_until_stored_then_served_to_the_owner_only(
+    api_client_factory: Callable[..., Any], make_api_key: Any, pg_session_factory: Any
+) -> None:
+    client, settings = api_client_factory()
+    headers, stranger = auth(make_api_key()), auth(make_api_key())
+    ds = client.post(
+        "/v1/datasets", headers=headers, files={"file": ("b.zip", zip_bytes(good_members()))}
+    ).json()
+    job_id = client.post("/v1/jobs", headers=headers, json={"dataset_id": ds["id"]}).json()["id"]
+    early = client.get(f"/v1/jobs/{job_id}/preview", headers=headers)
+    assert early.status_code == 409 and "queued" in early.json()["detail"]
+
+    classes = [{"index": 0, "name": "cat"}, {"index": 1, "name": "dog"}]
+    with session_scope(pg_session_factory) as session:
+        session.get(Job, job_id).manifest = {"classes": classes}
+    storage = make_storage(settings)
+    storage.put_bytes(f"jobs/{job_id}/preview/1.png", b"\x89PNG dog sheet", "image/png")
+
+    listing = client.get(f"/v1/jobs/{job_id}/preview", headers=headers)
+    assert listing.status_code == 200
+    assert listing.json() == {
+        "job_id": job_id,
+        "classes": [{"index": 1, "name": "dog", "url": f"/v1/jobs/{job_id}/preview/1"}],
+    }
+    sheet = client.get(f"/v1/jobs/{job_id}/preview/1", headers=headers)
+    assert sheet.status_code == 200 and sheet.headers["content-type"] == "image/png"
+    assert sheet.content == b"\x89PNG dog sheet"
+    assert client.get(f"/v1/jobs/{job_id}/preview/0", headers=headers).status_code == 409
+    missing_class = client.get(f"/v1/jobs/{job_id}/preview/2", headers=headers)
+    assert missing_class.status_code == 404 and "2 classes" in missing_class.json()["detail"]
+
+    for path in (f"/v1/jobs/{job_id}/preview", f"/v1/jobs/{job_id}/preview/1"):
+        assert client.get(path, headers=stranger).status_code == 404
+        assert client.get(path).status_code == 401

@@ -5,40 +5,11 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
-ROW_GAP = 4
-
-
-def grid(
-    rows: Sequence[tuple[str, Sequence[Image.Image]]],
-    *,
-    cell: int = 64,
-    label_width: int = 230,
-    gap_after: int | None = None,
-) -> Image.Image:
-    """One row per (label, images); images scaled to `cell` px (nearest: pixels stay honest).
-    `gap_after` draws a divider after that many images in every row (real | synthetic)."""
-    columns = max((len(images) for _, images in rows), default=1)
-    divider = 8 if gap_after is not None else 0
-    width = label_width + columns * cell + divider
-    height = len(rows) * (cell + ROW_GAP)
-    sheet = Image.new("RGB", (width, max(height, 1)), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default()
-    for r, (label, images) in enumerate(rows):
-        y = r * (cell + ROW_GAP)
-        draw.text((4, y + cell // 2 - 6), label, fill=(0, 0, 0), font=font)
-        for c, image in enumerate(images):
-            x = label_width + c * cell + (divider if gap_after is not None and c >= gap_after else 0)
-            sheet.paste(image.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST), (x, y))
-    if gap_after is not None:
-        x = label_width + gap_after * cell + divider // 2
-        draw.line((x, 0, x, height), fill=(200, 30, 30), width=2)
-    return sheet
+from diffii_core.preview import grid
 
 
 def archive_images(archive: Path) -> dict[str, list[Image.Image]]:

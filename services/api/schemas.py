@@ -135,6 +135,17 @@ class JobOut(BaseModel):
     )
 
 
+class PreviewOut(BaseModel):
+    index: int
+    name: str
+    url: str = Field(description="the class's sheet (PNG): a few real images beside synthetic ones")
+
+
+class PreviewList(BaseModel):
+    job_id: str
+    classes: list[PreviewOut]
+
+
 class JobPage(BaseModel):
     jobs: list[JobOut]
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at the end")

@@ -105,6 +105,11 @@ class Client:
     def job(self, job_id: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/jobs/{job_id}").json()
 
+    def previews(self, job_id: str) -> dict[str, bytes]:
+        """The job's preview sheets (PNG) by class name."""
+        listing = self.request("GET", f"/v1/jobs/{job_id}/preview").json()
+        return {c["name"]: self.request("GET", c["url"]).content for c in listing["classes"]}
+
     def download_archive(self, job_id: str, out: Path) -> Path:
         response = self.request("GET", f"/v1/jobs/{job_id}/archive", follow_redirects=False)
         location = response.headers.get("location")
@@ -125,15 +130,20 @@ class Client:
         return out
 
 
-def connection_options(fn: F) -> F:
-    @click.option(
+def server_options(fn: F) -> F:
+    """--server and --api-key, passed on as they are (for a command that may not need a server)."""
+    fn = click.option("--api-key", envvar="DIFFII_API_KEY", help="API key [env DIFFII_API_KEY]")(fn)
+    return click.option(
         "--server",
         envvar="DIFFII_API_URL",
         default=DEFAULT_SERVER,
         show_default=True,
         help="API base URL [env DIFFII_API_URL]",
-    )
-    @click.option("--api-key", envvar="DIFFII_API_KEY", help="API key [env DIFFII_API_KEY]")
+    )(fn)
+
+
+def connection_options(fn: F) -> F:
+    @server_options
     @functools.wraps(fn)
     def wrapper(*args: Any, server: str, api_key: str | None, **kwargs: Any) -> Any:
         return fn(*args, client=Client(server, api_key), **kwargs)

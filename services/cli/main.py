@@ -8,6 +8,7 @@ import click
 from services.cli.augment import augment
 from services.cli.client import cancel, download, jobs, status, submit
 from services.cli.evaluate import evaluate
+from services.cli.preview import preview
 from services.cli.runtime import sweeper, up, worker
 from services.cli.server import admin, migrate, serve
 from services.cli.world import world
@@ -34,6 +35,7 @@ for command in (
     admin,
     world,
     evaluate,
+    preview,
 ):
     cli.add_command(command)
 

@@ -194,8 +194,8 @@ def check(
 @click.option("--seed", type=int, default=0, show_default=True)
 def sheet(out: Path, what: str, rows: int, seed: int) -> None:
     """A contact sheet PNG: real images per evaluation species, or the world model's samples of them."""
+    from diffii_core.preview import grid
     from diffii_core.world import domain
-    from diffii_core.world.sheets import grid
 
     pool = domain.evaluation_species()
     species = [pool[i * len(pool) // rows] for i in range(min(rows, len(pool)))]  # spread over the pool

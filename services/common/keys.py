@@ -40,6 +40,14 @@ def all_images_prefix(job_id: str) -> str:
     return f"jobs/{job_id}/images/"
 
 
+def preview_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/preview/"
+
+
+def preview(job_id: str, class_index: int) -> str:
+    return f"{preview_prefix(job_id)}{class_index}.png"
+
+
 def archive(job_id: str) -> str:
     return f"jobs/{job_id}/archive.zip"
 

@@ -7,6 +7,7 @@ process dies before dispatching, those rows are `pending` and the sweeper sends 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -348,6 +349,28 @@ def generate(ctx: ShardContext) -> list[str]:
         return shards.finish_generate(s, c, time.monotonic() - ctx.started)
 
 
+def store_previews(ctx: ShardContext, job: Job, classes: list[dict[str, Any]]) -> list[bytes]:
+    """Each class's preview sheet, stored first (the API serves them while the archive is still
+    being written) and returned for the archive. Rebuilt on a retry: they are cheap and deterministic."""
+    from PIL import Image
+
+    from diffii_core.preview import REAL_PER_SHEET, SYNTHETIC_PER_SHEET, class_sheet
+
+    dataset = job_dataset(ctx, job)
+    sheets = []
+    for cls in classes:
+        shown = min(cls["generated"], SYNTHETIC_PER_SHEET)
+        synthetic = [
+            Image.open(io.BytesIO(ctx.storage.get_bytes(keys.image_png(job.id, cls["index"], i))))
+            for i in range(shown)
+        ]
+        real = [item.open() for item in dataset.classes[cls["index"]].images[:REAL_PER_SHEET]]
+        sheet = class_sheet(cls["name"], real, synthetic)
+        ctx.storage.put_bytes(keys.preview(job.id, cls["index"]), sheet, "image/png")
+        sheets.append(sheet)
+    return sheets
+
+
 def package(ctx: ShardContext) -> list[str]:
     """Stream every image, metadata.jsonl and job.json into one zip (a multipart upload on S3)."""
     from diffii_core.archive import ArchiveWriter, job_document
@@ -359,8 +382,11 @@ def package(ctx: ShardContext) -> list[str]:
     key = keys.archive(job.id)
     written = 0
     try:
+        sheets = store_previews(ctx, job, classes)
         with ctx.storage.open_writer(key) as handle:
             writer = ArchiveWriter(handle)
+            for cls, sheet in zip(classes, sheets, strict=True):
+                writer.add_preview(cls["name"], sheet)
             metadata = []
             for cls in classes:
                 for index in range(cls["generated"]):

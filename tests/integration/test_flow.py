@@ -8,6 +8,7 @@ import zipfile
 
 import httpx
 
+from diffii_core.archive import is_synthetic_image
 from tests.integration.conftest import EXPECTED_IMAGES, JOB_PARAMS, Cluster
 from tests.service_helpers import auth
 
@@ -37,8 +38,16 @@ def test_whole_flow_over_http(cluster: Cluster, reference_images: dict[str, byte
         assert redirect.status_code == 307, redirect.text
         archive = httpx.get(redirect.headers["location"], timeout=30)
         assert archive.status_code == 200
+        listing = client.get(f"/v1/jobs/{job_id}/preview", headers=auth(key))
+        assert listing.status_code == 200, listing.text
+        served = {c["name"]: client.get(c["url"], headers=auth(key)) for c in listing.json()["classes"]}
         # Another owner learns nothing, not even that the job exists; no key or a bad key: 401.
-        for path in (f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/archive"):
+        for path in (
+            f"/v1/jobs/{job_id}",
+            f"/v1/jobs/{job_id}/archive",
+            f"/v1/jobs/{job_id}/preview",
+            f"/v1/jobs/{job_id}/preview/0",
+        ):
             assert client.get(path, headers=auth(other)).status_code == 404
             assert client.get(path).status_code == 401
             assert client.get(path, headers=auth("dfi_bogus_key")).status_code == 401
@@ -47,13 +56,18 @@ def test_whole_flow_over_http(cluster: Cluster, reference_images: dict[str, byte
 
     with zipfile.ZipFile(io.BytesIO(archive.content)) as zf:
         names = zf.namelist()
-        pngs = [n for n in names if n.endswith(".png")]
+        pngs = [n for n in names if is_synthetic_image(n)]
         lines = [json.loads(line) for line in zf.read("metadata.jsonl").decode().splitlines()]
         document = json.loads(zf.read("job.json"))
+        previews = {n[len("preview/") : -len(".png")]: zf.read(n) for n in names if n.startswith("preview/")}
     assert len(pngs) == len(set(pngs)) == EXPECTED_IMAGES
     assert sorted(line["file_name"] for line in lines) == sorted(pngs)
     assert {line["label"] for line in lines} == {c["name"] for c in document["classes"]}
     assert document["params"]["seed"] == 7 and document["model"]["name"] == "tiny"
+    # A preview sheet per class, in the archive and from the API alike.
+    assert sorted(previews) == sorted(served) == sorted(c["name"] for c in document["classes"])
+    for name, response in served.items():
+        assert response.headers["content-type"] == "image/png" and response.content == previews[name]
 
     images = cluster.images(job_id)
     assert len(images) == 2 * EXPECTED_IMAGES  # a PNG and its metadata per image, nothing else

@@ -17,13 +17,24 @@ from sqlalchemy.orm import Session
 from services.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
 from services.api.jobs_view import job_out, shards_of
 from services.api.pagination import CURSOR_PATTERN, decode_cursor, encode_cursor
-from services.api.schemas import ID_PATTERN, S3_URI, JobOut, JobPage, JobRequest, Problem
+from services.api.schemas import (
+    ID_PATTERN,
+    S3_URI,
+    JobOut,
+    JobPage,
+    JobRequest,
+    PreviewList,
+    PreviewOut,
+    Problem,
+)
 from services.api.settings import ApiSettings
+from services.common import keys
 from services.common.dispatch import dispatch
 from services.common.lifecycle import jobs as lifecycle
 from services.common.lifecycle.shards import new_shard
 from services.common.lifecycle.table import Actor
 from services.common.models import TERMINAL_JOB_STATUSES, Dataset, Job, JobStatus, ShardKind
+from services.common.storage import Storage
 
 log = logging.getLogger(__name__)
 router = APIRouter(
@@ -230,6 +241,72 @@ def get_archive(
         job.archive_key, expires=settings.presign_ttl, filename=f"diffii-{job.id}.zip"
     )
     return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
+
+
+def _stored_previews(storage: Storage, job: Job) -> list[PreviewOut]:
+    classes = (job.manifest or {}).get("classes", [])
+    stored = set(storage.list(keys.preview_prefix(job.id)))
+    return [
+        PreviewOut(index=c["index"], name=c["name"], url=f"/v1/jobs/{job.id}/preview/{c['index']}")
+        for c in classes
+        if keys.preview(job.id, c["index"]) in stored
+    ]
+
+
+def _no_preview(job: Job) -> HTTPException:
+    if job.expired_at is not None:
+        detail = f"job {job.id}'s images were removed on {job.expired_at:%Y-%m-%d} (retention)"
+    elif job.status in TERMINAL_JOB_STATUSES:
+        detail = f"job {job.id} ended {job.status.value} with no preview sheets stored"
+    else:
+        detail = f"the previews are made when generation ends: job {job.id} is {job.status.value}"
+    return HTTPException(status.HTTP_409_CONFLICT, detail)
+
+
+PREVIEW_CONFLICT = {409: {"model": Problem, "description": "the previews do not exist (yet)"}}
+
+
+@router.get("/{job_id}/preview", response_model=PreviewList, responses={**NOT_FOUND, **PREVIEW_CONFLICT})
+def list_previews(job_id: JobId, owner_id: OwnerDep, session: SessionDep, storage: StorageDep) -> PreviewList:
+    """Per class, a sheet of a few real images beside synthetic ones, made once every image is
+    generated (before the archive is written): look before downloading the archive."""
+    job = owned_job(session, owner_id, job_id)
+    previews = _stored_previews(storage, job)
+    if not previews:
+        raise _no_preview(job)
+    return PreviewList(job_id=job.id, classes=previews)
+
+
+@router.get(
+    "/{job_id}/preview/{class_index}",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}}, "description": "the class's preview sheet"},
+        404: {"model": Problem, "description": "no such job for this API key, or no such class"},
+        **PREVIEW_CONFLICT,
+    },
+)
+def get_preview(
+    job_id: JobId,
+    class_index: Annotated[int, Path(ge=0, le=1_000_000, description="the class's index (job.json)")],
+    owner_id: OwnerDep,
+    session: SessionDep,
+    storage: StorageDep,
+) -> Response:
+    """One class's preview sheet (PNG)."""
+    from services.common.storage import ObjectNotFound
+
+    job = owned_job(session, owner_id, job_id)
+    classes = (job.manifest or {}).get("classes", [])
+    if job.manifest is not None and class_index >= len(classes):
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"job {job.id} has {len(classes)} classes; no class {class_index}"
+        )
+    try:
+        png = storage.get_bytes(keys.preview(job.id, class_index))
+    except ObjectNotFound:
+        raise _no_preview(job) from None
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
 
 
 @router.delete(
