@@ -225,3 +225,29 @@ def test_admin_ensure_storage_creates_the_bucket(moto_s3: dict[str, Any]) -> Non
     result = CliRunner().invoke(admin, ["ensure-storage"], env=env)
     assert result.exit_code == 0, result.output
     assert "storage ready: s3://made-by-admin" in result.output
+
+
+def test_preview_of_a_job_writes_its_sheets(
+    client_env: dict[str, str], live_api: tuple[str, Any], pg_session_factory: Any, tmp_path: Path
+) -> None:
+    from services.cli.preview import preview
+
+    archive = tmp_path / "birds.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, data in good_members().items():
+            zf.writestr(name, data)
+    job_id = run(submit, [str(archive)], client_env).stdout.strip().splitlines()[-1]
+    early = run(preview, [job_id, "--out", str(tmp_path / "early")], client_env)
+    assert early.exit_code == 1 and "server said 409" in early.output
+
+    with session_scope(pg_session_factory) as session:
+        session.get(Job, job_id).manifest = {
+            "classes": [{"index": 0, "name": "cat/ey"}, {"index": 1, "name": "b"}]
+        }
+    storage = make_storage(live_api[1])
+    for index in (0, 1):
+        storage.put_bytes(f"jobs/{job_id}/preview/{index}.png", b"sheet %d" % index, "image/png")
+    got = run(preview, [job_id, "--out", str(tmp_path / "sheets")], client_env)
+    assert got.exit_code == 0, got.output
+    assert (tmp_path / "sheets" / "cat_ey.png").read_bytes() == b"sheet 0"
+    assert (tmp_path / "sheets" / "b.png").read_bytes() == b"sheet 1"
