@@ -1,5 +1,4 @@
-"""The synthetic dataset archive: `<class>/<image id>.png`, `preview/<class>.png`, `metadata.jsonl`,
-`job.json`.
+"""The synthetic dataset archive: `<class>/<image id>.png`, `metadata.jsonl`, `job.json`, `preview.html`.
 
 Written as a stream (no seeks), so it can go straight into a multipart upload, with fixed timestamps so
 that the same job gives the same archive bytes."""
@@ -14,14 +13,9 @@ from typing import Any, BinaryIO
 
 from diffii_core import __version__
 from diffii_core.params import JobParams
-from diffii_core.preview import PREVIEW_DIR, preview_name
+from diffii_core.preview import PREVIEW_PAGE, preview_page
 
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
-
-
-def is_synthetic_image(name: str) -> bool:
-    """A synthetic image's path in an archive (not a preview sheet)."""
-    return name.endswith(".png") and not name.startswith(PREVIEW_DIR)
 
 
 class ArchiveWriter:
@@ -42,8 +36,9 @@ class ArchiveWriter:
     def add_image(self, file_name: str, png: bytes) -> None:
         self._write(file_name, png, zipfile.ZIP_STORED)  # PNG is compressed already
 
-    def add_preview(self, class_name: str, png: bytes) -> None:
-        self._write(preview_name(class_name), png, zipfile.ZIP_STORED)
+    def add_previews(self, sheets: dict[str, bytes]) -> None:
+        """The classes' preview sheets, as one page (`preview.html`)."""
+        self._write(PREVIEW_PAGE, preview_page(sheets), zipfile.ZIP_STORED)
 
     def finish(self, metadata_lines: Iterable[dict[str, Any]], job: dict[str, Any]) -> None:
         lines = "".join(

@@ -76,6 +76,7 @@ def augment(
     with atomic_write(out) as handle, concepts_applied(model, concepts):
         writer = ArchiveWriter(handle)
         metadata = []
+        sheets: dict[str, bytes] = {}
         for cls, count in zip(dataset.classes, counts, strict=True):
             images = [item.open() for item in cls.images]
             pool, shown = None, []
@@ -104,12 +105,13 @@ def augment(
                 if len(shown) < SYNTHETIC_PER_SHEET:
                     shown.append(Image.open(io.BytesIO(image.png)))
                 generating(1)
-            writer.add_preview(cls.name, class_sheet(cls.name, images, shown))
+            sheets[cls.name] = class_sheet(cls.name, images, shown)
         classes = [
             {"index": c.index, "name": c.name, "images": len(c.images), "generated": n}
             for c, n in zip(dataset.classes, counts, strict=True)
         ]
         skipped = [{"path": s.path, "reason": s.reason} for s in dataset.skipped]
+        writer.add_previews(sheets)
         writer.finish(
             metadata,
             job_document(params, {"name": model.name, "revision": model.revision}, classes, skipped=skipped),

@@ -1,13 +1,15 @@
 """Preview sheets: a class's real images beside synthetic ones, in one PNG a person can look at before
-downloading an archive. Every archive carries one per class under `preview/`; the service stores them
-too, so its API can serve them alone."""
+downloading an archive. Every archive carries them in `preview.html`; the service stores them too, so
+its API can serve them alone."""
 
 from __future__ import annotations
 
+import base64
+import html
 import io
-import json
 import zipfile
 from collections.abc import Sequence
+from html.parser import HTMLParser
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -15,7 +17,8 @@ from PIL import Image, ImageDraw, ImageFont
 ROW_GAP = 4
 REAL_PER_SHEET = 6
 SYNTHETIC_PER_SHEET = 12
-PREVIEW_DIR = "preview/"
+PREVIEW_PAGE = "preview.html"
+DATA_URI = "data:image/png;base64,"
 
 
 def _fit(image: Image.Image, cell: int) -> Image.Image:
@@ -69,18 +72,43 @@ def class_sheet(class_name: str, real: Sequence[Image.Image], synthetic: Sequenc
     return buffer.getvalue()
 
 
-def preview_name(class_name: str) -> str:
-    """The sheet's path inside an archive (class names are folder names, so they are path-safe)."""
-    return f"{PREVIEW_DIR}{class_name}.png"
+def preview_page(sheets: dict[str, bytes]) -> bytes:
+    """One self-contained HTML page holding every class's sheet (PNG data URIs), in class order.
+
+    The archive carries this page rather than a `preview/` folder of PNGs: torchvision's ImageFolder
+    would read such a folder as one more class, and Hugging Face's imagefolder refuses image files that
+    metadata.jsonl does not list; a page at the root is invisible to both, and opens in any browser."""
+    parts = [
+        '<!doctype html>\n<html><head><meta charset="utf-8"><title>diffii preview</title></head>'
+        '<body style="font-family:sans-serif">\n'
+    ]
+    for name, png in sheets.items():
+        data = base64.b64encode(png).decode("ascii")
+        parts.append(
+            f"<h2>{html.escape(name)}</h2>\n"
+            f'<img data-class="{html.escape(name, quote=True)}" src="data:image/png;base64,{data}">\n'
+        )
+    parts.append("</body></html>\n")
+    return "".join(parts).encode("utf-8")
+
+
+class _Sheets(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sheets: dict[str, bytes] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        name, src = found.get("data-class"), found.get("src") or ""
+        if tag == "img" and name is not None and src.startswith(DATA_URI):
+            self.sheets[name] = base64.b64decode(src[len(DATA_URI) :])
 
 
 def archive_previews(archive: Path) -> dict[str, bytes]:
-    """The preview sheets an archive carries, by class name, in class order."""
+    """The preview sheets (PNG) an archive carries, by class name, in class order."""
     with zipfile.ZipFile(archive) as zf:
-        job = json.loads(zf.read("job.json"))
-        names = set(zf.namelist())
-        return {
-            c["name"]: zf.read(preview_name(c["name"]))
-            for c in job["classes"]
-            if preview_name(c["name"]) in names
-        }
+        if PREVIEW_PAGE not in zf.namelist():
+            return {}
+        parser = _Sheets()
+        parser.feed(zf.read(PREVIEW_PAGE).decode("utf-8"))
+    return parser.sheets

@@ -385,8 +385,7 @@ def package(ctx: ShardContext) -> list[str]:
         sheets = store_previews(ctx, job, classes)
         with ctx.storage.open_writer(key) as handle:
             writer = ArchiveWriter(handle)
-            for cls, sheet in zip(classes, sheets, strict=True):
-                writer.add_preview(cls["name"], sheet)
+            writer.add_previews({cls["name"]: sheet for cls, sheet in zip(classes, sheets, strict=True)})
             metadata = []
             for cls in classes:
                 for index in range(cls["generated"]):

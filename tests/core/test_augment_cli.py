@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from diffii_core.archive import is_synthetic_image
-
 FAST = ["--concept-steps", "4", "--inference-steps", "6", "--inversion-steps", "6", "--seed", "11"]
 
 
@@ -40,10 +38,10 @@ def test_archive_has_int_expansion_times_n_images_per_class_and_full_metadata(ar
         lines = [json.loads(x) for x in zf.read("metadata.jsonl").decode().splitlines()]
         job = json.loads(zf.read("job.json"))
         for cls in sample.classes:
-            pngs = [n for n in names if n.startswith(f"{cls.name}/") and is_synthetic_image(n)]
+            pngs = [n for n in names if n.startswith(f"{cls.name}/") and n.endswith(".png")]
             assert len(pngs) == int(1.5 * len(cls.images))
             assert Image.open(io.BytesIO(zf.read(pngs[0]))).size == (64, 64)
-    assert sorted(line["file_name"] for line in lines) == sorted(n for n in names if is_synthetic_image(n))
+    assert sorted(line["file_name"] for line in lines) == sorted(n for n in names if n.endswith(".png"))
     fields = {
         "file_name",
         "label",
@@ -66,18 +64,32 @@ def test_archive_has_int_expansion_times_n_images_per_class_and_full_metadata(ar
 
 
 def test_every_class_has_a_preview_sheet_and_diffii_preview_writes_them(archive, sample, tmp_path):
-    with zipfile.ZipFile(archive) as zf:
-        sheets = {n for n in zf.namelist() if n.startswith("preview/")}
-        assert sheets == {f"preview/{c.name}.png" for c in sample.classes}
-        for cls in sample.classes:
-            sheet = Image.open(io.BytesIO(zf.read(f"preview/{cls.name}.png")))
-            # A row of real images, then up to two rows of six synthetic ones, 96 px each.
-            rows = 1 + min(2, -(-int(1.5 * len(cls.images)) // 6))
-            assert sheet.format == "PNG" and sheet.height == rows * (96 + 4)
+    from diffii_core.preview import archive_previews
+
+    sheets = archive_previews(archive)
+    assert list(sheets) == [c.name for c in sample.classes]
+    for cls in sample.classes:
+        sheet = Image.open(io.BytesIO(sheets[cls.name]))
+        # A row of real images, then up to two rows of six synthetic ones, 96 px each.
+        rows = 1 + min(2, -(-int(1.5 * len(cls.images)) // 6))
+        assert sheet.format == "PNG" and sheet.height == rows * (96 + 4)
     done = run_cli("preview", archive, "--out", tmp_path / "sheets")
     written = sorted(Path(line).name for line in done.stdout.split())
     assert len(written) == len(sample.classes) and all(name.endswith(".png") for name in written)
-    assert run_cli("preview", tmp_path / "nope.zip", ok=False).returncode != 0
+    missing = run_cli("preview", tmp_path / "nope.zip", ok=False)
+    assert missing.returncode != 0 and "no such archive" in missing.stderr
+
+
+def test_the_archive_loads_as_an_image_folder(archive, sample):
+    """What torchvision's ImageFolder and Hugging Face's imagefolder read: every folder is a class,
+    every image lies one folder deep and is listed in metadata.jsonl (the previews are not images)."""
+    with zipfile.ZipFile(archive) as zf:
+        names = zf.namelist()
+        listed = {json.loads(x)["file_name"] for x in zf.read("metadata.jsonl").decode().splitlines()}
+    folders = {n.split("/")[0] for n in names if "/" in n}
+    assert folders == {c.name for c in sample.classes}
+    images = {n for n in names if Path(n).suffix.lower() in {".png", ".jpg", ".jpeg", ".webp", ".bmp"}}
+    assert images == listed and all(n.count("/") == 1 for n in images)
 
 
 def test_the_same_seed_gives_identical_bytes_with_another_batch_size(archive, sample_dir, tmp_path):
@@ -140,5 +152,5 @@ def test_undecodable_files_are_skipped_and_reported(tmp_path, sample_dir):
     done = run_cli("augment", source, "--out", out, *FAST, "--expansion", "2")
     assert "cat/b.png" in done.stderr
     with zipfile.ZipFile(out) as zf:
-        assert len([n for n in zf.namelist() if is_synthetic_image(n)]) == 4
+        assert len([n for n in zf.namelist() if n.endswith(".png")]) == 4
         assert "cat/b.png" in zf.read("job.json").decode()

@@ -5,15 +5,16 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from pathlib import Path
 
 import httpx
 
-from diffii_core.archive import is_synthetic_image
+from diffii_core.preview import archive_previews
 from tests.integration.conftest import EXPECTED_IMAGES, JOB_PARAMS, Cluster
 from tests.service_helpers import auth
 
 
-def test_whole_flow_over_http(cluster: Cluster, reference_images: dict[str, bytes]) -> None:
+def test_whole_flow_over_http(cluster: Cluster, reference_images: dict[str, bytes], tmp_path: Path) -> None:
     cluster.start_api()
     cluster.start_worker()
     key, other = cluster.new_key(), cluster.new_key()
@@ -56,16 +57,18 @@ def test_whole_flow_over_http(cluster: Cluster, reference_images: dict[str, byte
 
     with zipfile.ZipFile(io.BytesIO(archive.content)) as zf:
         names = zf.namelist()
-        pngs = [n for n in names if is_synthetic_image(n)]
+        pngs = [n for n in names if n.endswith(".png")]
         lines = [json.loads(line) for line in zf.read("metadata.jsonl").decode().splitlines()]
         document = json.loads(zf.read("job.json"))
-        previews = {n[len("preview/") : -len(".png")]: zf.read(n) for n in names if n.startswith("preview/")}
     assert len(pngs) == len(set(pngs)) == EXPECTED_IMAGES
     assert sorted(line["file_name"] for line in lines) == sorted(pngs)
     assert {line["label"] for line in lines} == {c["name"] for c in document["classes"]}
     assert document["params"]["seed"] == 7 and document["model"]["name"] == "tiny"
     # A preview sheet per class, in the archive and from the API alike.
-    assert sorted(previews) == sorted(served) == sorted(c["name"] for c in document["classes"])
+    archive_path = tmp_path / "archive.zip"
+    archive_path.write_bytes(archive.content)
+    previews = archive_previews(archive_path)
+    assert list(previews) == list(served) == [c["name"] for c in document["classes"]]
     for name, response in served.items():
         assert response.headers["content-type"] == "image/png" and response.content == previews[name]
 
