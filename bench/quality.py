@@ -3,6 +3,7 @@
 
     python bench/quality.py --setting quick --out results/quick     # <= 30 min on 2 cores
     python bench/quality.py --setting full --out results/full
+    python bench/quality.py --setting smoke --out /tmp/smoke       # the harness only, in minutes
 
 Writes OUT/results.md (the tables), OUT/results.json, and PNG plots; prints the tables as it goes.
 Nothing here is tuned to a hoped-for result: the settings are fixed below and the figures are what
@@ -46,9 +47,25 @@ class Setting:
     imbalances: tuple[float, ...]
     waterbirds: float | None
     split_ratios: tuple[float, ...]
+    long_tail_shots: int = 50  # the head class's images; the tail falls to long_tail_shots / imbalance
+    waterbirds_shots: int = 20
 
 
 SETTINGS = {
+    # The harness end to end in minutes, to try a change to it; its figures mean nothing.
+    "smoke": Setting(
+        classes=3,
+        shots=(2,),
+        seeds=2,
+        concept_steps=20,
+        epochs=2,
+        test_per_class=5,
+        imbalances=(4.0,),
+        waterbirds=0.9,
+        split_ratios=(0.0, 0.3),
+        long_tail_shots=8,
+        waterbirds_shots=4,
+    ),
     "quick": Setting(
         classes=5,
         shots=(5,),
@@ -265,7 +282,11 @@ def main() -> int:
             args.out,
             f"lt{r:g}",
             WorldDatasetSpec(
-                classes=setting.classes, shots=50, imbalance=r, seed=0, test_per_class=setting.test_per_class
+                classes=setting.classes,
+                shots=setting.long_tail_shots,
+                imbalance=r,
+                seed=0,
+                test_per_class=setting.test_per_class,
             ),
         )
         tables[f"long tail {r:g}"] = run_table(
@@ -277,7 +298,7 @@ def main() -> int:
             "waterbirds",
             WorldDatasetSpec(
                 classes=setting.classes,
-                shots=20,
+                shots=setting.waterbirds_shots,
                 waterbirds=setting.waterbirds,
                 seed=0,
                 test_per_class=setting.test_per_class,

@@ -77,3 +77,5 @@ for name, count in sorted(per_class.items()):
     print(f"demo:   {name}: {count} images")
 PY
 echo "demo: archive at $ARCHIVE"
+"$BIN/diffii" preview "$ARCHIVE" --out "$OUT_DIR/preview" >/dev/null
+echo "demo: preview sheets (real beside synthetic, one PNG per class) in $OUT_DIR/preview; all of them in preview.html inside the archive"

@@ -28,18 +28,24 @@ class TrainConfig:
 def load_backbone(directory: str | Path, num_classes: int, seed: int) -> nn.Module:
     """A pretrained image-classification model with a fresh head of `num_classes` (seeded)."""
     from transformers import AutoModelForImageClassification
+    from transformers.utils import logging as hf_logging
 
     path = Path(directory)
     if not (path / "config.json").exists():
         raise ModelError(f"backbone {directory} is not a transformers model directory (no config.json)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "head") % 2**31)
+        # The new head never matches the pretrained one; transformers reports that at length each time.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
         try:
             model = AutoModelForImageClassification.from_pretrained(
                 str(path), num_labels=num_classes, ignore_mismatched_sizes=True, local_files_only=True
             )
         except (OSError, ValueError) as exc:
             raise ModelError(f"backbone {directory} could not be loaded: {exc}") from exc
+        finally:
+            hf_logging.set_verbosity(verbosity)
     return model
 
 
