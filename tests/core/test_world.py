@@ -258,11 +258,6 @@ def test_vae_report_measures_a_checkpoint_before_any_unet(tmp_path: Path) -> Non
         vae_report(tmp_path / "nothing")
 
 
-SHIPPED = (Path(domain.__file__).parent / "pipeline" / "manifest.json").exists()
-ORACLE = (Path(domain.__file__).parent / "oracle" / "oracle.safetensors").exists()
-
-
-@pytest.mark.skipif(not SHIPPED, reason="the world model is not exported yet")
 def test_shipped_world_model_loads_through_the_sd_loader_and_matches_its_manifest() -> None:
     from diffii_core.models import load_model
     from diffii_core.world import shipped_pipeline
@@ -275,7 +270,6 @@ def test_shipped_world_model_loads_through_the_sd_loader_and_matches_its_manifes
     assert size <= 30 * 2**20
 
 
-@pytest.mark.skipif(not ORACLE, reason="the oracle is not trained yet")
 def test_shipped_oracle_gets_every_attribute_right_95_percent_on_a_fresh_seed() -> None:
     from diffii_core.world.oracle import evaluate_oracle, load_oracle
 
