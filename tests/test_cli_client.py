@@ -55,6 +55,14 @@ def dataset_dir(tmp_path: Path) -> Path:
     return root
 
 
+def _birds_zip(tmp_path: Path) -> Path:
+    archive = tmp_path / "birds.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, data in good_members().items():
+            zf.writestr(name, data)
+    return archive
+
+
 def run(command: Any, args: list[str], env: dict[str, str]) -> Any:
     return CliRunner().invoke(command, args, env=env, catch_exceptions=False)
 
@@ -159,10 +167,7 @@ def test_submit_wait_polls_and_downloads_the_archive(
 def test_download_and_submit_of_an_archive_file(
     client_env: dict[str, str], live_api: tuple[str, Any], pg_session_factory: Any, tmp_path: Path
 ) -> None:
-    archive = tmp_path / "birds.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        for name, data in good_members().items():
-            zf.writestr(name, data)
+    archive = _birds_zip(tmp_path)
     submitted = run(submit, [str(archive), "--seed", "5"], client_env)
     assert submitted.exit_code == 0, submitted.output
     job_id = submitted.stdout.strip().splitlines()[-1]
@@ -232,10 +237,7 @@ def test_preview_of_a_job_writes_its_sheets(
 ) -> None:
     from services.cli.preview import preview
 
-    archive = tmp_path / "birds.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        for name, data in good_members().items():
-            zf.writestr(name, data)
+    archive = _birds_zip(tmp_path)
     job_id = run(submit, [str(archive)], client_env).stdout.strip().splitlines()[-1]
     early = run(preview, [job_id, "--out", str(tmp_path / "early")], client_env)
     assert early.exit_code == 1 and "server said 409" in early.output

@@ -230,13 +230,7 @@ def get_archive(
     """Redirect to the synthetic dataset archive (zip) once the job has succeeded."""
     job = owned_job(session, owner_id, job_id)
     if job.archive_key is None:
-        if job.expired_at is not None:
-            detail = f"job {job.id}'s archive was removed on {job.expired_at:%Y-%m-%d} (retention)"
-        elif job.status in TERMINAL_JOB_STATUSES:
-            detail = f"job {job.id} ended {job.status.value} without an archive"
-        else:
-            detail = f"the archive is not ready: job {job.id} is {job.status.value}"
-        raise HTTPException(status.HTTP_409_CONFLICT, detail)
+        raise _not_there(job, "archive was", "without an archive", "the archive is not ready")
     url = storage.presigned_url(
         job.archive_key, expires=settings.presign_ttl, filename=f"diffii-{job.id}.zip"
     )
@@ -253,14 +247,21 @@ def _stored_previews(storage: Storage, job: Job) -> list[PreviewOut]:
     ]
 
 
-def _no_preview(job: Job) -> HTTPException:
+def _not_there(job: Job, removed: str, ended: str, pending: str) -> HTTPException:
+    """409 for an artifact a job has not (or no longer) got, saying why."""
     if job.expired_at is not None:
-        detail = f"job {job.id}'s images were removed on {job.expired_at:%Y-%m-%d} (retention)"
+        detail = f"job {job.id}'s {removed} removed on {job.expired_at:%Y-%m-%d} (retention)"
     elif job.status in TERMINAL_JOB_STATUSES:
-        detail = f"job {job.id} ended {job.status.value} with no preview sheets stored"
+        detail = f"job {job.id} ended {job.status.value} {ended}"
     else:
-        detail = f"the previews are made when generation ends: job {job.id} is {job.status.value}"
+        detail = f"{pending}: job {job.id} is {job.status.value}"
     return HTTPException(status.HTTP_409_CONFLICT, detail)
+
+
+def _no_preview(job: Job) -> HTTPException:
+    return _not_there(
+        job, "images were", "with no preview sheets stored", "the previews are made when generation ends"
+    )
 
 
 PREVIEW_CONFLICT = {409: {"model": Problem, "description": "the previews do not exist (yet)"}}
