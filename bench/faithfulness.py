@@ -10,40 +10,28 @@ the `diffii_faithfulness` gate of `diffii world check`, which runs lr 1e-3, 300 
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
 import json
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from diffii_core.augment import augment
 from diffii_core.methods import REGISTRY
 from diffii_core.params import JobParams
 from diffii_core.world import domain
 from diffii_core.world.datasets import WorldDatasetSpec, write_world_dataset
-from diffii_core.world.oracle import HEADS, load_oracle, predict, to_batch
+from diffii_core.world.oracle import attribute_accuracy, load_oracle, predict, to_batch
+from diffii_core.world.sheets import archive_images
 
 
 def per_attribute(archive: Path) -> dict[str, float]:
-    images, species = [], []
-    with zipfile.ZipFile(archive) as zf:
-        for line in zf.read("metadata.jsonl").decode().splitlines():
-            record = json.loads(line)
-            images.append(Image.open(io.BytesIO(zf.read(record["file_name"]))).convert("RGB"))
-            species.append(domain.species_by_name(record["label"]))
-    pred = predict(load_oracle(), to_batch(images))
-    every = torch.ones(len(species), dtype=torch.bool)
-    out = {}
-    for name in domain.ATTRIBUTES:
-        right = pred[name] == torch.tensor([HEADS[name].index(s.attributes[name]) for s in species])
-        every &= right
-        out[name] = round(float(right.float().mean()), 3)
-    out["all"] = round(float(every.float().mean()), 3)
-    return out
+    made = archive_images(archive)
+    images = [image for class_images in made.values() for image in class_images]
+    species = [domain.species_by_name(name) for name, class_images in made.items() for _ in class_images]
+    accuracy = attribute_accuracy(predict(load_oracle(), to_batch(images)), species)
+    return {name: round(value, 3) for name, value in accuracy.items()}
 
 
 def main() -> int:

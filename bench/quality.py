@@ -15,9 +15,7 @@ import argparse
 import json
 import statistics
 import time
-import zipfile
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -126,18 +124,14 @@ def faithfulness_and_diversity(archive: Path | None, data: Path) -> tuple[float 
     """Oracle share of images whose attributes are their label's, and mean pairwise pixel distance within
     a class (real images when `archive` is None)."""
     from diffii_core.world.oracle import attributes_right, load_oracle, predict, to_batch
+    from diffii_core.world.sheets import archive_images
 
     by_class: dict[str, list[Image.Image]] = {}
     if archive is None:
         for folder in sorted((data / "train").iterdir()):
             by_class[folder.name] = [Image.open(p).convert("RGB") for p in sorted(folder.iterdir())]
     else:
-        with zipfile.ZipFile(archive) as zf:
-            for line in zf.read("metadata.jsonl").decode().splitlines():
-                r = json.loads(line)
-                by_class.setdefault(r["label"], []).append(
-                    Image.open(BytesIO(zf.read(r["file_name"]))).convert("RGB")
-                )
+        by_class = archive_images(archive)
     distances = []
     for images in by_class.values():
         x = to_batch(images).flatten(1)

@@ -12,7 +12,6 @@ from diffii_core.methods import REGISTRY, ShareRequest
 from diffii_core.models import LoadedModel
 from diffii_core.output import GeneratedImage, image_id
 from diffii_core.params import JobParams
-from diffii_core.sampling import sample_two_stage
 
 if TYPE_CHECKING:
     import torch
@@ -20,8 +19,7 @@ if TYPE_CHECKING:
 
     from diffii_core.classifier import FeatureClassifier
 
-# sample_two_stage lives in diffii_core.sampling; callers of its old home (the world check) keep working.
-__all__ = ["GeneratedImage", "generate_share", "image_id", "sample_two_stage"]
+__all__ = ["GeneratedImage", "generate_share", "image_id"]
 
 
 def generate_share(

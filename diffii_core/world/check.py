@@ -3,18 +3,14 @@ images the model made through the engine's own paths (VAE, sampling, inversion, 
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from diffii_core.ddim import denoise_timesteps
 from diffii_core.images import decode_latents, encode_images
@@ -94,10 +90,11 @@ def diffii_faithfulness(
     """Share of Diff-II images of a 5-shot, 5-class evaluation dataset whose attributes are their class's."""
     from diffii_core.augment import augment
     from diffii_core.world.datasets import WorldDatasetSpec, write_world_dataset
+    from diffii_core.world.sheets import archive_images
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        body = write_world_dataset(data, WorldDatasetSpec(classes=5, shots=5, seed=seed, test_per_class=1))
+        write_world_dataset(data, WorldDatasetSpec(classes=5, shots=5, seed=seed, test_per_class=1))
         params = JobParams.model_validate(
             {
                 "model": "world",
@@ -109,13 +106,9 @@ def diffii_faithfulness(
         )
         say(f"diffii faithfulness: augment 5 classes x 5 shots, {concept_steps} concept steps")
         augment(data / "train", Path(tmp) / "out.zip", params, registry=model_registry, batch_size=16)
-        by_name = {c["name"]: domain.species_by_name(c["name"]) for c in body["classes"]}
-        images, species = [], []
-        with zipfile.ZipFile(Path(tmp) / "out.zip") as zf:
-            for line in zf.read("metadata.jsonl").decode().splitlines():
-                record = json.loads(line)
-                images.append(Image.open(BytesIO(zf.read(record["file_name"]))).convert("RGB"))
-                species.append(by_name[record["label"]])
+        made = archive_images(Path(tmp) / "out.zip")
+    images = [image for class_images in made.values() for image in class_images]
+    species = [domain.species_by_name(name) for name, class_images in made.items() for _ in class_images]
     return float(attributes_right(predict(oracle, to_batch(images)), species).float().mean())
 
 
@@ -179,7 +172,7 @@ def run_checks(
 def vae_report(work_dir: Path, *, samples: int = 400, seed: int = 99) -> dict[str, float]:
     """The VAE gate on a training checkpoint, before any UNet is trained on its latents: PSNR and the
     oracle on reconstructions of evaluation-species images (all four attributes, and each one)."""
-    from diffii_core.world.oracle import HEADS
+    from diffii_core.world.oracle import attribute_accuracy
     from diffii_core.world.train import Recipe, _load_checkpoint, centred_vae
 
     state = _load_checkpoint(work_dir / "vae.pt")
@@ -194,14 +187,11 @@ def vae_report(work_dir: Path, *, samples: int = 400, seed: int = 99) -> dict[st
             [vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1) for x in real.split(100)]
         )
     oracle = load_oracle()
-    pred = predict(oracle, recon)
-    report = {
+    accuracy = attribute_accuracy(predict(oracle, recon), species)
+    return {
         "vae_steps": float(state["step"]),
         "psnr_db": float(10 * torch.log10(4 / ((recon - real) ** 2).mean())),
         "oracle_on_real": float(attributes_right(predict(oracle, real), species).float().mean()),
-        "vae_attribute_accuracy": float(attributes_right(pred, species).float().mean()),
+        "vae_attribute_accuracy": accuracy.pop("all"),
+        **{f"{name}_accuracy": value for name, value in accuracy.items()},
     }
-    for name in domain.ATTRIBUTES:
-        want = torch.tensor([HEADS[name].index(s.attributes[name]) for s in species])
-        report[f"{name}_accuracy"] = float((pred[name] == want).float().mean())
-    return report

@@ -132,6 +132,16 @@ def attributes_right(pred: dict[str, torch.Tensor], species: Sequence[domain.Spe
     return ok
 
 
+def attribute_accuracy(pred: dict[str, torch.Tensor], species: Sequence[domain.Species]) -> dict[str, float]:
+    """Share of images with each attribute of `species[i]` right, and with all four ("all")."""
+    report = {}
+    for name in domain.ATTRIBUTES:
+        want = torch.tensor([HEADS[name].index(s.attributes[name]) for s in species])
+        report[name] = float((pred[name] == want).float().mean())
+    report["all"] = float(attributes_right(pred, species).float().mean())
+    return report
+
+
 def evaluate_oracle(model: Oracle, *, seed: int, count: int = 4000) -> dict[str, float]:
     """Accuracy on fresh real images (a seed the oracle never trained on)."""
     x, y = render_labelled(seed + 10_000, count)
