@@ -110,7 +110,7 @@ def make_archive(
         "method": method,
         "metaclass": domain.METACLASS,
         "seed": 0,
-        "concepts": {"steps": setting.concept_steps, "batch_size": 8, "learning_rate": 1e-3},
+        "concepts": {"steps": setting.concept_steps},  # the rest from the world's quick preset
         **(extra or {}),
     }
     concepts_dir = work / ("concepts-shared" if method in SHARED_CONCEPTS else f"concepts-{method}")

@@ -31,6 +31,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+# A model's own quick recipe, over the preset's. The world model's UNet is small (attention 64 wide)
+# and its trials learn concepts in a few hundred steps, not the published 35,000 at 5e-5: its tokens
+# take the usual textual-inversion rate and its LoRA the usual LoRA rate. With one rate of 1e-3 for
+# both, the LoRA overdrew the images under CFG 7.5 (bench/faithfulness.py; README, "The diffii world").
+MODEL_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
+    ("world", "quick"): {
+        "concepts": {"steps": 300, "batch_size": 8, "learning_rate": 5e-3, "lora_learning_rate": 1e-4}
+    },
+}
+
 
 def uses_concepts(method: str) -> bool:
     """Whether a method needs learned concepts (tokens, with or without LoRA)."""
@@ -49,7 +59,15 @@ class ConceptParams(BaseModel):
     tokens_per_class: int = Field(
         1, ge=1, le=16, description="learned placeholder tokens per class (default: the method's)"
     )
-    learning_rate: float = Field(5e-5, gt=0, le=1.0, description="AdamW learning rate (LoRA and tokens)")
+    learning_rate: float = Field(
+        5e-5, gt=0, le=1.0, description="AdamW learning rate of the tokens, and of the LoRA unless set apart"
+    )
+    lora_learning_rate: float | None = Field(
+        None,
+        gt=0,
+        le=1.0,
+        description="AdamW learning rate of the LoRA; default: learning_rate (published: one rate for both)",
+    )
     batch_size: int = Field(2, ge=1, le=64, description="training images per forward pass")
     gradient_accumulation: int = Field(
         4, ge=1, le=64, description="passes per optimiser step (published: 2 x 4 = an effective batch of 8)"
@@ -166,7 +184,8 @@ class JobParams(BaseModel):
         if isinstance(concepts, ConceptParams):
             concepts = concepts.model_dump(exclude_unset=True)
         if isinstance(concepts, dict):
-            concepts = {**values["concepts"], "tokens_per_class": method.tokens_per_class, **concepts}
+            own = MODEL_PRESETS.get((model, preset), {}).get("concepts", {}) if isinstance(model, str) else {}
+            concepts = {**values["concepts"], **own, "tokens_per_class": method.tokens_per_class, **concepts}
             data["concepts"] = concepts
         return data
 

@@ -182,9 +182,10 @@ def learn_concepts(
     original = embedding.weight.detach().clone()
     keep = torch.ones(original.shape[0], dtype=torch.bool)
     keep[ids] = False
-    optimizer = torch.optim.AdamW(
-        [*lora_params, embedding.weight], lr=cfg.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2
-    )
+    groups: list[dict[str, Any]] = [{"params": [embedding.weight]}]
+    if lora_params:
+        groups.append({"params": lora_params, "lr": cfg.lora_learning_rate or cfg.learning_rate})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2)
     run = _Run(model, params, Schedule.from_config(model.scheduler_config), autocast_mode(cfg, model.device))
     scaler = torch.amp.GradScaler(model.device.type, enabled=run.precision == "fp16")
     gen = generator(params.seed, "concept-learning")

@@ -84,10 +84,9 @@ def reconstruct_from_inversion(model: LoadedModel, pixels: torch.Tensor, prompts
     return np.concatenate(out)
 
 
-def diffii_faithfulness(
-    model_registry: dict[str, str], oracle: Oracle, seed: int, say: Say, concept_steps: int = 300
-) -> float:
-    """Share of Diff-II images of a 5-shot, 5-class evaluation dataset whose attributes are their class's."""
+def diffii_faithfulness(model_registry: dict[str, str], oracle: Oracle, seed: int, say: Say) -> float:
+    """Share of Diff-II images of a 5-shot, 5-class evaluation dataset whose attributes are their class's,
+    made with the world's defaults (its quick preset)."""
     from diffii_core.augment import augment
     from diffii_core.world.datasets import WorldDatasetSpec, write_world_dataset
     from diffii_core.world.sheets import archive_images
@@ -96,15 +95,9 @@ def diffii_faithfulness(
         data = Path(tmp) / "data"
         write_world_dataset(data, WorldDatasetSpec(classes=5, shots=5, seed=seed, test_per_class=1))
         params = JobParams.model_validate(
-            {
-                "model": "world",
-                "metaclass": domain.METACLASS,
-                "seed": seed,
-                "expansion": 4,
-                "concepts": {"steps": concept_steps, "batch_size": 8, "learning_rate": 1e-3},
-            }
+            {"model": "world", "metaclass": domain.METACLASS, "seed": seed, "expansion": 4}
         )
-        say(f"diffii faithfulness: augment 5 classes x 5 shots, {concept_steps} concept steps")
+        say(f"diffii faithfulness: augment 5 classes x 5 shots, {params.concepts.steps} concept steps")
         augment(data / "train", Path(tmp) / "out.zip", params, registry=model_registry, batch_size=16)
         made = archive_images(Path(tmp) / "out.zip")
     images = [image for class_images in made.values() for image in class_images]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from dataclasses import dataclass
 from functools import cache
 
@@ -82,8 +83,10 @@ class Species:
 
     @property
     def name(self) -> str:
-        """A readable folder name: the attribute values in order."""
-        return f"{self.body}-{self.wing}-{self.crest}-{self.tail}"
+        """The folder name: the description's words joined by `_`, as CUB's folders are
+        (`purple_bird_with_brown_wings_a_spiky_crest_and_a_forked_tail`), so that the methods which
+        prompt the base model with a class's readable name give it words its captions taught it."""
+        return "_".join(re.findall(r"\w+", self.description()))
 
     def description(self) -> str:
         crest = "no crest" if self.crest == "no" else f"a {self.crest} crest"

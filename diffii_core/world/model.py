@@ -73,13 +73,17 @@ TEXT_CONFIG: dict[str, Any] = {
 # apply unchanged.
 SCHEDULER_CONFIG: dict[str, Any] = {"_class_name": "DDIMScheduler", **TINY_SCHEDULER_CONFIG}
 
-_EXTRA_WORDS = ["a", "an", "the", "of", "photo", "picture", "image", "in", "on", "with", "and", "no", "bird"]
+# "-" joined the attributes of the first species names; it stays so that the shipped tokenizer and a
+# freshly built one keep the same vocabulary.
+_EXTRA_WORDS = [
+    "a", "an", "the", "of", "photo", "picture", "image", "in", "on", "with", "and", "no", "bird", "-",
+]  # fmt: skip
 
 
 def vocabulary() -> list[str]:
-    """Every word the world's captions, species names and default suffixes use."""
+    """Every word the world's captions and default suffixes use (a species' readable name is its
+    description's words)."""
     texts = [domain.caption(s, c) for s in domain.all_species() for c in range(len(domain.CONTEXTS))]
-    texts += [s.name for s in domain.all_species()]
     texts += [suffix for suffixes in DEFAULT_SUFFIXES.values() for suffix in suffixes]
     words: set[str] = set(_EXTRA_WORDS)
     for text in texts:

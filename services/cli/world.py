@@ -227,9 +227,11 @@ def sheet(out: Path, what: str, rows: int, seed: int) -> None:
 @click.argument("out", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--classes", type=click.IntRange(min=2), default=5, show_default=True)
 @click.option("--shots", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option("--concept-steps", type=click.IntRange(min=0), default=300, show_default=True)
+@click.option(
+    "--concept-steps", type=click.IntRange(min=0), help="concept-learning steps [default: the world preset's]"
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-def demo(out: Path, classes: int, shots: int, concept_steps: int, seed: int) -> None:
+def demo(out: Path, classes: int, shots: int, concept_steps: int | None, seed: int) -> None:
     """Diff-II on a small world dataset with the world model: OUT/data, OUT/synthetic.zip, OUT/sheet.png."""
     from diffii_core.augment import augment
     from diffii_core.params import JobParams
@@ -246,7 +248,7 @@ def demo(out: Path, classes: int, shots: int, concept_steps: int, seed: int) -> 
             "model": "world",
             "metaclass": "bird",
             "seed": seed,
-            "concepts": {"steps": concept_steps, "batch_size": 8, "learning_rate": 1e-3},
+            **({"concepts": {"steps": concept_steps}} if concept_steps is not None else {}),
         }
     )
     summary = augment(data / "train", out / "synthetic.zip", params, batch_size=16)

@@ -168,6 +168,23 @@ def test_bf16_autocast_keeps_trainable_weights_fp32_and_learns(sample, fresh_mod
     assert any(torch.count_nonzero(v) for k, v in concepts.lora.items() if "lora_B" in k)  # B moved from 0
 
 
+def test_the_lora_takes_its_own_learning_rate_and_the_tokens_theirs(sample):
+    """lora_learning_rate moves the LoRA alone: at a rate 10^6 times smaller, B barely leaves zero while
+    the placeholder rows move exactly as with the shared rate."""
+    shared = learn_concepts(load_model("tiny"), sample, _params(3))
+    apart = learn_concepts(load_model("tiny"), sample, _params(3, lora_learning_rate=3e-9))
+    b_shared = max(float(v.abs().max()) for k, v in shared.lora.items() if "lora_B" in k)
+    b_apart = max(float(v.abs().max()) for k, v in apart.lora.items() if "lora_B" in k)
+    assert b_shared > 1e-3 and b_apart < 1e-7
+    assert set(apart.embeddings) == set(shared.embeddings)
+    # B starts at 0, so the first step's row update cannot depend on the LoRA's rate.
+    first_shared = learn_concepts(load_model("tiny"), sample, _params(1))
+    first_apart = learn_concepts(load_model("tiny"), sample, _params(1, lora_learning_rate=3e-9))
+    assert all(
+        torch.equal(first_shared.embeddings[t], first_apart.embeddings[t]) for t in first_apart.embeddings
+    )
+
+
 def test_clipping_covers_the_lora_only_not_the_placeholder_rows(sample):
     """With a clip far below the gradient norm, clipped rows would barely move (their gradient falls
     under AdamW's eps); the published scripts clip the LoRA only, so the rows move ~lr per step."""

@@ -62,6 +62,23 @@ def test_real_models_default_to_the_published_recipe_and_tiny_to_the_quick_one()
     assert again == real
 
 
+def test_the_world_model_has_its_own_quick_concept_recipe_and_explicit_values_win():
+    world = JobParams(model="world")
+    assert world.preset == "quick" and world.concepts.steps == 300 and world.concepts.batch_size == 8
+    assert (world.concepts.learning_rate, world.concepts.lora_learning_rate) == (5e-3, 1e-4)
+    mine = JobParams(model="world", concepts={"learning_rate": 1e-3, "steps": 50})
+    assert (mine.concepts.learning_rate, mine.concepts.steps, mine.concepts.lora_learning_rate) == (
+        1e-3,
+        50,
+        1e-4,
+    )
+    published = JobParams(model="world", preset="published")
+    assert published.concepts.steps == 35_000 and published.concepts.lora_learning_rate is None
+    assert JobParams(model="tiny").concepts.lora_learning_rate is None  # one rate, as published
+    # A stored job reads back alike.
+    assert JobParams.model_validate(world.model_dump()) == world
+
+
 def test_baselines_default_to_dpm_solver_and_diff_ii_to_ddim():
     assert JobParams(method="diff-ii").sampler == "ddim"
     for method in METHODS:

@@ -66,6 +66,25 @@ def test_caption_names_exactly_the_drawn_attributes_and_context(species: domain.
         assert tokenizer.convert_tokens_to_ids(UNK) not in ids and len(ids) <= tokenizer.model_max_length
 
 
+def test_class_folders_read_as_the_captions_do() -> None:
+    """Methods that prompt the base model with a class's readable folder name (real-guidance,
+    real-mix) give the world model the words its captions taught it, as CUB's names do SD."""
+    from diffii_core.prompts import name_prompt, readable_name
+    from diffii_core.world.model import UNK, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    species = domain.all_species()
+    assert len({s.name for s in species}) == len(species)
+    shipped = json.loads((Path(domain.__file__).parent / "pipeline/tokenizer/tokenizer.json").read_text())
+    assert set(tokenizer.get_vocab()) == set(shipped["model"]["vocab"])
+    for s in species[::7]:
+        name = readable_name(s.name)
+        assert name.split() == re.findall(r"\w+", s.description())
+        ids = tokenizer(name_prompt(name, domain.METACLASS)).input_ids
+        assert tokenizer.convert_tokens_to_ids(UNK) not in ids
+        assert domain.species_by_name(s.name) == s
+
+
 def test_pick_classes_is_fine_grained_and_seeded() -> None:
     a, b = pick_classes(8, seed=3), pick_classes(8, seed=3)
     assert a == b and len(set(a)) == 8
