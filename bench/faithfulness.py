@@ -7,7 +7,12 @@ On a 5-class, 5-shot world dataset, for each (token lr, LoRA lr, steps) it learn
 makes 4 images per real image at every guidance scale and prints the oracle's share of images whose
 body, wing, crest and tail (and all four) are their class's: one line per setting. What is not given
 comes from the world's quick preset, which is what the `diffii_faithfulness` gate of `diffii world
-check` runs (dataset seed 0, CFG 7.5)."""
+check` runs (dataset seed 0, CFG 7.5).
+
+`--starts` also tells where Diff-II loses faithfulness: with the same learned concepts, prompts and
+guidance, it denoises from each class's DDIM inversions themselves (phi = 0: what inversion keeps), from
+fresh Gaussian noise (what the concept alone carries) and from Diff-II's own circle points, and prints
+one line per start."""
 
 from __future__ import annotations
 
@@ -36,6 +41,59 @@ def per_attribute(archive: Path) -> dict[str, float]:
     return {name: round(value, 3) for name, value in accuracy.items()}
 
 
+def by_start(data: Path, concepts_dir: Path, params: JobParams) -> dict[str, dict[str, float]]:
+    """Oracle accuracy of images denoised from three starts, everything else equal (see --starts)."""
+    from diffii_core.concepts import Concepts, concepts_applied
+    from diffii_core.dataset import DatasetLimits, load_dataset
+    from diffii_core.images import decode_latents
+    from diffii_core.inversion import invert_class
+    from diffii_core.methods.circle import plan_diff_ii
+    from diffii_core.models import load_model
+    from diffii_core.prompts import concept_prompt, encode_prompts
+    from diffii_core.sampling import sample_two_stage
+    from diffii_core.suffixes import suffixes_for
+    from diffii_core.world.check import _pixels
+
+    model, dataset = load_model("world"), load_dataset(data / "train", DatasetLimits())
+    concepts, suffixes = Concepts.load(concepts_dir), suffixes_for(params.metaclass, params.suffixes)
+    made: dict[str, list[torch.Tensor]] = {"inversion": [], "noise": [], "circle": []}
+    species = []
+    with concepts_applied(model, concepts):
+        uncond = encode_prompts(model, [""])
+        for cls in dataset.classes:
+            pool = invert_class(model, concepts, [i.open() for i in cls.images], cls.name, params)
+            names = [str(i) for i in range(len(pool))]
+            plans = [plan_diff_ii(pool, names, suffixes, params, cls.name, i) for i in range(4 * len(pool))]
+            plain = concept_prompt(concepts.tokens[cls.name], params.metaclass)
+            hidden = encode_prompts(model, [plain] + [f"{plain} {p.suffix}" for p in plans])
+            starts = {
+                "inversion": [pool[i % len(pool)] for i in range(len(plans))],
+                "noise": [
+                    torch.randn(pool.shape[1:], generator=torch.Generator().manual_seed(p.seed))
+                    for p in plans
+                ],
+                "circle": [p.latent for p in plans],
+            }
+            for name, latents in starts.items():
+                out = sample_two_stage(
+                    model,
+                    torch.stack(latents),
+                    hidden[:1].expand(len(plans), -1, -1),
+                    hidden[1:],
+                    uncond,
+                    params,
+                )
+                made[name].append(_pixels(decode_latents(model, out)))
+            species += [domain.species_by_name(cls.name)] * len(plans)
+    oracle = load_oracle()
+    return {
+        name: {
+            k: round(v, 3) for k, v in attribute_accuracy(predict(oracle, torch.cat(images)), species).items()
+        }
+        for name, images in made.items()
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", default="diff-ii", choices=sorted(REGISTRY))
@@ -44,6 +102,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, nargs="+", default=[None])
     parser.add_argument("--cfg", type=float, nargs="+", default=[7.5])
     parser.add_argument("--dataset-seed", type=int, default=0)
+    parser.add_argument("--starts", action="store_true", help="also by start: inversion, noise, circle")
     parser.add_argument("--out", type=Path, help="keep datasets, concepts and archives here")
     args = parser.parse_args()
     torch.set_flush_denormal(True)  # this process only: about 3x faster small networks on CPU
@@ -74,6 +133,9 @@ def main() -> int:
             archive = root / f"{tag}-cfg{cfg:g}.zip"
             augment(data / "train", archive, params, batch_size=16, concepts_dir=root / f"concepts-{tag}")
             print(f"{tag} cfg {cfg:g}: {json.dumps(per_attribute(archive))}", flush=True)
+            if args.starts and args.method == "diff-ii":
+                for start, figures in by_start(data, root / f"concepts-{tag}", params).items():
+                    print(f"{tag} cfg {cfg:g} from {start}: {json.dumps(figures)}", flush=True)
     return 0
 
 

@@ -87,6 +87,7 @@ def test_submit_folder_with_options_then_status_jobs_cancel(
 ) -> None:
     options = ["--metaclass", "bird", "--expansion", "2", "--suffix", "in snow", "--suffix", "at dusk"]
     options += ["--seed", "7", "--concept-steps", "10", "--lora-rank", "4", "--learning-rate", "0.001"]
+    options += ["--lora-learning-rate", "0.0002"]
     result = run(submit, [str(dataset_dir), *options], client_env)
     assert result.exit_code == 0, result.output
     job_id = result.stdout.strip().splitlines()[-1]
@@ -97,6 +98,7 @@ def test_submit_folder_with_options_then_status_jobs_cancel(
     assert params["suffixes"] == ["in snow", "at dusk"]
     assert params["concepts"]["steps"] == 10 and params["concepts"]["lora_rank"] == 4
     assert params["concepts"]["learning_rate"] == 0.001
+    assert params["concepts"]["lora_learning_rate"] == 0.0002
 
     shown = run(status, [job_id], client_env)
     assert shown.exit_code == 0 and f"job {job_id}: queued" in shown.output

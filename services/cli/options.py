@@ -88,7 +88,8 @@ JOB_OPTIONS: list[Callable[[F], F]] = [
     click.option("--concept-steps", type=int, help="concept-learning optimiser steps"),
     click.option("--lora-rank", type=int, help="LoRA rank"),
     click.option("--tokens-per-class", type=int, help="learned tokens per class"),
-    click.option("--learning-rate", type=float, help="concept-learning rate"),
+    click.option("--learning-rate", type=float, help="concept-learning rate (the LoRA too, unless set)"),
+    click.option("--lora-learning-rate", type=float, help="concept-learning rate of the LoRA apart"),
     click.option("--concept-batch-size", type=int, help="concept-learning images per pass"),
     click.option("--gradient-accumulation", type=int, help="concept-learning passes per optimiser step"),
     click.option(
@@ -122,6 +123,7 @@ CONCEPT_FIELDS = {
     "lora_rank": "lora_rank",
     "tokens_per_class": "tokens_per_class",
     "learning_rate": "learning_rate",
+    "lora_learning_rate": "lora_learning_rate",
     "concept_batch_size": "batch_size",
     "gradient_accumulation": "gradient_accumulation",
     "concept_sampling": "sampling",
