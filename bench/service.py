@@ -176,6 +176,9 @@ def main() -> None:
     parser.add_argument("--load", action="store_true", help="status-poll latency under a fixed request rate")
     parser.add_argument("--rate", type=float, default=200.0, help="--load: requests per second")
     parser.add_argument("--seconds", type=float, default=30.0, help="--load: duration")
+    parser.add_argument(
+        "--api-workers", type=int, default=1, help="--load: uvicorn processes (serve --workers)"
+    )
     parser.add_argument("--scale", action="store_true", help="scale-out efficiency on simulated compute")
     parser.add_argument("--workers", default="1,2,4,8", help="--scale: worker counts")
     parser.add_argument("--per-image", type=float, default=0.5, help="--scale: simulated seconds per image")
@@ -243,10 +246,11 @@ def load_and_scale(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     from bench.load_scale import run_load, run_scale
 
     if args.load:
-        figures = run_load(args.database_url, args.broker_url, args.rate, args.seconds)
+        figures = run_load(args.database_url, args.broker_url, args.rate, args.seconds, args.api_workers)
         print(
-            f"status poll at {args.rate:g}/s for {args.seconds:g}s while a job runs: "
-            f"achieved {figures['achieved_rate']}/s, errors {figures['errors']}, "
+            f"status poll at {args.rate:g}/s for {args.seconds:g}s while a job runs "
+            f"({args.api_workers} API process{'es' if args.api_workers > 1 else ''}): "
+            f"achieved {figures['achieved_rate']}/s, errors {figures['errors']} {figures['failures'] or ''}, "
             f"p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms (target p99 < 50 ms)"
         )
     if args.scale:
