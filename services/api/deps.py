@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -22,13 +23,23 @@ def get_storage(request: Request) -> Storage:
     return request.app.state.storage
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """A session per request; the endpoint commits what it means to keep."""
-    session = request.app.state.session_factory()
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """A session per request; the endpoint commits what it means to keep. GET and HEAD read only
+    and get an autocommit session (db.make_read_session_factory).
+
+    Async, though the endpoints are not: making a Session does no I/O (it connects at its first
+    query, in the endpoint's thread), so only the close needs a thread, one hop instead of two for
+    a sync generator. The status poll is the API's hottest path."""
+    state = request.app.state
+    factory = state.read_session_factory if request.method in READ_METHODS else state.session_factory
+    session = factory()
     try:
         yield session
     finally:
-        session.close()
+        await run_in_threadpool(session.close)
 
 
 def _unauthorized(detail: str) -> HTTPException:
