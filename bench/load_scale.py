@@ -26,6 +26,8 @@ from typing import Any
 
 import httpx
 
+from services.common.pdeathsig import die_with_parent
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = "from services.cli.main import main; main()"
 SIM_PARAMS = {"model": "tiny", "seed": 1, "expansion": 5, "concepts": {"steps": 0}, "inference_steps": 2,
@@ -53,8 +55,10 @@ class Service:
 
     def spawn(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.tmp / f"{name}.log").open("wb")
+        # Own session (a signal meant for the bench does not hit them), but gone with the bench even
+        # when it is killed: a timed-out run left its API and workers behind on the shared database.
         proc = subprocess.Popen(argv, env=env or self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+                                start_new_session=True, preexec_fn=die_with_parent)  # fmt: skip
         self.procs.append(proc)
         return proc
 

@@ -36,6 +36,8 @@ from pathlib import Path
 import httpx
 from processes import CLI, ROOT, create_key, free_port, wait_http
 
+from services.common.pdeathsig import die_with_parent  # processes put this tree on sys.path
+
 SIZES = {
     # expansion, concept steps, inference steps, inversion steps
     "quick": (2.0, 30, 25, 50),
@@ -71,6 +73,7 @@ def run_service(dataset: Path, out: Path, opts: dict[str, object], env: dict[str
     up = subprocess.Popen(
         [sys.executable, "-c", CLI, "up", "--port", str(port)],
         env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=die_with_parent,  # a killed bench leaves no `diffii up` behind
     )  # fmt: skip
     try:
         wait_http(f"{url}/readyz", up, home / "up.log")
