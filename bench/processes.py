@@ -12,6 +12,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = "from services.cli.main import main; main()"
+if str(ROOT) not in sys.path:  # run as `python bench/x.py`: this tree's services, not an installed one
+    sys.path.insert(0, str(ROOT))
 
 
 def free_port() -> int:

@@ -27,6 +27,8 @@ from pathlib import Path
 import httpx
 from processes import CLI, ROOT, create_key, free_port, wait_http
 
+from services.common.pdeathsig import die_with_parent  # processes put this tree on sys.path
+
 MEMBER_BYTES = 8 * 1024 * 1024
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -70,6 +72,7 @@ def measure(gb: float, workdir: Path) -> dict[str, float | int | bool]:
     serve = subprocess.Popen(
         [sys.executable, "-c", CLI, "serve", "--port", str(port), "--log-level", "warning"],
         env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=die_with_parent,  # a killed bench leaves no API behind
     )  # fmt: skip
     try:
         wait_http(f"{url}/healthz", serve, workdir / "serve.log", timeout=120)

@@ -501,3 +501,38 @@ def test_previews_are_409_until_stored_then_served_to_the_owner_only(
     for path in (f"/v1/jobs/{job_id}/preview", f"/v1/jobs/{job_id}/preview/1"):
         assert client.get(path, headers=stranger).status_code == 404
         assert client.get(path).status_code == 401
+
+
+def test_a_status_poll_is_one_checkout_and_three_autocommit_queries(api: Any, owner: dict[str, Any]) -> None:
+    """The status poll is the API's hottest path (bench/service.py --load): the key check and the
+    job read share one pooled connection, in autocommit (no BEGIN/ROLLBACK round trips), with no
+    lazy load per row. A POST keeps its transaction."""
+    from sqlalchemy import event
+
+    created = api.post("/v1/jobs", headers=owner["headers"], json={"dataset_id": owner["dataset_id"]})
+    assert created.status_code == 202, created.text
+    engine = api.app.state.session_factory.kw["bind"]
+    checkouts: list[int] = []
+    statements: list[tuple[str, bool]] = []
+
+    def on_checkout(*_: Any) -> None:
+        checkouts.append(1)
+
+    def on_execute(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append((statement.split()[0], conn.connection.driver_connection.autocommit))
+
+    event.listen(engine.pool, "checkout", on_checkout)
+    event.listen(engine, "before_cursor_execute", on_execute)
+    try:
+        assert api.get(f"/v1/jobs/{created.json()['id']}", headers=owner["headers"]).status_code == 200
+        polled = (len(checkouts), list(statements))
+        checkouts.clear()
+        statements.clear()
+        assert (
+            api.post(f"/v1/jobs/{created.json()['id']}/cancel", headers=owner["headers"]).status_code == 200
+        )
+    finally:
+        event.remove(engine.pool, "checkout", on_checkout)
+        event.remove(engine, "before_cursor_execute", on_execute)
+    assert polled == (1, [("SELECT", True)] * 3)  # the key, the job, its shards
+    assert statements and not any(autocommit for _, autocommit in statements)

@@ -21,7 +21,7 @@ from services.api.metrics import (
 from services.api.routes import datasets, health, jobs, objects
 from services.api.settings import ApiSettings
 from services.common import dispatch
-from services.common.db import dispose, make_session_factory
+from services.common.db import dispose, make_read_session_factory, make_session_factory
 from services.common.storage import InvalidKey, ObjectNotFound, StorageError, make_storage
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ def create_app(
 
     app.state.settings = settings
     app.state.session_factory = session_factory
+    app.state.read_session_factory = make_read_session_factory(session_factory)
     app.state.storage = make_storage(settings)
     # Job creation sends its first task to this app's broker, not whatever the environment names.
     dispatch.configure(settings)

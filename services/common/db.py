@@ -83,6 +83,18 @@ def make_session_factory(settings: CommonSettings | str | Engine) -> sessionmake
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+def make_read_session_factory(factory: sessionmaker[Session]) -> sessionmaker[Session]:
+    """Sessions for requests that only read, on the same pool: on Postgres in autocommit, so a status
+    poll sends its queries and nothing else (no BEGIN, no ROLLBACK on return: two of its six round
+    trips). Each statement sees committed data as of its start, exactly what READ COMMITTED gives
+    the statements of one transaction. SQLite keeps the transactional factory: its BEGIN IMMEDIATE
+    hook (above) has no autocommit counterpart."""
+    engine: Engine = factory.kw["bind"]
+    if engine.dialect.name == "sqlite":
+        return factory
+    return sessionmaker(bind=engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
+
+
 def dispose(factory: sessionmaker[Session], *, close: bool = True) -> None:
     """Close the pooled connections of a factory's engine. close=False in a forked child: the
     parent's sockets are dropped without sending a goodbye on the parent's behalf."""

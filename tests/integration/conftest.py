@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from services.common.pdeathsig import die_with_parent
 from tests.service_helpers import auth, free_port, wait_until
 
 
@@ -92,7 +93,13 @@ class Cluster:
         log = self.tmp / f"{name}.log"
         handle = log.open("wb")
         popen = subprocess.Popen(
-            argv, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+            argv,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,  # a killed test run leaves no API or worker behind
         )
         handle.close()
         proc = Proc(name, popen, log)

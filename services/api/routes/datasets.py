@@ -16,7 +16,7 @@ from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 
 from diffii_core.errors import DatasetError
-from services.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
+from services.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep, UploaderDep
 from services.api.schemas import ClassOut, DatasetOut, Problem, SkippedOut
 from services.api.settings import ApiSettings
 from services.api.upload import new_temp_dir, receive_file
@@ -93,7 +93,7 @@ def _store(storage: Storage, key: str, path: Path, max_bytes: int) -> None:
     },
 )
 async def upload_dataset(
-    request: Request, owner_id: OwnerDep, settings: SettingsDep, storage: StorageDep
+    request: Request, owner_id: UploaderDep, settings: SettingsDep, storage: StorageDep
 ) -> DatasetOut:
     """Upload an archive (multipart field `file`); its structure is checked before anything is stored."""
     with new_temp_dir() as tmp:
