@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 import zipfile
 from collections.abc import Sequence
 from html.parser import HTMLParser
@@ -19,6 +20,7 @@ REAL_PER_SHEET = 6
 SYNTHETIC_PER_SHEET = 12
 PREVIEW_PAGE = "preview.html"
 DATA_URI = "data:image/png;base64,"
+LINE_HEIGHT = 12  # px a line of the default font takes in a row label
 
 
 def _fit(image: Image.Image, cell: int) -> Image.Image:
@@ -27,6 +29,17 @@ def _fit(image: Image.Image, cell: int) -> Image.Image:
     # that way would alias, so it is filtered.
     method = Image.Resampling.NEAREST if max(image.size) <= cell else Image.Resampling.LANCZOS
     return image.resize((cell, cell), method)
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: float) -> list[str]:
+    """Greedy lines of `text` no wider than `width`, broken after a space or `_` (class folder names
+    such as the world's `purple_bird_with_brown_wings_...` are long, and their end tells classes apart)."""
+    lines = [""]
+    for piece in re.findall(r"[^ _]+[ _]?|[ _]", text):
+        if lines[-1] and draw.textlength(lines[-1] + piece, font=font) > width:
+            lines.append("")
+        lines[-1] += piece
+    return lines
 
 
 def grid(
@@ -47,7 +60,10 @@ def grid(
     font = ImageFont.load_default()
     for r, (label, images) in enumerate(rows):
         y = r * (cell + ROW_GAP)
-        draw.text((4, y + cell // 2 - 6), label, fill=(0, 0, 0), font=font)
+        lines = _wrap(draw, label, font, label_width - 8)[: max(1, cell // LINE_HEIGHT)]
+        top = y + (cell - len(lines) * LINE_HEIGHT) // 2
+        for i, line in enumerate(lines):
+            draw.text((4, top + i * LINE_HEIGHT), line, fill=(0, 0, 0), font=font)
         for c, image in enumerate(images):
             x = label_width + c * cell + (divider if gap_after is not None and c >= gap_after else 0)
             sheet.paste(_fit(image, cell), (x, y))

@@ -52,10 +52,17 @@ def _draw(pool: tuple[domain.Species, ...], count: int, seed: int) -> list[domai
     return [pool[int(i)] for i in rng.integers(len(pool), size=count)]
 
 
-def text_to_image(model: LoadedModel, prompts: list[str], seed: int, batch: int = 32) -> np.ndarray:
-    """25-step DDIM with CFG 7.5, one seeded generator per image: uint8 [N, H, W, 3]."""
+def text_to_image(
+    model: LoadedModel, prompts: list[str], seed: int, batch: int = 32, guidance_scale: float = 7.5
+) -> np.ndarray:
+    """25-step DDIM with CFG, one seeded generator per image: uint8 [N, H, W, 3]."""
     params = JobParams(
-        model=model.name, preset="quick", sampler="ddim", metaclass=domain.METACLASS, seed=seed
+        model=model.name,
+        preset="quick",
+        sampler="ddim",
+        metaclass=domain.METACLASS,
+        seed=seed,
+        guidance_scale=guidance_scale,
     )
     shape = (model.latent_channels, model.resolution // model.vae_scale, model.resolution // model.vae_scale)
     uncond = encode_prompts(model, [""])
@@ -84,7 +91,9 @@ def reconstruct_from_inversion(model: LoadedModel, pixels: torch.Tensor, prompts
     return np.concatenate(out)
 
 
-def diffii_faithfulness(model_registry: dict[str, str], oracle: Oracle, seed: int, say: Say) -> float:
+def diffii_faithfulness(
+    model_registry: dict[str, str], oracle: Oracle, seed: int, say: Say, guidance_scale: float = 7.5
+) -> float:
     """Share of Diff-II images of a 5-shot, 5-class evaluation dataset whose attributes are their class's,
     made with the world's defaults (its quick preset)."""
     from diffii_core.augment import augment
@@ -95,7 +104,13 @@ def diffii_faithfulness(model_registry: dict[str, str], oracle: Oracle, seed: in
         data = Path(tmp) / "data"
         write_world_dataset(data, WorldDatasetSpec(classes=5, shots=5, seed=seed, test_per_class=1))
         params = JobParams.model_validate(
-            {"model": "world", "metaclass": domain.METACLASS, "seed": seed, "expansion": 4}
+            {
+                "model": "world",
+                "metaclass": domain.METACLASS,
+                "seed": seed,
+                "expansion": 4,
+                "guidance_scale": guidance_scale,
+            }
         )
         say(f"diffii faithfulness: augment 5 classes x 5 shots, {params.concepts.steps} concept steps")
         augment(data / "train", Path(tmp) / "out.zip", params, registry=model_registry, batch_size=16)
@@ -112,6 +127,7 @@ def run_checks(
     seed: int = 0,
     say: Say = print,
     faithfulness: bool = True,
+    guidance_scale: float = 7.5,
 ) -> dict[str, Any]:
     """Every gate's figure, the targets, and which were met."""
     registry = {"world": str(model_dir) if model_dir else "world"}
@@ -137,7 +153,7 @@ def run_checks(
         ctx = np.random.default_rng([seed, 3]).integers(len(domain.CONTEXTS), size=samples)
         prompts = [domain.caption(s, int(c)) for s, c in zip(drawn, ctx, strict=True)]
         began = time.monotonic()
-        made = text_to_image(model, prompts, seed)
+        made = text_to_image(model, prompts, seed, guidance_scale=guidance_scale)
         if name == "seen":
             report["images_per_second"] = samples / (time.monotonic() - began)
         pred = predict(oracle, _pixels(made))
@@ -154,10 +170,11 @@ def run_checks(
         attributes_right(predict(oracle, rebuilt), eval_species[:n_inv]).float().mean()
     )
     if faithfulness:
-        report["diffii_faithfulness"] = diffii_faithfulness(registry, oracle, seed, say)
+        report["diffii_faithfulness"] = diffii_faithfulness(registry, oracle, seed, say, guidance_scale)
     report["targets"] = TARGETS
     report["met"] = {k: report[k] >= v for k, v in TARGETS.items() if k in report}
     report["samples"] = samples
+    report["guidance_scale"] = guidance_scale
     report["denoise_steps"] = len(denoise_timesteps(model.scheduler_config, 25))
     return report
 

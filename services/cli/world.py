@@ -150,6 +150,13 @@ def dataset(
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--skip-faithfulness", is_flag=True, help="skip the Diff-II run (the slowest gate)")
 @click.option(
+    "--guidance",
+    type=click.FloatRange(min=1.0),
+    default=7.5,
+    show_default=True,
+    help="classifier-free guidance of every gate that samples (text to image, Diff-II)",
+)
+@click.option(
     "--vae-checkpoint",
     "vae_work_dir",
     type=click.Path(path_type=Path, file_okay=False),
@@ -161,6 +168,7 @@ def check(
     model_dir: Path | None,
     seed: int,
     skip_faithfulness: bool,
+    guidance: float,
     vae_work_dir: Path | None,
 ) -> None:
     """Measure the world model's quality gates with the oracle."""
@@ -173,7 +181,12 @@ def check(
         report = {**vae_report(vae_work_dir, samples=samples), "targets": TARGETS}
     else:
         report = run_checks(
-            model_dir, samples=samples, seed=seed, say=say, faithfulness=not skip_faithfulness
+            model_dir,
+            samples=samples,
+            seed=seed,
+            say=say,
+            faithfulness=not skip_faithfulness,
+            guidance_scale=guidance,
         )
     if as_json:
         click.echo(json.dumps(report, sort_keys=True))

@@ -251,6 +251,17 @@ def test_world_check_runs_every_gate_through_the_engine(exported: Path) -> None:
     assert set(report["met"]) == gates
 
 
+def test_world_check_samples_at_the_guidance_it_is_given(exported: Path) -> None:
+    from diffii_core.models import load_model
+    from diffii_core.world.check import text_to_image
+
+    model = load_model("world", {"world": str(exported)})
+    prompts = [domain.caption(domain.pretraining_species()[0], 0)] * 2
+    default = text_to_image(model, prompts, seed=0)
+    assert (text_to_image(model, prompts, seed=0, guidance_scale=7.5) == default).all()
+    assert (text_to_image(model, prompts, seed=0, guidance_scale=2.0) != default).any()
+
+
 def test_centred_vae_latents_have_zero_mean_and_unit_spread(tmp_path: Path) -> None:
     from diffii_core.world.train import Recipe, centred_vae, render_batch, train_vae
 
@@ -295,3 +306,16 @@ def test_shipped_oracle_gets_every_attribute_right_95_percent_on_a_fresh_seed() 
     # A seed the oracle never trained or was scored on; fixed, so the test cannot flake.
     report = evaluate_oracle(load_oracle(), seed=2026, count=600)
     assert report["all_attributes_accuracy"] >= 0.95, report
+
+
+def test_sheet_labels_wrap_long_class_names_whole() -> None:
+    from PIL import Image, ImageDraw, ImageFont
+
+    from diffii_core.preview import _wrap
+
+    draw, font = ImageDraw.Draw(Image.new("RGB", (1, 1))), ImageFont.load_default()
+    name = domain.all_species()[0].name
+    lines = _wrap(draw, name, font, 150)
+    assert len(lines) >= 2 and "".join(lines) == name
+    assert all(draw.textlength(line, font=font) <= 150 for line in lines)
+    assert _wrap(draw, "short", font, 150) == ["short"]
