@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
@@ -80,6 +80,24 @@ def uploading_owner_id(
     a long upload holds no connection and no open transaction."""
     with request.app.state.session_factory() as session:
         return _owner_id(request, session, credentials)
+
+
+T = TypeVar("T")
+CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+async def as_owner(
+    request: Request, credentials: HTTPAuthorizationCredentials | None, read: Callable[[Session, str], T]
+) -> T:
+    """`read(session, owner_id)` on a read session, the key checked first, all in one worker-thread
+    hop. For the hottest path, the status poll: a sync OwnerDep, a sync endpoint and the session's
+    close are three hops, each a thread wake-up and a GIL hand-off under load."""
+
+    def run() -> T:
+        with request.app.state.read_session_factory() as session:
+            return read(session, _owner_id(request, session, credentials))
+
+    return await run_in_threadpool(run)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

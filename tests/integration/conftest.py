@@ -8,6 +8,7 @@ Short leases, heartbeats and sweep intervals make recovery observable in seconds
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -296,3 +297,80 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 
 def now() -> float:
     return time.monotonic()
+
+
+@dataclass
+class Up:
+    popen: subprocess.Popen[bytes]
+    home: Path
+    url: str
+    log: Path
+    env: dict[str, str]
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def readyz(self) -> tuple[int, dict[str, Any]]:
+        r = httpx.get(f"{self.url}/readyz", timeout=5)
+        return r.status_code, r.json()
+
+    def key(self, owner: str = "me") -> str:
+        return subprocess.run(
+            [sys.executable, "-c", CLI, "admin", "create-key", "--owner", owner],
+            env=self.env, cwd=ROOT, check=True, capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
+
+    def worker_pid(self) -> int:
+        state = json.loads((self.home / "supervisor.json").read_text())
+        return int(state["children"]["worker"]["pid"])
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    """`diffii up` on its embedded defaults (SQLite, SQLite broker, local objects) in its own process."""
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFII_")}
+    # Short leases so the killed worker's shard is re-run within seconds.
+    env.update(
+        DIFFII_HOME=str(home), PYTHONUNBUFFERED="1", DIFFII_LEASE_SECONDS="10", DIFFII_HEARTBEAT_SECONDS="2",
+        DIFFII_SWEEP_SECONDS="1", DIFFII_RESEND_AFTER_SECONDS="3", DIFFII_RETRY_BASE_SECONDS="1",
+    )  # fmt: skip
+    port = free_port()
+    log = tmp_path / "up.log"
+    with log.open("wb") as handle:
+        popen = subprocess.Popen(
+            [sys.executable, "-c", CLI, "up", "--port", str(port)],
+            env=env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    u = Up(popen, home, f"http://127.0.0.1:{port}", log, env)
+
+    def ready() -> bool:
+        assert popen.poll() is None, u.text()
+        try:
+            return u.readyz()[0] == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(ready, 120, "diffii up readiness", interval=0.3)
+        yield u
+    finally:
+        if popen.poll() is None:
+            os.killpg(popen.pid, signal.SIGTERM)
+            popen.wait(timeout=60)
+        for pid in processes_with_home(home):  # only if the test failed half-way
+            os.kill(pid, signal.SIGKILL)
+
+
+def processes_with_home(home: Path) -> list[int]:
+    """Processes whose environment names this DIFFII_HOME (the API, the worker and its children)."""
+    marker = f"DIFFII_HOME={home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found

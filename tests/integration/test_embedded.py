@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import CLI, EXPECTED_IMAGES, ROOT
+from tests.integration.conftest import CLI, EXPECTED_IMAGES, ROOT, processes_with_home
 from tests.service_helpers import free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -76,18 +76,4 @@ def test_diffii_up_runs_a_job_end_to_end(tmp_path: Path) -> None:
         finally:
             log.close()
     assert up.returncode == 0
-    assert not _processes_with_home(home), "diffii up left processes behind"
-
-
-def _processes_with_home(home: Path) -> list[int]:
-    """Processes whose environment names this DIFFII_HOME (the API, the worker and its children)."""
-    marker = f"DIFFII_HOME={home}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+    assert not processes_with_home(home), "diffii up left processes behind"

@@ -8,13 +8,13 @@ import logging
 import secrets
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import RedirectResponse
 from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep
+from services.api.deps import CredentialsDep, OwnerDep, SessionDep, SettingsDep, StorageDep, as_owner
 from services.api.jobs_view import job_out, shards_of
 from services.api.pagination import CURSOR_PATTERN, decode_cursor, encode_cursor
 from services.api.schemas import (
@@ -189,10 +189,16 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
-def get_job(job_id: JobId, owner_id: OwnerDep, session: SessionDep) -> JobOut:
+async def get_job(job_id: JobId, request: Request, credentials: CredentialsDep) -> Response:
     """Status, parameters and progress, with one entry per generation shard."""
-    job = owned_job(session, owner_id, job_id)
-    return job_out(job, shards_of(session, [job.id])[job.id])
+
+    # The poll clients run in a loop: one thread hop, and the document serialised once (returning
+    # the model would have FastAPI validate it against response_model again).
+    def status_json(session: Session, owner_id: str) -> bytes:
+        job = owned_job(session, owner_id, job_id)
+        return job_out(job, shards_of(session, [job.id])[job.id]).model_dump_json().encode()
+
+    return Response(await as_owner(request, credentials, status_json), media_type="application/json")
 
 
 @router.post(
