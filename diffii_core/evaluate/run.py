@@ -76,9 +76,12 @@ def evaluate(
     train = load_split(train_source, config.resolution, "training set")
     test = load_split(test_source, config.resolution, "test set")
     check_same_classes(train, test)
+    loaded = [load_archive(archive, train.class_names, config.resolution) for archive in archives]
+    methods = [method for method, _pool in loaded]
     pools: list[tuple[str, SyntheticPool | None]] = [("real only", None)]
-    for archive in archives:
-        pools.append(load_archive(archive, train.class_names, config.resolution))
+    for archive, (method, pool) in zip(archives, loaded, strict=True):
+        # Two archives of one method (two recipes, two seeds) must not read as one line twice.
+        pools.append((f"{method} ({Path(archive).name})" if methods.count(method) > 1 else method, pool))
     counts = train.counts()
     if long_tail is None:
         long_tail = max(counts) >= LONG_TAIL_RATIO * min(counts)

@@ -151,6 +151,26 @@ def test_same_seeds_give_identical_accuracy_and_a_table(tmp_path: Path, tiny_bac
     assert "real only" in format_table(runs[0]) and "diff-ii" in format_table(runs[0])
 
 
+def test_two_archives_of_one_method_are_told_apart_by_file_name(tmp_path: Path, tiny_backbone: Path) -> None:
+    from diffii_core.evaluate.classifier import TrainConfig
+    from diffii_core.evaluate.run import evaluate
+
+    _write_images(tmp_path / "train", {"a": 2, "b": 2}, 0)
+    _write_images(tmp_path / "test", {"a": 2, "b": 2}, 1)
+    for name in ("first.zip", "second.zip"):
+        _archive(tmp_path / name, ["a", "b"], 2)
+    result = evaluate(
+        tmp_path / "train",
+        tmp_path / "test",
+        [tmp_path / "first.zip", tmp_path / "second.zip"],
+        backbone=tiny_backbone,
+        seeds=1,
+        config=TrainConfig(epochs=1, batch_size=4, resolution=8),
+    )
+    methods = [e["method"] for e in result["entries"]]
+    assert methods == ["real only", "diff-ii (first.zip)", "diff-ii (second.zip)"]
+
+
 def test_mismatched_test_classes_foreign_archives_and_empty_classes_are_refused(
     tmp_path: Path, tiny_backbone: Path
 ) -> None:
