@@ -242,9 +242,30 @@ def run_load(
             svc.start_workers(1, faults="simulate:generate:2")
             headers = {"Authorization": f"Bearer {svc.key()}"}
             job_id = svc.submit(headers, SIM_PARAMS)
-            return poll_latency(svc.url, f"/v1/jobs/{job_id}", headers, rate, seconds)
+            api = svc.procs[0].pid
+            cpu_before = group_cpu_seconds(api)
+            figures = poll_latency(svc.url, f"/v1/jobs/{job_id}", headers, rate, seconds)
+            spent = group_cpu_seconds(api) - cpu_before
+            figures["api_cpu_ms"] = round(1000 * spent / figures["requests"], 2)
+            return figures
         finally:
             svc.stop()
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU seconds (user + system, reaped children included) of the processes in a process group:
+    the API with its uvicorn workers. What a status poll costs, apart from how long it waits."""
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, ...
+            ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def generate_phase(database_url: str, job_id: str) -> tuple[float, list[int]]:

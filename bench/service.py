@@ -261,7 +261,8 @@ def load_and_scale(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             f"status poll at {args.rate:g}/s for {args.seconds:g}s while a job runs "
             f"({args.api_workers} API process{'es' if args.api_workers > 1 else ''}): "
             f"achieved {figures['achieved_rate']}/s, errors {figures['errors']} {figures['failures'] or ''}, "
-            f"p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms (target p99 < 50 ms)"
+            f"p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms (target p99 < 50 ms), "
+            f"API CPU {figures['api_cpu_ms']} ms a poll"
         )
     if args.scale:
         counts = [int(n) for n in args.workers.split(",")]
