@@ -64,7 +64,7 @@ def test_real_models_default_to_the_published_recipe_and_tiny_to_the_quick_one()
 
 def test_the_world_model_has_its_own_quick_concept_recipe_and_explicit_values_win():
     world = JobParams(model="world")
-    assert world.preset == "quick" and world.concepts.steps == 300 and world.concepts.batch_size == 8
+    assert world.preset == "quick" and world.concepts.steps == 1000 and world.concepts.batch_size == 8
     assert (world.concepts.learning_rate, world.concepts.lora_learning_rate) == (5e-3, 1e-4)
     mine = JobParams(model="world", concepts={"learning_rate": 1e-3, "steps": 50})
     assert (mine.concepts.learning_rate, mine.concepts.steps, mine.concepts.lora_learning_rate) == (
