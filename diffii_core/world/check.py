@@ -23,6 +23,9 @@ from diffii_core.seeding import generator
 from diffii_core.world import domain
 from diffii_core.world.oracle import Oracle, attributes_right, load_oracle, predict, to_batch
 
+# The engine's own default, so the gates judge the model as `diffii augment` runs it.
+GUIDANCE: float = JobParams.model_fields["guidance_scale"].default
+
 TARGETS = {
     "oracle_accuracy": 0.95,
     "vae_attribute_accuracy": 0.90,
@@ -53,7 +56,7 @@ def _draw(pool: tuple[domain.Species, ...], count: int, seed: int) -> list[domai
 
 
 def text_to_image(
-    model: LoadedModel, prompts: list[str], seed: int, batch: int = 32, guidance_scale: float = 7.5
+    model: LoadedModel, prompts: list[str], seed: int, batch: int = 32, guidance_scale: float = GUIDANCE
 ) -> np.ndarray:
     """25-step DDIM with CFG, one seeded generator per image: uint8 [N, H, W, 3]."""
     params = JobParams(
@@ -92,7 +95,7 @@ def reconstruct_from_inversion(model: LoadedModel, pixels: torch.Tensor, prompts
 
 
 def diffii_faithfulness(
-    model_registry: dict[str, str], oracle: Oracle, seed: int, say: Say, guidance_scale: float = 7.5
+    model_registry: dict[str, str], oracle: Oracle, seed: int, say: Say, guidance_scale: float = GUIDANCE
 ) -> float:
     """Share of Diff-II images of a 5-shot, 5-class evaluation dataset whose attributes are their class's,
     made with the world's defaults (its quick preset)."""
@@ -127,7 +130,7 @@ def run_checks(
     seed: int = 0,
     say: Say = print,
     faithfulness: bool = True,
-    guidance_scale: float = 7.5,
+    guidance_scale: float = GUIDANCE,
 ) -> dict[str, Any]:
     """Every gate's figure, the targets, and which were met."""
     registry = {"world": str(model_dir) if model_dir else "world"}
