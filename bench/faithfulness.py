@@ -1,9 +1,10 @@
 """How faithful a method's world images are, per attribute, across concept-learning and guidance settings.
 
-    python bench/faithfulness.py [--lr 5e-3] [--lora-lr 1e-4] [--steps 300] [--cfg 7.5 3] [--method diff-ii]
-                                 [--dataset-seed 0] [--out DIR]
+    python bench/faithfulness.py [--lr 5e-3] [--lora-lr 1e-4] [--steps 300] [--tokens 1 8] [--init random]
+                                 [--rank 10] [--cfg 7.5 3] [--method diff-ii] [--dataset-seed 0] [--out DIR]
 
-On a 5-class, 5-shot world dataset, for each (token lr, LoRA lr, steps) it learns concepts once, then
+On a 5-class, 5-shot world dataset, for each (token lr, LoRA lr, steps, tokens per class, placeholder
+start, LoRA rank) it learns concepts once, then
 makes 4 images per real image at every guidance scale and prints the oracle's share of images whose
 body, wing, crest and tail (and all four) are their class's: one line per setting. What is not given
 comes from the world's quick preset, which is what the `diffii_faithfulness` gate of `diffii world
@@ -100,6 +101,9 @@ def main() -> int:
     parser.add_argument("--lr", type=float, nargs="+", default=[None], help="token (and LoRA) rate")
     parser.add_argument("--lora-lr", type=float, nargs="+", default=[None], help="LoRA rate apart")
     parser.add_argument("--steps", type=int, nargs="+", default=[None])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[None], help="tokens per class")
+    parser.add_argument("--init", nargs="+", default=[None], choices=["metaclass", "random", None])
+    parser.add_argument("--rank", type=int, nargs="+", default=[None], help="LoRA rank")
     parser.add_argument("--cfg", type=float, nargs="+", default=[7.5])
     parser.add_argument("--dataset-seed", type=int, default=0)
     parser.add_argument("--starts", action="store_true", help="also by start: inversion, noise, circle")
@@ -113,8 +117,18 @@ def main() -> int:
             write_world_dataset(
                 data, WorldDatasetSpec(classes=5, shots=5, seed=args.dataset_seed, test_per_class=1)
             )
-        for lr, lora_lr, steps, cfg in itertools.product(args.lr, args.lora_lr, args.steps, args.cfg):
-            given = {"learning_rate": lr, "lora_learning_rate": lora_lr, "steps": steps}
+        grid = itertools.product(
+            args.lr, args.lora_lr, args.steps, args.tokens, args.init, args.rank, args.cfg
+        )
+        for lr, lora_lr, steps, tokens, init, rank, cfg in grid:
+            given = {
+                "learning_rate": lr,
+                "lora_learning_rate": lora_lr,
+                "steps": steps,
+                "tokens_per_class": tokens,
+                "placeholder_init": init,
+                "lora_rank": rank,
+            }
             concepts = {k: v for k, v in given.items() if v is not None}
             params = JobParams.model_validate(
                 {
@@ -129,7 +143,10 @@ def main() -> int:
             )
             c = params.concepts
             lora = c.lora_learning_rate or c.learning_rate
-            tag = f"{args.method}-lr{c.learning_rate:g}-lora{lora:g}-steps{c.steps}"
+            tag = (
+                f"{args.method}-lr{c.learning_rate:g}-lora{lora:g}-steps{c.steps}"
+                f"-tok{c.tokens_per_class}-{c.placeholder_init}-r{c.lora_rank}"
+            )
             archive = root / f"{tag}-cfg{cfg:g}.zip"
             augment(data / "train", archive, params, batch_size=16, concepts_dir=root / f"concepts-{tag}")
             print(f"{tag} cfg {cfg:g}: {json.dumps(per_attribute(archive))}", flush=True)

@@ -31,14 +31,23 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-# A model's own quick recipe, over the preset's. The world model's UNet is small (attention 64 wide)
-# and learns a concept in about a thousand steps of batch 8, not the published 35,000 at 5e-5: its
-# tokens take the usual textual-inversion rate and its LoRA the usual LoRA rate. With one rate of 1e-3
-# for both, the LoRA overdrew the images under CFG 7.5; on the 13,000-step model, 300 steps left the
-# concept short (bench/faithfulness.py on dataset seed 1, not the gate's; README, "The diffii world").
+# A model's own quick recipe, over the preset's and the method's. The world model's UNet is small
+# (attention 64 wide) and learns a concept in about a thousand steps of batch 8, not the published
+# 35,000 at 5e-5: its tokens take the usual textual-inversion rate and its LoRA the usual LoRA rate.
+# With one rate of 1e-3 for both, the LoRA overdrew the images under CFG 7.5; on the 13,000-step model,
+# 300 steps left the concept short. Its text encoder (3 layers, trained on one caption grammar) cannot
+# put a whole species into the one word before "bird": with one token the crest and tail, which its
+# captions name after the word, were drawn at chance; eight tokens hold all four attributes
+# (bench/faithfulness.py on dataset seeds 1 and 2, not the gate's; README, "The diffii world").
 MODEL_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("world", "quick"): {
-        "concepts": {"steps": 1000, "batch_size": 8, "learning_rate": 5e-3, "lora_learning_rate": 1e-4}
+        "concepts": {
+            "steps": 1000,
+            "batch_size": 8,
+            "learning_rate": 5e-3,
+            "lora_learning_rate": 1e-4,
+            "tokens_per_class": 8,
+        }
     },
 }
 
@@ -186,7 +195,7 @@ class JobParams(BaseModel):
             concepts = concepts.model_dump(exclude_unset=True)
         if isinstance(concepts, dict):
             own = MODEL_PRESETS.get((model, preset), {}).get("concepts", {}) if isinstance(model, str) else {}
-            concepts = {**values["concepts"], **own, "tokens_per_class": method.tokens_per_class, **concepts}
+            concepts = {**values["concepts"], "tokens_per_class": method.tokens_per_class, **own, **concepts}
             data["concepts"] = concepts
         return data
 
