@@ -4,8 +4,13 @@
     python bench/quality.py --setting quick --out results/quick     # <= 30 min on 2 cores
     python bench/quality.py --setting full --out results/full
     python bench/quality.py --setting smoke --out /tmp/smoke       # the harness only, in minutes
+    python bench/quality.py --setting full --out results/full --tables 10-shot "long tail 10"
 
-Writes OUT/results.md (the tables), OUT/results.json, and PNG plots; prints the tables as it goes.
+Writes OUT/results.md (the tables), OUT/results.json, and PNG plots after every table, and prints the
+tables as it goes. A table that OUT/results.json already holds for the same setting, methods and model
+is kept, not measured again, so a long setting can be run in parts or resumed after a stop (archives
+are kept under OUT/work as well).
+
 Nothing here is tuned to a hoped-for result: the settings are fixed below and the figures are what
 they are."""
 
@@ -15,7 +20,7 @@ import argparse
 import json
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -223,13 +228,20 @@ def plot(tables: dict[str, dict[str, Any]], split_curve: list[tuple[float, float
     for name, report in tables.items():
         fig, ax = plt.subplots(figsize=(7, 3.5))
         entries = report["entries"]
-        ax.bar(
+        # Means with their 95 % intervals against real only's band: bars from zero hide the gains.
+        real = entries[0]
+        low, high = (100 * (real["accuracy_mean"] + d * real["accuracy_ci95"]) for d in (-1, 1))
+        ax.axhspan(low, high, color="#cccccc", alpha=0.6, label="real only, 95 % CI")
+        ax.errorbar(
             [e["method"] for e in entries],
             [100 * e["accuracy_mean"] for e in entries],
             yerr=[100 * e["accuracy_ci95"] for e in entries],
-            capsize=3,
+            fmt="o",
+            capsize=4,
             color="#4a7ab5",
         )
+        ax.legend(loc="lower left", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title(name)
         ax.tick_params(axis="x", rotation=30)
@@ -248,87 +260,87 @@ def plot(tables: dict[str, dict[str, Any]], split_curve: list[tuple[float, float
         plt.close(fig)
 
 
+def table_plans(
+    setting: Setting, methods: tuple[str, ...]
+) -> dict[str, tuple[str, WorldDatasetSpec, list[Variant]]]:
+    """Every table of a setting: its name -> (dataset key, dataset, variants), in the paper's order."""
+    variants: list[Variant] = [(m, m, {}) for m in methods]
+    plans: dict[str, tuple[str, WorldDatasetSpec, list[Variant]]] = {}
+    spec = {"classes": setting.classes, "seed": 0, "test_per_class": setting.test_per_class}
+    for shots in setting.shots:
+        plans[f"{shots}-shot"] = (f"{shots}shot", WorldDatasetSpec(shots=shots, **spec), variants)
+    for r in setting.imbalances:
+        lt = WorldDatasetSpec(shots=setting.long_tail_shots, imbalance=r, **spec)
+        plans[f"long tail {r:g}"] = (f"lt{r:g}", lt, variants)
+    if setting.waterbirds is not None:
+        wb = WorldDatasetSpec(shots=setting.waterbirds_shots, waterbirds=setting.waterbirds, **spec)
+        plans["waterbirds"] = ("waterbirds", wb, variants)
+    if "diff-ii" in methods:
+        shots = setting.shots[0]
+        default = JobParams.model_fields["split_ratio"].default
+        split = [
+            (f"diff-ii s={r:g}", "diff-ii", {} if r == default else {"split_ratio": r})
+            for r in setting.split_ratios
+        ]
+        plans["split ratio"] = (f"{shots}shot", WorldDatasetSpec(shots=shots, **spec), split)
+    return plans
+
+
+def write_results(out: Path, run: dict[str, Any], tables: dict[str, dict[str, Any]]) -> None:
+    curve = []
+    if "split ratio" in tables:
+        curve = [
+            (float(e["method"].split("=")[1]), e["accuracy_mean"], e["accuracy_ci95"])
+            for e in tables["split ratio"]["entries"][1:]
+        ]
+    (out / "results.json").write_text(json.dumps({**run, "tables": tables, "split_curve": curve}, indent=2))
+    (out / "results.md").write_text(markdown(tables))
+    plot(tables, curve, out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="quick")
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--model", default="world", help="model name (default: the shipped world model)")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--tables", nargs="*", help="only these tables, in this order (default: all)")
     args = parser.parse_args()
     torch.set_flush_denormal(True)  # this process only: about 3x faster small networks on CPU
     setting = SETTINGS[args.setting]
     args.out.mkdir(parents=True, exist_ok=True)
-    methods = tuple(args.methods)
-    variants: list[Variant] = [(m, m, {}) for m in methods]
-    began = time.monotonic()
+    plans = table_plans(setting, tuple(args.methods))
+    unknown = sorted(set(args.tables or []) - set(plans))
+    if unknown:
+        parser.error(f"no table {unknown} in setting {args.setting!r}; its tables: {sorted(plans)}")
+    # A table measured by an earlier run of the same setting, methods and model is kept, so a long
+    # setting can be run in parts (--tables) or resumed after a stop; anything else starts afresh.
+    from diffii_core.models import load_model
+
+    run = {
+        "setting": args.setting,
+        "recipe": asdict(setting),
+        "methods": args.methods,
+        "model": load_model(args.model).revision,
+    }
+    run = json.loads(json.dumps(run))  # as it reads back from results.json
     tables: dict[str, dict[str, Any]] = {}
-    for shots in setting.shots:
-        data = world_data(
-            args.out,
-            f"{shots}shot",
-            WorldDatasetSpec(
-                classes=setting.classes, shots=shots, seed=0, test_per_class=setting.test_per_class
-            ),
-        )
-        tables[f"{shots}-shot"] = run_table(f"{shots}-shot", data, args.out, setting, args.model, variants)
-    for r in setting.imbalances:
-        data = world_data(
-            args.out,
-            f"lt{r:g}",
-            WorldDatasetSpec(
-                classes=setting.classes,
-                shots=setting.long_tail_shots,
-                imbalance=r,
-                seed=0,
-                test_per_class=setting.test_per_class,
-            ),
-        )
-        tables[f"long tail {r:g}"] = run_table(
-            f"long tail {r:g}", data, args.out, setting, args.model, variants
-        )
-    if setting.waterbirds is not None:
-        data = world_data(
-            args.out,
-            "waterbirds",
-            WorldDatasetSpec(
-                classes=setting.classes,
-                shots=setting.waterbirds_shots,
-                waterbirds=setting.waterbirds,
-                seed=0,
-                test_per_class=setting.test_per_class,
-            ),
-        )
-        tables["waterbirds"] = run_table("waterbirds", data, args.out, setting, args.model, variants)
-    curve = []
-    if "diff-ii" in methods:
-        shots = setting.shots[0]
-        data = world_data(
-            args.out,
-            f"{shots}shot",
-            WorldDatasetSpec(
-                classes=setting.classes, shots=shots, seed=0, test_per_class=setting.test_per_class
-            ),
-        )
-        default = JobParams.model_fields["split_ratio"].default
-        report = run_table(
-            "split ratio",
-            data,
-            args.out,
-            setting,
-            args.model,
-            [
-                (f"diff-ii s={r:g}", "diff-ii", {} if r == default else {"split_ratio": r})
-                for r in setting.split_ratios
-            ],
-        )
-        tables["split ratio"] = report
-        curve = [
-            (r, e["accuracy_mean"], e["accuracy_ci95"])
-            for r, e in zip(setting.split_ratios, report["entries"][1:], strict=True)
-        ]
-    (args.out / "results.json").write_text(json.dumps({"tables": tables, "split_curve": curve}, indent=2))
-    (args.out / "results.md").write_text(markdown(tables))
-    plot(tables, curve, args.out)
+    earlier = args.out / "results.json"
+    if earlier.exists():
+        kept = json.loads(earlier.read_text())
+        if all(kept.get(k) == v for k, v in run.items()):
+            tables = kept["tables"]
+    began = time.monotonic()
+    for name in args.tables or plans:  # in the order asked for
+        key, spec, variants = plans[name]
+        if name in tables:
+            say(f"== {name}: kept from the earlier run in {args.out}")
+            say(format_table(tables[name]))
+            continue
+        data = world_data(args.out, key, spec)
+        tables[name] = run_table(name, data, args.out, setting, args.model, variants)
+        write_results(args.out, run, {k: tables[k] for k in plans if k in tables})  # a stop keeps it
+    write_results(args.out, run, {k: tables[k] for k in plans if k in tables})
     say(f"quality: {len(tables)} tables, {time.monotonic() - began:.0f} s, written to {args.out}")
     return 0
 

@@ -38,7 +38,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # 300 steps left the concept short. Its text encoder (3 layers, trained on one caption grammar) cannot
 # put a whole species into the one word before "bird": with one token the crest and tail, which its
 # captions name after the word, were drawn at chance; eight tokens hold all four attributes
-# (bench/faithfulness.py on dataset seeds 1 and 2, not the gate's; README, "The diffii world").
+# (bench/faithfulness.py on dataset seeds 1 and 2, not the gate's; README, "The diffii world"). A
+# method with a token count of its own (DA-Fusion's 4) keeps it.
 MODEL_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("world", "quick"): {
         "concepts": {
@@ -67,7 +68,10 @@ class ConceptParams(BaseModel):
     )
     lora_rank: int = Field(10, ge=1, le=256, description="LoRA rank on every UNet attention projection")
     tokens_per_class: int = Field(
-        1, ge=1, le=16, description="learned placeholder tokens per class (default: the method's)"
+        1,
+        ge=1,
+        le=16,
+        description="learned placeholder tokens per class (default: the method's, else the model's)",
     )
     learning_rate: float = Field(
         5e-5, gt=0, le=1.0, description="AdamW learning rate of the tokens, and of the LoRA unless set apart"
@@ -195,7 +199,8 @@ class JobParams(BaseModel):
             concepts = concepts.model_dump(exclude_unset=True)
         if isinstance(concepts, dict):
             own = MODEL_PRESETS.get((model, preset), {}).get("concepts", {}) if isinstance(model, str) else {}
-            concepts = {**values["concepts"], "tokens_per_class": method.tokens_per_class, **own, **concepts}
+            mine = {"tokens_per_class": method.tokens_per_class} if method.tokens_per_class else {}
+            concepts = {**values["concepts"], **own, **mine, **concepts}
             data["concepts"] = concepts
         return data
 

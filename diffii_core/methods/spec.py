@@ -52,7 +52,9 @@ class MethodSpec:
     summary: str
     generate: Generate
     concepts: ConceptKind = "lora+tokens"  # "tokens": textual inversion only (DA-Fusion)
-    tokens_per_class: int = 1
+    # The method's own published token count (DA-Fusion's 4); None: the model's preset, else one token
+    # (Diff-Mix's code, which every method of its family shares).
+    tokens_per_class: int | None = None
     inversion: bool = False  # starts from the class's DDIM inversion pool
     references: bool = False  # img2img from the class's real images
     classifier: bool = False  # a classifier trained on the real set filters its images

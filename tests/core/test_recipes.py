@@ -66,9 +66,13 @@ def test_the_world_model_has_its_own_quick_concept_recipe_and_explicit_values_wi
     world = JobParams(model="world")
     assert world.preset == "quick" and world.concepts.steps == 1000 and world.concepts.batch_size == 8
     assert (world.concepts.learning_rate, world.concepts.lora_learning_rate) == (5e-3, 1e-4)
-    # The model's token count is over every method's own (DA-Fusion's 4 too); a job's is over both.
+    # The model's token count is over the one-token default of the Diff-Mix family, not over a
+    # method's own published count (DA-Fusion's 4); a job's is over both.
     assert world.concepts.tokens_per_class == 8
-    assert JobParams(model="world", method="da-fusion").concepts.tokens_per_class == 8
+    assert JobParams(model="world", method="diff-mix").concepts.tokens_per_class == 8
+    assert JobParams(model="world", method="da-fusion").concepts.tokens_per_class == 4
+    asked = JobParams(model="world", method="da-fusion", concepts={"tokens_per_class": 8})
+    assert asked.concepts.tokens_per_class == 8
     assert JobParams(model="world", concepts={"tokens_per_class": 2}).concepts.tokens_per_class == 2
     assert JobParams(model="tiny", method="da-fusion").concepts.tokens_per_class == 4
     mine = JobParams(model="world", concepts={"learning_rate": 1e-3, "steps": 50})
