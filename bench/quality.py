@@ -32,7 +32,7 @@ from diffii_core.evaluate.classifier import TrainConfig
 from diffii_core.evaluate.run import evaluate, format_table
 from diffii_core.params import JobParams
 from diffii_core.world import domain
-from diffii_core.world.datasets import WorldDatasetSpec, write_world_dataset
+from diffii_core.world.datasets import WorldDatasetSpec, waterbirds_groups, write_world_dataset
 
 METHODS = ("diff-ii", "diff-mix", "diff-aug", "diff-gen", "real-guidance", "real-mix", "da-fusion")
 # Methods that learn the same LoRA + token concepts reuse one learned set per dataset.
@@ -173,6 +173,7 @@ def run_table(
         backbone=_backbone(),
         seeds=setting.seeds,
         config=TrainConfig(epochs=setting.epochs),
+        test_groups=waterbirds_groups(data / "test"),  # worst group on the waterbirds set
     )
     for entry, (label, _, _) in zip(report["entries"][1:], variants, strict=True):
         entry["method"] = label

@@ -10,9 +10,10 @@ evaluation species, readable as they are by `diffii augment`, the service and `d
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -134,3 +135,31 @@ def write_world_dataset(out: Path, spec: WorldDatasetSpec) -> dict[str, Any]:
         with atomic_write(out / name) as fp:
             fp.write(json.dumps(content, indent=1, sort_keys=True).encode())
     return body
+
+
+class _Named(Protocol):
+    paths: list[str]  # "<class>/<file>", as diffii_core.evaluate's LabelledImages names them
+
+
+def waterbirds_groups(test_dir: Path) -> Callable[[_Named], list[str]] | None:
+    """The test images' groups of a waterbirds-style world set ("water bird on land", ...), read from
+    classes.json and backgrounds.json beside `test_dir`, for worst-group accuracy; None for any other set."""
+    root = Path(test_dir).parent
+    if not (root / "classes.json").exists() or not (root / "backgrounds.json").exists():
+        return None
+    classes = json.loads((root / "classes.json").read_text())
+    group_of = {c["name"]: c.get("group") for c in classes["classes"]}
+    if not any(group_of.values()):
+        return None
+    water = set(classes["water_contexts"])
+    backgrounds = json.loads((root / "backgrounds.json").read_text())
+    split = Path(test_dir).name
+
+    def groups(test: _Named) -> list[str]:
+        out = []
+        for path in test.paths:
+            where = "water" if backgrounds[f"{split}/{path}"] in water else "land"
+            out.append(f"{group_of[path.split('/')[0]]} bird on {where}")
+        return out
+
+    return groups

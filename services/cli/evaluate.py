@@ -9,29 +9,6 @@ from pathlib import Path
 import click
 
 
-def _world_groups(test_dir: Path):
-    """Test-image groups of a world waterbirds set: "<class group> bird on <water|land>"."""
-    root = test_dir.parent
-    if not (root / "classes.json").exists() or not (root / "backgrounds.json").exists():
-        return None
-    classes = json.loads((root / "classes.json").read_text())
-    group_of = {c["name"]: c.get("group") for c in classes["classes"]}
-    if not any(group_of.values()):
-        return None
-    water = set(classes["water_contexts"])
-    backgrounds = json.loads((root / "backgrounds.json").read_text())
-
-    def groups(test) -> list[str]:
-        out = []
-        for path in test.paths:
-            name = path.split("/")[0]
-            where = "water" if backgrounds[f"{test_dir.name}/{path}"] in water else "land"
-            out.append(f"{group_of[name]} bird on {where}")
-        return out
-
-    return groups
-
-
 @click.command()
 @click.argument("train", type=click.Path(exists=True, path_type=Path))
 @click.argument("test", type=click.Path(exists=True, path_type=Path))
@@ -81,6 +58,7 @@ def evaluate(
     from diffii_core.evaluate.classifier import TrainConfig
     from diffii_core.evaluate.run import evaluate as run
     from diffii_core.evaluate.run import format_table
+    from diffii_core.world.datasets import waterbirds_groups
 
     if backbone is None:
         from diffii_core.world import shipped_backbone
@@ -106,7 +84,7 @@ def evaluate(
             config=config,
             probability=probability,
             long_tail=long_tail,
-            test_groups=_world_groups(test) if test.is_dir() else None,
+            test_groups=waterbirds_groups(test) if test.is_dir() else None,
             progress=progress,
         )
     except DiffiiError as exc:

@@ -209,3 +209,44 @@ def test_mismatched_test_classes_foreign_archives_and_empty_classes_are_refused(
         (root / "empty" / "x.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match="empty"):
         evaluate(tmp_path / "train", tmp_path / "test_ok", [], backbone=tiny_backbone, seeds=1, config=config)
+
+
+def test_waterbirds_sets_report_the_worst_group_and_other_sets_do_not(
+    tmp_path: Path, tiny_backbone: Path
+) -> None:
+    from diffii_core.evaluate.classifier import TrainConfig, worst_group_accuracy
+    from diffii_core.evaluate.data import load_split
+    from diffii_core.evaluate.run import evaluate, format_table
+    from diffii_core.world.datasets import WorldDatasetSpec, waterbirds_groups, write_world_dataset
+
+    spec = WorldDatasetSpec(classes=2, shots=2, seed=0, test_per_class=4, waterbirds=0.9)
+    write_world_dataset(tmp_path / "wb", spec)
+    test = load_split(tmp_path / "wb" / "test", 8, "test set")
+    groups_of = waterbirds_groups(tmp_path / "wb" / "test")
+    assert groups_of is not None
+    groups = groups_of(test)
+    # The test set is balanced: each class's images half on water, half on land.
+    assert sorted(groups) == sorted(
+        f"{g} bird on {w}" for g in ("water", "land") for w in ("water", "land") for _ in range(2)
+    )
+    wrong_group = groups[0]
+    pred = torch.where(torch.tensor([g == wrong_group for g in groups]), 1 - test.labels, test.labels)
+    assert worst_group_accuracy(pred, test.labels, groups) == 0.0
+    assert float((pred == test.labels).float().mean()) == 0.75
+
+    report = evaluate(
+        tmp_path / "wb" / "train",
+        tmp_path / "wb" / "test",
+        [],
+        backbone=tiny_backbone,
+        seeds=1,
+        config=TrainConfig(epochs=1, batch_size=4, resolution=8),
+        test_groups=groups_of,
+    )
+    entry = report["entries"][0]
+    assert 0.0 <= entry["worst_group"] <= entry["accuracy_mean"]
+    assert "worst group" in format_table(report)
+
+    write_world_dataset(tmp_path / "few", WorldDatasetSpec(classes=2, shots=1, test_per_class=1))
+    assert waterbirds_groups(tmp_path / "few" / "test") is None
+    assert waterbirds_groups(tmp_path / "elsewhere" / "test") is None
