@@ -30,6 +30,7 @@ from PIL import Image
 from diffii_core.augment import augment
 from diffii_core.evaluate.classifier import TrainConfig
 from diffii_core.evaluate.run import evaluate, format_table
+from diffii_core.models import load_model
 from diffii_core.params import JobParams
 from diffii_core.world import domain
 from diffii_core.world.datasets import WorldDatasetSpec, waterbirds_groups, write_world_dataset
@@ -316,8 +317,6 @@ def main() -> int:
         parser.error(f"no table {unknown} in setting {args.setting!r}; its tables: {sorted(plans)}")
     # A table measured by an earlier run of the same setting, methods and model is kept, so a long
     # setting can be run in parts (--tables) or resumed after a stop; anything else starts afresh.
-    from diffii_core.models import load_model
-
     run = {
         "setting": args.setting,
         "recipe": asdict(setting),
