@@ -288,12 +288,14 @@ def table_plans(
     return plans
 
 
-def write_results(out: Path, run: dict[str, Any], tables: dict[str, dict[str, Any]]) -> None:
+def write_results(
+    out: Path, run: dict[str, Any], setting: Setting, tables: dict[str, dict[str, Any]]
+) -> None:
     curve = []
     if "split ratio" in tables:
         curve = [
-            (float(e["method"].split("=")[1]), e["accuracy_mean"], e["accuracy_ci95"])
-            for e in tables["split ratio"]["entries"][1:]
+            (r, e["accuracy_mean"], e["accuracy_ci95"])
+            for r, e in zip(setting.split_ratios, tables["split ratio"]["entries"][1:], strict=True)
         ]
     (out / "results.json").write_text(json.dumps({**run, "tables": tables, "split_curve": curve}, indent=2))
     (out / "results.md").write_text(markdown(tables))
@@ -339,8 +341,8 @@ def main() -> int:
             continue
         data = world_data(args.out, key, spec)
         tables[name] = run_table(name, data, args.out, setting, args.model, variants)
-        write_results(args.out, run, {k: tables[k] for k in plans if k in tables})  # a stop keeps it
-    write_results(args.out, run, {k: tables[k] for k in plans if k in tables})
+        write_results(args.out, run, setting, {k: tables[k] for k in plans if k in tables})  # a stop keeps it
+    write_results(args.out, run, setting, {k: tables[k] for k in plans if k in tables})
     say(f"quality: {len(tables)} tables, {time.monotonic() - began:.0f} s, written to {args.out}")
     return 0
 

@@ -13,12 +13,15 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from diffii_core.atomic import atomic_write
 from diffii_core.world import domain
+
+if TYPE_CHECKING:
+    from diffii_core.evaluate.data import LabelledImages
 
 
 @dataclass(frozen=True)
@@ -137,11 +140,7 @@ def write_world_dataset(out: Path, spec: WorldDatasetSpec) -> dict[str, Any]:
     return body
 
 
-class _Named(Protocol):
-    paths: list[str]  # "<class>/<file>", as diffii_core.evaluate's LabelledImages names them
-
-
-def waterbirds_groups(test_dir: Path) -> Callable[[_Named], list[str]] | None:
+def waterbirds_groups(test_dir: Path) -> Callable[[LabelledImages], list[str]] | None:
     """The test images' groups of a waterbirds-style world set ("water bird on land", ...), read from
     classes.json and backgrounds.json beside `test_dir`, for worst-group accuracy; None for any other set."""
     root = Path(test_dir).parent
@@ -155,7 +154,7 @@ def waterbirds_groups(test_dir: Path) -> Callable[[_Named], list[str]] | None:
     backgrounds = json.loads((root / "backgrounds.json").read_text())
     split = Path(test_dir).name
 
-    def groups(test: _Named) -> list[str]:
+    def groups(test: LabelledImages) -> list[str]:
         out = []
         for path in test.paths:
             where = "water" if backgrounds[f"{split}/{path}"] in water else "land"
