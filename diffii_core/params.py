@@ -53,11 +53,6 @@ MODEL_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
-def uses_concepts(method: str) -> bool:
-    """Whether a method needs learned concepts (tokens, with or without LoRA)."""
-    return REGISTRY[method].needs_concepts
-
-
 class ConceptParams(BaseModel):
     """Concept learning: placeholder tokens per class plus one LoRA shared by all classes."""
 
@@ -254,10 +249,3 @@ def images_for_class(params: JobParams, n_real: int) -> int:
     """Output count for a class of n_real images: int(expansion * N_c), as the method specifies."""
     # The epsilon keeps 0.29 * 100 at 29: binary floats land just under whole numbers.
     return math.floor(params.expansion * n_real + 1e-9)
-
-
-def strengths(params: JobParams) -> list[float]:
-    """The strengths an image's strength is drawn from: the job's, else the method's published default."""
-    if params.strength is not None:
-        return list(params.strength)
-    return list(REGISTRY[params.method].strengths)

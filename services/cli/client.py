@@ -22,9 +22,9 @@ import httpx
 
 from diffii_core.atomic import atomic_write
 from services.cli.options import job_body, job_options
+from services.common.statuses import TERMINAL_JOB_STATUSES
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
-TERMINAL = {"succeeded", "failed", "cancelled"}
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 STORED_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}  # already compressed: deflating wastes time
 F = TypeVar("F", bound=Callable[..., Any])
@@ -224,7 +224,7 @@ def wait_for(client: Client, job_id: str, interval: float, timeout: float | None
             bar.set_description(p["stage"])
             bar.set_postfix_str(f"shards {p['shards_done']}/{p['shards_total']}")
             bar.refresh()
-            if job["status"] in TERMINAL:
+            if job["status"] in TERMINAL_JOB_STATUSES:
                 return job
             if deadline is not None and time.monotonic() > deadline:
                 raise click.ClickException(

@@ -29,7 +29,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from services.common.statuses import TERMINAL_JOB_STATUSES, JobStatus
 from services.common.timeutil import utcnow
+
+__all__ = ["TERMINAL_JOB_STATUSES", "JobStatus"]  # re-exported: the statuses live apart from SQL
 
 
 def new_id() -> str:
@@ -38,21 +41,6 @@ def new_id() -> str:
 
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}  # noqa: RUF012 - SQLAlchemy reads it
-
-
-class JobStatus(enum.StrEnum):
-    queued = "queued"
-    preparing = "preparing"
-    learning = "learning"
-    generating = "generating"
-    packaging = "packaging"
-    cancelling = "cancelling"  # cancel asked while a shard ran; its worker stops at the next batch
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-
-
-TERMINAL_JOB_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
 
 
 class ShardKind(enum.StrEnum):

@@ -17,8 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.common import keys
 from services.common.lifecycle import jobs
-from services.common.lifecycle.table import TERMINAL_JOB, Actor
+from services.common.lifecycle.table import Actor
 from services.common.models import Job
+from services.common.statuses import TERMINAL_JOB_STATUSES
 from services.common.storage import Storage
 from services.common.timeutil import utcnow
 
@@ -40,7 +41,7 @@ def delete_job(session: Session, storage: Storage, job_id: str) -> bool:
     """Remove an ended job's objects, then its rows (commits). False if the job has not ended."""
     status = session.scalar(select(Job.status).where(Job.id == job_id))
     session.commit()
-    if status not in TERMINAL_JOB:
+    if status not in TERMINAL_JOB_STATUSES:
         return False
     storage.delete_prefix(keys.job_prefix(job_id))  # StorageError: the rows stay, a retry finishes it
     jobs.lock(session, job_id)
@@ -70,13 +71,17 @@ def collect(
     with sessions() as session:
         expiring = session.scalars(
             select(Job.id)
-            .where(Job.status.in_(TERMINAL_JOB), Job.expired_at.is_(None), Job.finished_at < now - retention)
+            .where(
+                Job.status.in_(TERMINAL_JOB_STATUSES),
+                Job.expired_at.is_(None),
+                Job.finished_at < now - retention,
+            )
             .limit(BATCH)
         ).all()
         pruning = session.scalars(
             select(Job.id)
             .where(
-                Job.status.in_(TERMINAL_JOB),
+                Job.status.in_(TERMINAL_JOB_STATUSES),
                 Job.pruned_at.is_(None),
                 Job.expired_at.is_(None),
                 Job.finished_at < now - intermediate_retention,

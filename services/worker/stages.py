@@ -7,7 +7,6 @@ process dies before dispatching, those rows are `pending` and the sweeper sends 
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -32,22 +31,30 @@ if TYPE_CHECKING:
 
     from diffii_core.concepts import Concepts
     from diffii_core.dataset import Dataset
+    from diffii_core.methods import MethodSpec
     from diffii_core.params import JobParams
+    from diffii_core.pipeline.steps import ClassPlan
 
 log = logging.getLogger("diffii.worker")
-
-
-def needs_concepts(params: JobParams) -> bool:
-    """Methods on the base model (real-guidance, real-mix) skip the learn stage entirely."""
-    from diffii_core.methods import REGISTRY
-
-    return REGISTRY[params.method].needs_concepts
 
 
 def job_params(job: Job) -> JobParams:
     from diffii_core.params import JobParams
 
     return JobParams.model_validate(job.params)
+
+
+def method(params: JobParams) -> MethodSpec:
+    from diffii_core.methods import REGISTRY
+
+    return REGISTRY[params.method]
+
+
+def class_plans(job: Job) -> list[ClassPlan]:
+    """The classes as the prepare stage recorded them in the job's manifest."""
+    from diffii_core.pipeline.steps import ClassPlan
+
+    return [ClassPlan(**c) for c in (job.manifest or {}).get("classes", [])]
 
 
 def split_ranges(total: int, shard_size: int) -> list[tuple[int, int]]:
@@ -105,7 +112,7 @@ def job_dataset(ctx: ShardContext, job: Job) -> Dataset:
 
 
 def job_concepts(ctx: ShardContext, job: Job, params: JobParams) -> Concepts | None:
-    if not needs_concepts(params):
+    if not method(params).needs_concepts:
         return None
     from diffii_core.concepts import Concepts
 
@@ -121,11 +128,10 @@ def job_concepts(ctx: ShardContext, job: Job, params: JobParams) -> Concepts | N
 
 def job_classifier(ctx: ShardContext, job: Job, params: JobParams, model: Any) -> Any:
     """Real-Filter's classifier of the real set: deterministic, so each process fits its own once."""
-    from diffii_core.classifier import train_classifier
+    from diffii_core.pipeline import steps
 
     def fit() -> Any:
-        images = [[item.open() for item in c.images] for c in job_dataset(ctx, job).classes]
-        return train_classifier(model, images, params.resolution or model.resolution, params.image_geometry)
+        return steps.classifier(method(params), model, job_dataset(ctx, job), params)
 
     return ctx.process.pools.get_or((job.id, "classifier"), fit)
 
@@ -136,7 +142,8 @@ def class_pool(ctx: ShardContext, job: Job, params: JobParams, model: Any, conce
     Shards of one split class may compute it concurrently; the result is deterministic, so whichever
     write lands last is the same bytes.
     """
-    from diffii_core.inversion import invert_class, load_pool, save_pool
+    from diffii_core.inversion import load_pool, save_pool
+    from diffii_core.pipeline import steps
 
     c = ctx.claim
     assert c.class_index is not None and c.class_name is not None
@@ -151,10 +158,8 @@ def class_pool(ctx: ShardContext, job: Job, params: JobParams, model: Any, conce
         cls = dataset.classes[c.class_index]
         if cls.name != c.class_name:
             raise RuntimeError(f"class {c.class_index} is {cls.name!r} in the dataset, not {c.class_name!r}")
-        pool = invert_class(
-            model, concepts, [item.open() for item in cls.images], cls.name, params,
-            batch_size=ctx.settings.batch_size,
-        )  # fmt: skip
+        pool = steps.invert(method(params), model, concepts, cls, params, batch_size=ctx.settings.batch_size)
+        assert pool is not None  # called only for a method that inverts
         save_pool(pool, path)
         ctx.storage.put_bytes(key, path.read_bytes())
         return pool
@@ -167,7 +172,7 @@ def class_pool(ctx: ShardContext, job: Job, params: JobParams, model: Any, conce
 
 def prepare(ctx: ShardContext) -> list[str]:
     """Fetch and check the dataset, write the class manifest, create the job's other shards."""
-    from diffii_core.params import images_for_class
+    from diffii_core.pipeline import steps
 
     job = ctx.job()
     params = job_params(job)
@@ -175,18 +180,10 @@ def prepare(ctx: ShardContext) -> list[str]:
     dataset = job_dataset(ctx, job)  # DatasetError: the job fails at once
     ctx.raise_if_stopped()
 
-    counts = [images_for_class(params, len(c.images)) for c in dataset.classes]
+    plans = steps.prepare(dataset, params)
+    counts = [p.generated for p in plans]
     manifest = dataset.manifest()
-    manifest["classes"] = [
-        {
-            "index": c.index,
-            "name": c.name,
-            "images": len(c.images),
-            "generated": n,
-            "sources": [item.path for item in c.images],
-        }
-        for c, n in zip(dataset.classes, counts, strict=True)
-    ]
+    manifest["classes"] = [p.to_dict() for p in plans]
     settings = ctx.settings
     rows: list[Shard] = []
 
@@ -203,15 +200,15 @@ def prepare(ctx: ShardContext) -> list[str]:
             )
         )
 
-    learns = needs_concepts(params)
+    learns = method(params).needs_concepts
     if learns:
         add(ShardKind.learn)
-    for c, n in zip(dataset.classes, counts, strict=True):
-        for start, stop in split_ranges(n, settings.shard_size):
+    for p in plans:
+        for start, stop in split_ranges(p.generated, settings.shard_size):
             add(
                 ShardKind.generate,
-                class_index=c.index,
-                class_name=c.name,
+                class_index=p.index,
+                class_name=p.name,
                 start=start,
                 stop=stop,
                 images_total=stop - start,
@@ -246,7 +243,7 @@ def prepare(ctx: ShardContext) -> list[str]:
 
 def learn(ctx: ShardContext) -> list[str]:
     """Learn the job's concepts (tokens + one shared LoRA) and store them; then every class may start."""
-    from diffii_core.training import learn_concepts
+    from diffii_core.pipeline import steps
 
     job = ctx.job()
     params = job_params(job)
@@ -266,9 +263,11 @@ def learn(ctx: ShardContext) -> list[str]:
                 if path.is_file() and not path.name.startswith("."):
                     ctx.storage.put_bytes(keys.checkpoint_prefix(job.id) + path.name, path.read_bytes())
 
-    concepts = learn_concepts(
-        model, dataset, params, checkpoint_dir=checkpoints, progress=progress, should_stop=ctx.should_stop
-    )
+    concepts = steps.concepts(
+        method(params), model, dataset, params, checkpoint_dir=checkpoints, progress=progress,
+        should_stop=ctx.should_stop,
+    )  # fmt: skip
+    assert concepts is not None  # the learn stage exists only for methods that need concepts
     folder = ctx.process.job_dir(job.id) / "concepts"
     for path in concepts.save(folder):
         ctx.storage.put_bytes(keys.concepts_prefix(job.id) + path.name, path.read_bytes())
@@ -297,16 +296,14 @@ def _missing_runs(missing: list[int]) -> list[tuple[int, int]]:
 def generate(ctx: ShardContext) -> list[str]:
     """Images [start, stop) of one class, each stored under its deterministic key as it is made."""
     from diffii_core.concepts import concepts_applied
-    from diffii_core.generate import generate_share
-    from diffii_core.methods import REGISTRY
+    from diffii_core.pipeline import steps
 
     c = ctx.claim
     assert c.class_index is not None and c.class_name is not None
     job = ctx.job()
     params = job_params(job)
-    manifest = job.manifest or {}
-    classes = manifest.get("classes", [])
-    info = classes[c.class_index]
+    plans = class_plans(job)
+    plan = plans[c.class_index]
 
     # Resume: indices already stored by an earlier attempt are not made again.
     stored = keys.stored_indices(ctx.storage.list(keys.images_prefix(job.id, c.class_index)))
@@ -316,22 +313,19 @@ def generate(ctx: ShardContext) -> list[str]:
     if missing:
         model = ctx.process.model(params.model)
         concepts = job_concepts(ctx, job, params)
-        spec = REGISTRY[params.method]
+        spec = method(params)
         with concepts_applied(model, concepts):
             pool = class_pool(ctx, job, params, model, concepts) if spec.inversion else None
-            references = classifier = None
+            references = None
             if spec.references:
-                cls = job_dataset(ctx, job).classes[c.class_index]
-                references = [item.open() for item in cls.images]
-            if spec.classifier:
-                classifier = job_classifier(ctx, job, params, model)
+                references = steps.references(spec, job_dataset(ctx, job).classes[c.class_index])
+            classifier = job_classifier(ctx, job, params, model) if spec.classifier else None
             batch = ctx.settings.batch_size
             for start, stop in _missing_runs(missing):
-                for image in generate_share(
-                    model, concepts, pool, class_name=c.class_name, label_index=c.class_index,
-                    class_names=[x["name"] for x in classes], source_names=info["sources"], params=params,
-                    start=start, stop=stop, batch_size=batch, should_stop=ctx.should_stop,
-                    references=references, classifier=classifier,
+                for image in steps.generate(
+                    model, params, plan, [p.name for p in plans], start=start, stop=stop, batch_size=batch,
+                    concepts=concepts, pool=pool, references=references, classifier=classifier,
+                    should_stop=ctx.should_stop,
                 ):  # fmt: skip
                     ctx.storage.put_bytes(
                         keys.image_png(job.id, c.class_index, image.index), image.png, "image/png"
@@ -349,67 +343,57 @@ def generate(ctx: ShardContext) -> list[str]:
         return shards.finish_generate(s, c, time.monotonic() - ctx.started)
 
 
-def store_previews(ctx: ShardContext, job: Job, classes: list[dict[str, Any]]) -> list[bytes]:
+def store_previews(ctx: ShardContext, job: Job, plans: list[ClassPlan]) -> dict[str, bytes]:
     """Each class's preview sheet, stored first (the API serves them while the archive is still
     being written) and returned for the archive. Rebuilt on a retry: they are cheap and deterministic."""
-    from PIL import Image
-
-    from diffii_core.preview import REAL_PER_SHEET, SYNTHETIC_PER_SHEET, class_sheet
+    from diffii_core.pipeline import steps
+    from diffii_core.preview import REAL_PER_SHEET, SYNTHETIC_PER_SHEET
 
     dataset = job_dataset(ctx, job)
-    sheets = []
-    for cls in classes:
-        shown = min(cls["generated"], SYNTHETIC_PER_SHEET)
+    sheets = {}
+    for plan in plans:
         synthetic = [
-            Image.open(io.BytesIO(ctx.storage.get_bytes(keys.image_png(job.id, cls["index"], i))))
-            for i in range(shown)
+            ctx.storage.get_bytes(keys.image_png(job.id, plan.index, i))
+            for i in range(min(plan.generated, SYNTHETIC_PER_SHEET))
         ]
-        real = [item.open() for item in dataset.classes[cls["index"]].images[:REAL_PER_SHEET]]
-        sheet = class_sheet(cls["name"], real, synthetic)
-        ctx.storage.put_bytes(keys.preview(job.id, cls["index"]), sheet, "image/png")
-        sheets.append(sheet)
+        real = [item.open() for item in dataset.classes[plan.index].images[:REAL_PER_SHEET]]
+        sheet = steps.preview(plan, real, synthetic)
+        ctx.storage.put_bytes(keys.preview(job.id, plan.index), sheet, "image/png")
+        sheets[plan.name] = sheet
     return sheets
 
 
 def package(ctx: ShardContext) -> list[str]:
     """Stream every image, metadata.jsonl and job.json into one zip (a multipart upload on S3)."""
-    from diffii_core.archive import ArchiveWriter, job_document
+    from diffii_core.archive import ArchiveWriter
+    from diffii_core.pipeline import steps
 
     job = ctx.job()
     params = job_params(job)
-    manifest = job.manifest or {}
-    classes = manifest.get("classes", [])
+    plans = class_plans(job)
     key = keys.archive(job.id)
     written = 0
     try:
-        sheets = store_previews(ctx, job, classes)
+        sheets = store_previews(ctx, job, plans)
         with ctx.storage.open_writer(key) as handle:
             writer = ArchiveWriter(handle)
-            writer.add_previews({cls["name"]: sheet for cls, sheet in zip(classes, sheets, strict=True)})
+            writer.add_previews(sheets)
             metadata = []
-            for cls in classes:
-                for index in range(cls["generated"]):
+            for plan in plans:
+                for index in range(plan.generated):
                     if written % 16 == 0:
                         ctx.images_done = written
                         if ctx.should_stop():
                             ctx.raise_if_stopped()
-                    meta = json.loads(ctx.storage.get_bytes(keys.image_meta(job.id, cls["index"], index)))
+                    meta = json.loads(ctx.storage.get_bytes(keys.image_meta(job.id, plan.index, index)))
                     writer.add_image(
-                        meta["file_name"], ctx.storage.get_bytes(keys.image_png(job.id, cls["index"], index))
+                        meta["file_name"], ctx.storage.get_bytes(keys.image_png(job.id, plan.index, index))
                     )
                     metadata.append(meta)
                     written += 1
-            doc_classes = [{k: c[k] for k in ("index", "name", "images", "generated")} for c in classes]
-            writer.finish(
-                metadata,
-                job_document(
-                    params,
-                    {"name": params.model, "revision": job.model_revision or ""},
-                    doc_classes,
-                    skipped=manifest.get("skipped", []),
-                    job_id=job.id,
-                ),
-            )
+            model = {"name": params.model, "revision": job.model_revision or ""}
+            skipped = (job.manifest or {}).get("skipped", [])
+            steps.package(writer, metadata, params, model, plans, skipped, job_id=job.id)
         with ctx.session() as s:
             jobs.lock(s, job.id)
             shards.succeed(s, ctx.claim, time.monotonic() - ctx.started, images_done=written)

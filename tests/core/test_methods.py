@@ -20,9 +20,10 @@ from diffii_core.augment import augment
 from diffii_core.concepts import concepts_applied
 from diffii_core.generate import generate_share
 from diffii_core.methods import REGISTRY
-from diffii_core.methods.img2img import soft_label
+from diffii_core.methods.img2img import method_strengths, soft_label
 from diffii_core.models import load_model
-from diffii_core.params import ConceptParams, JobParams, strengths, uses_concepts
+from diffii_core.params import ConceptParams, JobParams
+from diffii_core.pipeline import steps
 from diffii_core.sampling import denoise_steps, img2img_timesteps, sampler_timesteps
 
 from .test_augment_cli import FAST, run_cli
@@ -126,11 +127,17 @@ def test_source_equal_to_target_is_a_hard_label_of_mass_kappa():
 
 def test_parameters_validate_and_default_per_method():
     assert JobParams(method="da-fusion", strength=0.7).strength == [0.7]
-    assert strengths(JobParams(method="da-fusion")) == [0.25, 0.5, 0.75, 1.0]
-    assert strengths(JobParams(method="diff-mix")) == [0.5]
-    assert strengths(JobParams(method="diff-gen")) == [1.0]
-    assert not uses_concepts("real-guidance") and not uses_concepts("real-mix")
-    assert all(uses_concepts(m) for m in ["diff-ii", "diff-mix", "diff-aug", "diff-gen", "da-fusion"])
+
+    def drawn_from(method: str, **values: object) -> list[float]:
+        return method_strengths(REGISTRY[method], JobParams(method=method, **values))
+
+    assert drawn_from("da-fusion") == [0.25, 0.5, 0.75, 1.0]
+    assert drawn_from("diff-mix") == [0.5] and drawn_from("diff-gen") == [1.0]
+    assert drawn_from("diff-mix", strength=[0.3, 0.9]) == [0.3, 0.9]  # the job's own list wins
+    assert not REGISTRY["real-guidance"].needs_concepts and not REGISTRY["real-mix"].needs_concepts
+    assert all(
+        REGISTRY[m].needs_concepts for m in ["diff-ii", "diff-mix", "diff-aug", "diff-gen", "da-fusion"]
+    )
     for bad in [{"strength": [0.0]}, {"strength": [1.2]}, {"kappa": 0}, {"kappa": 1.5}, {"gamma": 0}]:
         with pytest.raises(ValidationError) as info:
             JobParams.model_validate({"method": "diff-mix"} | bad)
@@ -213,8 +220,8 @@ def test_base_model_methods_touch_no_learned_weights(method, sample_dir, tmp_pat
         seen.append(real_load(*args, **kwargs))
         return seen[-1]
 
-    monkeypatch.setattr(augment_module, "learn_concepts", forbidden)
-    monkeypatch.setattr(augment_module, "invert_class", forbidden)
+    monkeypatch.setattr(steps, "learn_concepts", forbidden)
+    monkeypatch.setattr(steps, "invert_class", forbidden)
     monkeypatch.setattr(augment_module, "load_model", load)
     augment(sample_dir, tmp_path / "out.zip", _params(method, expansion=1), batch_size=4)
     model = seen[0]

@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from services.common.pdeathsig import die_with_parent
+from services.common.statuses import TERMINAL_JOB_STATUSES
 from tests.service_helpers import auth, free_port, wait_until
 
 
@@ -49,8 +50,6 @@ JOB_PARAMS: dict[str, Any] = {
 }
 EXPECTED_IMAGES = 24
 JOB_TIMEOUT = 900.0  # a wait, not a measure: a loaded 2-core machine needs minutes per job
-
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 @dataclass
@@ -186,7 +185,7 @@ class Cluster:
         self,
         key: str,
         job_id: str,
-        until: Callable[[dict[str, Any]], bool] = lambda j: j["status"] in TERMINAL,
+        until: Callable[[dict[str, Any]], bool] = lambda j: j["status"] in TERMINAL_JOB_STATUSES,
         timeout: float = JOB_TIMEOUT,
     ) -> dict[str, Any]:
         seen: dict[str, Any] = {}
@@ -267,15 +266,22 @@ def cluster(
         yield c
 
 
+@dataclass(frozen=True)
+class ReferenceJob:
+    images: dict[str, bytes]  # every stored image and metadata object (Cluster.images)
+    archive: bytes
+
+
 @pytest.fixture(scope="session")
-def reference_images(
+def reference_job(
     make_pg_database: Callable[[], str],
     redis_url: str,
     moto_s3: dict[str, Any],
     tmp_path_factory: pytest.TempPathFactory,
-) -> dict[str, bytes]:
-    """The image bytes of an undisturbed run (1 worker, default batch and shard size), made in a
+) -> ReferenceJob:
+    """An undisturbed run of the sample dataset (1 worker, default batch and shard size), made in a
     cluster of its own, so no test's result depends on which test ran first."""
+    from services.common import keys
     from services.common.storage_s3 import S3Storage
     from tests.service_helpers import s3_storage_kwargs
 
@@ -288,7 +294,12 @@ def reference_images(
         job_id = c.submit(key, c.upload_sample(key))
         job = c.wait_job(key, job_id)
         assert job["status"] == "succeeded", f"{job}\n{c.logs()}"
-        return c.images(job_id)
+        return ReferenceJob(images=c.images(job_id), archive=c.storage.get_bytes(keys.archive(job_id)))
+
+
+@pytest.fixture(scope="session")
+def reference_images(reference_job: ReferenceJob) -> dict[str, bytes]:
+    return reference_job.images
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

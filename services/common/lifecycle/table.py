@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from services.common.models import JobStatus as J
 from services.common.models import ShardStatus as S
+from services.common.statuses import TERMINAL_JOB_STATUSES
 
 
 class Actor(enum.StrEnum):
@@ -35,7 +36,6 @@ class Transition:
 A = Actor
 OPEN_JOB = (J.queued, J.preparing, J.learning, J.generating, J.packaging)
 RUNNING_JOB = (J.preparing, J.learning, J.generating, J.packaging)
-TERMINAL_JOB = (J.succeeded, J.failed, J.cancelled)
 OPEN_SHARD = (S.waiting, S.pending, S.queued, S.running)
 SENDABLE_SHARD = (S.pending, S.queued)
 
@@ -58,7 +58,14 @@ JOB_TRANSITIONS: tuple[Transition, ...] = (
     _t(OPEN_JOB, "cancel", J.cancelled, A.api, note="no shard is running: at once"),
     _t(RUNNING_JOB, "cancel", J.cancelling, A.api, note="a shard is running"),
     _t((J.cancelling,), "stopped", J.cancelled, A.worker, A.sweeper, note="no shard is running any more"),
-    _t(TERMINAL_JOB, "delete", None, A.api, A.gc, note="DELETE /v1/jobs/{id}; objects first, then rows"),
+    _t(
+        TERMINAL_JOB_STATUSES,
+        "delete",
+        None,
+        A.api,
+        A.gc,
+        note="DELETE /v1/jobs/{id}; objects first, then rows",
+    ),
 )
 
 SHARD_TRANSITIONS: tuple[Transition, ...] = (

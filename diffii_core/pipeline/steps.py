@@ -1,0 +1,196 @@
+"""The method's steps, once: `augment` runs them in one process, the service's worker runs them one shard
+at a time (adding only storage, caching, leases and state around each call).
+
+1. `prepare`          how many images each class gets, and from which real images
+2. `concepts`         the job's concepts: reused from a folder, imported, or learned
+3. `classifier`       Real-Filter's classifier of the real set
+4. `invert`           Diff-II's inversion pool of a class
+5. `generate`         images [start, stop) of a class
+6. `preview`          a class's preview sheet
+7. `package`          the archive's metadata and job document
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from diffii_core.archive import ArchiveWriter, job_document
+from diffii_core.classifier import FeatureClassifier, train_classifier
+from diffii_core.concept_import import import_published, is_published_layout
+from diffii_core.concepts import Concepts
+from diffii_core.dataset import ClassInfo, Dataset
+from diffii_core.generate import GeneratedImage, generate_share
+from diffii_core.inversion import invert_class
+from diffii_core.methods import MethodSpec
+from diffii_core.models import LoadedModel
+from diffii_core.params import JobParams, images_for_class
+from diffii_core.preview import class_sheet
+from diffii_core.training import learn_concepts
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class ClassPlan:
+    """One class of the job: its real images (`sources`, in dataset order) and how many to make."""
+
+    index: int
+    name: str
+    images: int
+    generated: int
+    sources: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> dict[str, Any]:
+        """The class as job.json lists it."""
+        return {"index": self.index, "name": self.name, "images": self.images, "generated": self.generated}
+
+
+# 1. Prepare ------------------------------------------------------------------------------------------
+
+
+def prepare(dataset: Dataset, params: JobParams) -> list[ClassPlan]:
+    return [
+        ClassPlan(
+            index=c.index,
+            name=c.name,
+            images=len(c.images),
+            generated=images_for_class(params, len(c.images)),
+            sources=[item.path for item in c.images],
+        )
+        for c in dataset.classes
+    ]
+
+
+# 2. Concepts -----------------------------------------------------------------------------------------
+
+
+def concepts(
+    spec: MethodSpec,
+    model: LoadedModel,
+    dataset: Dataset,
+    params: JobParams,
+    *,
+    concepts_dir: Path | None = None,
+    checkpoint_dir: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Concepts | None:
+    """None for the methods on the base model. Else the concepts in `concepts_dir` (ours, or the
+    published Diff-Mix layout) when it holds some, or concepts learned now (and saved there)."""
+    if not spec.needs_concepts:
+        return None
+    names = dataset.class_names()
+    if concepts_dir is not None and (concepts_dir / "concepts.json").exists():
+        stored = Concepts.load(concepts_dir)
+        stored.check_fits(spec.concepts, names, concepts_dir)
+        return stored
+    if concepts_dir is not None and concepts_dir.is_dir() and is_published_layout(concepts_dir):
+        stored = import_published(concepts_dir, names, params.metaclass, params.class_prompts)
+        stored.check_fits(spec.concepts, names, concepts_dir)
+        return stored
+    learned = learn_concepts(
+        model, dataset, params, checkpoint_dir=checkpoint_dir, progress=progress, should_stop=should_stop
+    )
+    if concepts_dir is not None:
+        learned.save(concepts_dir)
+    return learned
+
+
+# 3. Classifier ---------------------------------------------------------------------------------------
+
+
+def classifier(
+    spec: MethodSpec, model: LoadedModel, dataset: Dataset, params: JobParams
+) -> FeatureClassifier | None:
+    """Deterministic: every process that needs it fits the same one."""
+    if not spec.classifier:
+        return None
+    images = [[item.open() for item in c.images] for c in dataset.classes]
+    return train_classifier(model, images, params.resolution or model.resolution, params.image_geometry)
+
+
+# 4. Invert -------------------------------------------------------------------------------------------
+
+
+def invert(
+    spec: MethodSpec,
+    model: LoadedModel,
+    concepts: Concepts | None,
+    cls: ClassInfo,
+    params: JobParams,
+    *,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor | None:
+    """None unless the method starts from inversions. Call it inside `concepts_applied`."""
+    if not spec.inversion:
+        return None
+    assert concepts is not None  # every inverting method learns concepts (the registry says so)
+    images = [item.open() for item in cls.images]
+    return invert_class(model, concepts, images, cls.name, params, batch_size=batch_size, progress=progress)
+
+
+# 5. Generate -----------------------------------------------------------------------------------------
+
+
+def references(spec: MethodSpec, cls: ClassInfo) -> list[Image.Image] | None:
+    """The class's real images for the img2img methods, None for the others."""
+    return [item.open() for item in cls.images] if spec.references else None
+
+
+def generate(
+    model: LoadedModel,
+    params: JobParams,
+    plan: ClassPlan,
+    class_names: list[str],
+    *,
+    start: int,
+    stop: int,
+    batch_size: int,
+    concepts: Concepts | None = None,
+    pool: torch.Tensor | None = None,
+    references: Sequence[Image.Image] | None = None,
+    classifier: FeatureClassifier | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[GeneratedImage]:
+    """Images [start, stop) of the class; call it inside `concepts_applied(model, concepts)`."""
+    yield from generate_share(
+        model, concepts, pool, class_name=plan.name, label_index=plan.index, class_names=class_names,
+        source_names=plan.sources, params=params, start=start, stop=stop, batch_size=batch_size,
+        should_stop=should_stop, references=references, classifier=classifier,
+    )  # fmt: skip
+
+
+# 6. Preview ------------------------------------------------------------------------------------------
+
+
+def preview(plan: ClassPlan, real: Sequence[Image.Image], synthetic: Sequence[bytes]) -> bytes:
+    """The class's sheet: its first real images beside the first synthetic PNGs."""
+    return class_sheet(plan.name, real, [Image.open(io.BytesIO(png)) for png in synthetic])
+
+
+# 7. Package ------------------------------------------------------------------------------------------
+
+
+def package(
+    writer: ArchiveWriter,
+    metadata: list[dict[str, Any]],
+    params: JobParams,
+    model: dict[str, str],
+    plans: Sequence[ClassPlan],
+    skipped: list[dict[str, str]],
+    **extra: Any,
+) -> None:
+    """metadata.jsonl and job.json; closes the archive. `model`: {"name", "revision"}."""
+    classes = [p.summary() for p in plans]
+    writer.finish(metadata, job_document(params, model, classes, skipped=skipped, **extra))

@@ -1,0 +1,50 @@
+"""`diffii augment` and the service run the same steps (diffii_core.pipeline): one job through both
+gives the same images, metadata, previews and job document, byte for byte."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from diffii_core.preview import PREVIEW_PAGE
+from tests.integration.conftest import JOB_PARAMS, ReferenceJob
+
+
+def _members(archive: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}
+
+
+def test_diffii_augment_writes_what_the_service_writes(reference_job: ReferenceJob, tmp_path: Path) -> None:
+    from diffii_core.sample_data import write_sample_archive
+
+    source = write_sample_archive(tmp_path / "sample.zip")  # the dataset the reference job uploaded
+    out = tmp_path / "augment.zip"
+    p = JOB_PARAMS
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "services.cli", "augment", str(source), "--out", str(out), "--quiet",
+            "--model", p["model"], "--expansion", str(p["expansion"]), "--seed", str(p["seed"]),
+            "--inference-steps", str(p["inference_steps"]), "--inversion-steps", str(p["inversion_steps"]),
+            "--concept-steps", str(p["concepts"]["steps"]),
+        ],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+    command, service = _members(out.read_bytes()), _members(reference_job.archive)
+    assert sorted(command) == sorted(service)
+    images = sorted(name for name in service if name.endswith(".png"))
+    assert len(images) == JOB_PARAMS["expansion"] * 12  # every class's share, in both
+    for name in images:
+        assert command[name] == service[name], name
+    assert command["metadata.jsonl"] == service["metadata.jsonl"]
+    assert command[PREVIEW_PAGE] == service[PREVIEW_PAGE]
+    # job.json differs only in the service's job id.
+    served = json.loads(service["job.json"])
+    assert served.pop("job_id")
+    assert json.dumps(served, sort_keys=True) == json.dumps(json.loads(command["job.json"]), sort_keys=True)
