@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from diffii_core.augment import augment
 from diffii_core.methods import REGISTRY
 from diffii_core.params import JobParams
+from diffii_core.pipeline.augment import augment
 from diffii_core.world import domain
 from diffii_core.world.datasets import WorldDatasetSpec, write_world_dataset
 from diffii_core.world.oracle import attribute_accuracy, load_oracle, predict, to_batch
@@ -44,15 +44,15 @@ def per_attribute(archive: Path) -> dict[str, float]:
 
 def by_start(data: Path, concepts_dir: Path, params: JobParams) -> dict[str, dict[str, float]]:
     """Oracle accuracy of images denoised from three starts, everything else equal (see --starts)."""
-    from diffii_core.concepts import Concepts, concepts_applied
     from diffii_core.dataset import DatasetLimits, load_dataset
+    from diffii_core.denoising.prompts import concept_prompt, encode_prompts
+    from diffii_core.denoising.sampling import sample_two_stage
+    from diffii_core.denoising.suffixes import suffixes_for
     from diffii_core.images import decode_latents
-    from diffii_core.inversion import invert_class
-    from diffii_core.methods.circle import plan_diff_ii
+    from diffii_core.inversion.invert import invert_class
+    from diffii_core.learning.concepts import Concepts, concepts_applied
+    from diffii_core.methods.diff_ii import plan_diff_ii
     from diffii_core.models import load_model
-    from diffii_core.prompts import concept_prompt, encode_prompts
-    from diffii_core.sampling import sample_two_stage
-    from diffii_core.suffixes import suffixes_for
     from diffii_core.world.check import _pixels
 
     model, dataset = load_model("world"), load_dataset(data / "train", DatasetLimits())

@@ -27,11 +27,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from diffii_core.augment import augment
 from diffii_core.evaluate.classifier import TrainConfig
 from diffii_core.evaluate.run import evaluate, format_table
 from diffii_core.models import load_model
 from diffii_core.params import JobParams
+from diffii_core.pipeline.augment import augment
 from diffii_core.world import domain
 from diffii_core.world.datasets import WorldDatasetSpec, waterbirds_groups, write_world_dataset
 

@@ -37,12 +37,13 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-def run_padded(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Call a network on a batch of at least two rows. CPU kernels pick another algorithm for a batch of
-    one, whose last bits differ; padding keeps an image's bytes independent of the batch size."""
-    if x.shape[0] != 1:
-        return fn(x)
-    return fn(torch.cat([x, x]))[:1]
+def run_padded(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
+    """Call a network on a batch of at least two rows (each input is batched along its first axis). CPU
+    kernels pick another algorithm for a batch of one, whose last bits differ; padding keeps an image's
+    bytes independent of the batch size."""
+    if inputs[0].shape[0] != 1:
+        return fn(*inputs)
+    return fn(*(torch.cat([x, x]) for x in inputs))[:1]
 
 
 @torch.no_grad()

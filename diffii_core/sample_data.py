@@ -22,6 +22,8 @@ from typing import IO, Literal
 import numpy as np
 from PIL import Image, ImageDraw
 
+from diffii_core.output.archive import FIXED_TIME
+
 __all__ = [
     "SAMPLE_CLASSES",
     "SAMPLE_SIZE",
@@ -45,7 +47,6 @@ SAMPLE_CLASSES: tuple[tuple[str, int], ...] = (
 _SHAPES = ("circle", "square", "triangle", "star")
 # Drawn at 4x and reduced: smooth edges, like a photographed object rather than pixel art.
 _SUPERSAMPLE = 4
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 def sample_images(seed: int = 0) -> list[tuple[str, str, bytes]]:
@@ -95,12 +96,12 @@ def write_sample_archive(dest_file: Path, fmt: ArchiveFormat = "zip", seed: int 
 def _write_zip(dest_file: Path, folders: list[str], images: list[tuple[str, str, bytes]]) -> None:
     with zipfile.ZipFile(dest_file, "w") as zf:
         for folder in folders:
-            info = zipfile.ZipInfo(f"{folder}/", date_time=_ZIP_EPOCH)
+            info = zipfile.ZipInfo(f"{folder}/", date_time=FIXED_TIME)
             info.create_system = 3  # the default depends on the platform writing the file
             info.external_attr = (0o40755 << 16) | 0x10
             zf.writestr(info, b"")
         for _name, rel, png in images:
-            info = zipfile.ZipInfo(rel, date_time=_ZIP_EPOCH)
+            info = zipfile.ZipInfo(rel, date_time=FIXED_TIME)
             info.create_system = 3
             info.external_attr = 0o100644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED

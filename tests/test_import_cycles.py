@@ -119,3 +119,19 @@ def test_the_api_and_its_settings_never_import_torch() -> None:
         out = subprocess.run([sys.executable, "-c", code, home], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_the_public_api_is_importable_from_the_package_and_importing_the_package_stays_light() -> None:
+    code = (
+        "import sys, diffii_core; light = sorted(m for m in ('torch', 'diffusers') if m in sys.modules); "
+        "from diffii_core import *; "
+        "assert diffii_core.augment.__module__ == 'diffii_core.pipeline.augment'; "
+        "assert diffii_core.JobParams(model='tiny').model == 'tiny'; "
+        "print(light, sorted(set(diffii_core.__all__) - set(dir(sys.modules['__main__']))))"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[] []"  # nothing heavy on `import diffii_core`; every public name there

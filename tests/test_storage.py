@@ -146,9 +146,13 @@ def test_open_writer_is_invisible_until_finished(storage: Storage) -> None:
     assert storage.get_bytes("jobs/j/archive.zip") == b"new and longer"
 
 
-def test_check_and_ensure(storage: Storage) -> None:
+def test_ensure_twice_leaves_a_store_that_check_accepts_and_that_keeps_objects(storage: Storage) -> None:
+    storage.put_bytes("jobs/e/kept", b"before")
     storage.ensure()
-    storage.check()
+    storage.ensure()  # idempotent: a second start of the service finds the store as it left it
+    storage.check()  # raises StorageError when the store is unreachable (see the missing-bucket test)
+    assert storage.get_bytes("jobs/e/kept") == b"before"
+    assert storage.list("jobs/e/") == ["jobs/e/kept"]
 
 
 def test_s3_check_fails_for_a_missing_bucket(moto_s3: dict[str, Any]) -> None:

@@ -61,7 +61,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(x.shape[0])])
 
 
-def train_classifier(
+def train_downstream_classifier(
     backbone: str | Path,
     train: LabelledImages,
     pool: SyntheticPool | None,

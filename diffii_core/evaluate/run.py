@@ -15,7 +15,7 @@ from diffii_core.evaluate.classifier import (
     TrainConfig,
     accuracy,
     predict,
-    train_classifier,
+    train_downstream_classifier,
     worst_group_accuracy,
 )
 from diffii_core.evaluate.data import LabelledImages, check_same_classes, load_archive, load_split
@@ -92,7 +92,7 @@ def evaluate(
         entry = Entry(name)
         tick = progress(name, seeds * config.epochs) if progress else None
         for seed in range(seeds):
-            model = train_classifier(backbone, train, pool, rule, config, seed, progress=tick)
+            model = train_downstream_classifier(backbone, train, pool, rule, config, seed, progress=tick)
             pred = predict(model, test.pixels)
             entry.accuracies.append(accuracy(pred, test.labels))
             if groups is not None:

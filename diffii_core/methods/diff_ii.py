@@ -1,22 +1,132 @@
-"""diff-ii: interpolate two DDIM inversions of a class on their great circle and denoise in two stages
-(the implementation is in `circle.py`, imported when a share is generated, so that reading the registry
-never loads torch)."""
+"""diff-ii: a random pair of the class's DDIM inversions, a random point on their great circle, and
+two-stage denoising with the suffixed concept prompt early and the plain one late (DDIM, as published).
+
+The registry reads `SPEC` wherever a job is checked (the API too), so the engine (torch and the networks)
+is imported only when images are made."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from diffii_core.errors import Cancelled
 from diffii_core.methods.spec import MethodSpec, ShareRequest
+from diffii_core.output.generated import GeneratedImage, image_id
 
 if TYPE_CHECKING:
-    from diffii_core.output import GeneratedImage
+    import numpy as np
+    import torch
+
+    from diffii_core.params import JobParams
 
 
-def generate(req: ShareRequest) -> Iterator[GeneratedImage]:
-    from diffii_core.methods.circle import generate_diff_ii
+@dataclass
+class ImagePlan:
+    """Everything random about one output image, drawn before any network runs."""
 
-    return generate_diff_ii(req)
+    index: int
+    seed: int
+    latent: torch.Tensor  # start latent at the first denoising timestep
+    suffix: str | None
+    record: dict[str, Any] = field(default_factory=dict)  # sources, phi, theta...
+
+
+def plan_diff_ii(
+    pool: torch.Tensor, source_names: list[str], suffixes: list[str], params: JobParams, class_name: str,
+    index: int,
+) -> ImagePlan:  # fmt: skip
+    """A random pair of distinct inversions and a random phi on their great circle; a class of one image
+    starts from fresh Gaussian noise (the paper's fallback; the published code crashed)."""
+    import torch
+
+    from diffii_core.inversion.interpolation import (
+        angle,
+        circle_interpolate,
+        is_interpolation,
+        pair_from_index,
+    )
+    from diffii_core.seeding import derive_seed
+
+    seed = derive_seed(params.seed, "diff-ii", class_name, index)
+    gen = torch.Generator().manual_seed(seed)
+    n = pool.shape[0]
+    if n >= 2:
+        k = int(torch.randint(0, n * (n - 1) // 2, (1,), generator=gen))
+        i, j = pair_from_index(k, n)
+        phi = float(torch.rand(1, generator=gen, dtype=torch.float64)) * 2 * math.pi
+        theta = angle(pool[i], pool[j])
+        latent = circle_interpolate(pool[i], pool[j], phi)
+        record = {
+            "init": "interpolation",
+            "sources": [source_names[i], source_names[j]],
+            "phi": phi,
+            "theta": theta,
+            "arc": "short" if is_interpolation(phi, theta) else "long",
+        }
+    else:
+        latent = torch.randn(pool.shape[1:], generator=gen)
+        record = {"init": "noise", "sources": list(source_names[:1]), "phi": None, "theta": None, "arc": None}
+    suffix = suffixes[int(torch.randint(0, len(suffixes), (1,), generator=gen))] if suffixes else None
+    return ImagePlan(index=index, seed=seed, latent=latent, suffix=suffix, record=record)
+
+
+def generate(spec: MethodSpec, req: ShareRequest) -> Iterator[GeneratedImage]:
+    import torch
+
+    from diffii_core.denoising.prompts import concept_prompt, encode_prompts
+    from diffii_core.denoising.sampling import sample_two_stage
+    from diffii_core.denoising.suffixes import suffixes_for
+    from diffii_core.images import decode_latents
+
+    if req.pool is None:
+        raise ValueError("diff-ii needs the class's inversion pool")
+    if req.concepts is None:
+        raise ValueError("diff-ii needs learned concepts")
+    model, params = req.model, req.params
+    suffixes = suffixes_for(params.metaclass, params.suffixes)
+    tokens = req.concepts.tokens[req.class_name]
+    plain_prompt = concept_prompt(tokens, params.metaclass)
+    texts = [plain_prompt, ""] + [concept_prompt(tokens, params.metaclass, s) for s in suffixes]
+    states = encode_prompts(model, texts)
+    plain, uncond = states[0:1], states[1:2]
+    by_suffix = dict(zip(suffixes, states[2:], strict=True))
+    for first in range(req.start, req.stop, req.batch_size):
+        if req.should_stop is not None and req.should_stop():
+            raise Cancelled(f"stopped before image {first} of class {req.class_name!r}")
+        plans = [
+            plan_diff_ii(req.pool, req.source_names, suffixes, params, req.class_name, i)
+            for i in range(first, min(req.stop, first + req.batch_size))
+        ]
+        latents = torch.stack([p.latent for p in plans])
+        suffixed = torch.stack([by_suffix[p.suffix] if p.suffix else plain[0] for p in plans])
+        out = sample_two_stage(model, latents, plain.expand(len(plans), -1, -1), suffixed, uncond, params)
+        for plan, array in zip(plans, decode_latents(model, out), strict=True):
+            yield _finish(plan, array, req, plain_prompt)
+
+
+def _finish(plan: ImagePlan, array: np.ndarray, req: ShareRequest, plain_prompt: str) -> GeneratedImage:
+    from diffii_core.images import png_bytes
+
+    ident = image_id(req.label_index, plan.index)
+    file_name = f"{req.class_name}/{ident}.png"
+    metadata = {
+        "file_name": file_name,
+        "label": req.class_name,
+        "label_index": req.label_index,
+        "method": "diff-ii",
+        "seed": plan.seed,
+        "image_index": plan.index,
+        **plan.record,
+        "suffix": plan.suffix,
+        "prompt": f"{plain_prompt} {plan.suffix}" if plan.suffix else plain_prompt,
+        "split_ratio": req.params.split_ratio,
+        "sampler": req.params.sampler,
+    }
+    return GeneratedImage(
+        req.class_name, req.label_index, plan.index, ident, file_name, png_bytes(array), metadata
+    )
 
 
 SPEC = MethodSpec(

@@ -11,15 +11,14 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from diffii_core.classifier import FeatureClassifier
-    from diffii_core.concepts import Concepts
+    from diffii_core.learning.concepts import Concepts
+    from diffii_core.methods.real_filter import FeatureClassifier
     from diffii_core.models import LoadedModel
-    from diffii_core.output import GeneratedImage
+    from diffii_core.output.generated import GeneratedImage
     from diffii_core.params import JobParams
 
 ConceptKind = Literal["none", "lora+tokens", "tokens"]
-# The denoising samplers a method or a job may name (implemented in `diffii_core.sampling`).
-Sampler = Literal["ddim", "dpm-solver++"]
+# The denoising samplers a method or a job may name (implemented in `diffii_core.denoising.sampling`).
 SAMPLERS: tuple[str, ...] = ("ddim", "dpm-solver++")
 
 
@@ -43,7 +42,16 @@ class ShareRequest:
     should_stop: Callable[[], bool] | None = None
 
 
-Generate = Callable[[ShareRequest], Iterator["GeneratedImage"]]
+# A method's images for a request; it gets its own registry entry, so one function serves a family.
+Generate = Callable[["MethodSpec", ShareRequest], Iterator["GeneratedImage"]]
+
+
+def img2img(spec: MethodSpec, req: ShareRequest) -> Iterator[GeneratedImage]:
+    """The img2img / text-to-image family's `generate` (SDEdit from a real image, or from noise), imported
+    when images are made: the registry is read where torch is not (the API)."""
+    from diffii_core.denoising.img2img import generate_img2img
+
+    return generate_img2img(spec, req)
 
 
 @dataclass(frozen=True)

@@ -20,18 +20,18 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from diffii_core.archive import ArchiveWriter, job_document
-from diffii_core.classifier import FeatureClassifier, train_classifier
-from diffii_core.concept_import import import_published, is_published_layout
-from diffii_core.concepts import Concepts
 from diffii_core.dataset import ClassInfo, Dataset
-from diffii_core.generate import GeneratedImage, generate_share
-from diffii_core.inversion import invert_class
+from diffii_core.denoising.generate import GeneratedImage, generate_share
+from diffii_core.inversion.invert import invert_class
+from diffii_core.learning.concept_import import import_published, is_published_layout
+from diffii_core.learning.concepts import Concepts
+from diffii_core.learning.training import learn_concepts
 from diffii_core.methods import MethodSpec
+from diffii_core.methods.real_filter import FeatureClassifier, fit_real_filter
 from diffii_core.models import LoadedModel
+from diffii_core.output.archive import ArchiveWriter, job_document
+from diffii_core.output.preview import class_sheet
 from diffii_core.params import JobParams, images_for_class
-from diffii_core.preview import class_sheet
-from diffii_core.training import learn_concepts
 
 if TYPE_CHECKING:
     import torch
@@ -116,7 +116,7 @@ def classifier(
     if not spec.classifier:
         return None
     images = [[item.open() for item in c.images] for c in dataset.classes]
-    return train_classifier(model, images, params.resolution or model.resolution, params.image_geometry)
+    return fit_real_filter(model, images, params.resolution or model.resolution, params.image_geometry)
 
 
 # 4. Invert -------------------------------------------------------------------------------------------

@@ -9,7 +9,11 @@ from pathlib import Path
 from diffii_core.errors import ModelError
 
 PIPELINE_DIR = Path(__file__).parent / "pipeline"
-BACKBONE_DIR = Path(__file__).parent / "backbone"
+# Trained weights beside the code that uses them, in a folder of their own (`oracle.py` reads
+# `weights/oracle/`, `backbone.py` writes `weights/backbone/`).
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+BACKBONE_DIR = WEIGHTS_DIR / "backbone"
+ORACLE_DIR = WEIGHTS_DIR / "oracle"
 
 
 def shipped_pipeline() -> Path:

@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffii_core.ddim import denoise_timesteps
+from diffii_core.denoising.prompts import encode_prompts
+from diffii_core.denoising.sampling import sample_two_stage
 from diffii_core.images import decode_latents, encode_images
-from diffii_core.inversion import invert_latents
+from diffii_core.inversion.ddim import denoise_timesteps
+from diffii_core.inversion.invert import invert_latents
 from diffii_core.models import LoadedModel, load_model
 from diffii_core.params import JobParams
-from diffii_core.prompts import encode_prompts
-from diffii_core.sampling import sample_two_stage
 from diffii_core.seeding import generator
 from diffii_core.world import domain
 from diffii_core.world.oracle import Oracle, attributes_right, load_oracle, predict, to_batch
@@ -99,7 +99,7 @@ def diffii_faithfulness(
 ) -> float:
     """Share of Diff-II images of a 5-shot, 5-class evaluation dataset whose attributes are their class's,
     made with the world's defaults (its quick preset)."""
-    from diffii_core.augment import augment
+    from diffii_core.pipeline.augment import augment
     from diffii_core.world.datasets import WorldDatasetSpec, write_world_dataset
     from diffii_core.world.sheets import archive_images
 

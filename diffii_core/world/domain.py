@@ -4,7 +4,7 @@ A *species* is one combination of four visible attributes (body colour, wing col
 the nearest species differ in one attribute, as CUB's birds do in a field mark. Every *image* of a
 species varies in pose, position, scale, lighting and occlusion, and stands in one of eight background
 *contexts* that are a nuisance for the label. The contexts are exactly the default `bird` suffixes of
-`diffii_core.suffixes`, so Diff-II's suffixed prompts name contexts the world model knows.
+`diffii_core.denoising.suffixes`, so Diff-II's suffixed prompts name contexts the world model knows.
 
 Every image comes with a caption naming its attributes and its context: the world model's pretraining
 text. Species are split once, by a fixed seed, into pretraining species (the only ones the world model

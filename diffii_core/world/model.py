@@ -24,8 +24,8 @@ from diffusers.utils import logging as diffusers_logging
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
+from diffii_core.denoising.suffixes import DEFAULT_SUFFIXES
 from diffii_core.models.tiny import SCHEDULER_CONFIG as TINY_SCHEDULER_CONFIG
-from diffii_core.suffixes import DEFAULT_SUFFIXES
 from diffii_core.world import domain
 
 BOS, EOS, UNK = "<|startoftext|>", "<|endoftext|>", "<|unk|>"

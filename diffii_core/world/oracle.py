@@ -20,14 +20,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from diffii_core.atomic import atomic_write
-from diffii_core.world import domain
+from diffii_core.world import ORACLE_DIR, domain
 from diffii_core.world.fit import Progress, cached, fit
 
 HEADS: dict[str, tuple[str, ...]] = {
     **domain.ATTRIBUTES,
     "context": tuple(str(i) for i in range(len(domain.CONTEXTS))),
 }
-DEFAULT_DIR = Path(__file__).parent / "oracle"
 
 
 class Oracle(nn.Module):
@@ -110,7 +109,7 @@ def train_oracle(
     return steps
 
 
-def load_oracle(directory: Path = DEFAULT_DIR) -> Oracle:
+def load_oracle(directory: Path = ORACLE_DIR) -> Oracle:
     model = Oracle()
     model.load_state_dict(load_file(str(directory / "oracle.safetensors")))
     return model.eval()

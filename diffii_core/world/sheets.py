@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from diffii_core.preview import grid
+from diffii_core.output.preview import grid
 
 
 def archive_images(archive: Path) -> dict[str, list[Image.Image]]:

@@ -90,8 +90,8 @@ def augment(
     registry = _registry(model_paths)
     from tqdm import tqdm
 
-    from diffii_core.augment import augment as run
     from diffii_core.errors import DiffiiError
+    from diffii_core.pipeline.augment import augment as run
 
     bars: list[tqdm] = []
 

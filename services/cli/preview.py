@@ -29,7 +29,7 @@ def preview(source: str, out: Path | None, server: str, api_key: str | None) -> 
     from the server as soon as generation has ended, before the archive is ready)."""
     path = Path(source)
     if path.is_file():
-        from diffii_core.preview import archive_previews
+        from diffii_core.output.preview import archive_previews
 
         try:
             sheets = archive_previews(path)

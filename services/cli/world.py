@@ -79,7 +79,9 @@ def train(
     elif stage == "unet":
         reached = train_unet(work_dir, recipe, steps, max_seconds=max_seconds, progress=progress)
     elif stage == "oracle":
-        out = out or Path(oracle.__file__).parent / "oracle"
+        from diffii_core.world import ORACLE_DIR
+
+        out = out or ORACLE_DIR
         reached = oracle.train_oracle(work_dir, out, steps, seed=seed, progress=progress)
     else:
         from diffii_core.world import BACKBONE_DIR
@@ -207,7 +209,7 @@ def check(
 @click.option("--seed", type=int, default=0, show_default=True)
 def sheet(out: Path, what: str, rows: int, seed: int) -> None:
     """A contact sheet PNG: real images per evaluation species, or the world model's samples of them."""
-    from diffii_core.preview import grid
+    from diffii_core.output.preview import grid
     from diffii_core.world import domain
 
     pool = domain.evaluation_species()
@@ -246,8 +248,8 @@ def sheet(out: Path, what: str, rows: int, seed: int) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo(out: Path, classes: int, shots: int, concept_steps: int | None, seed: int) -> None:
     """Diff-II on a small world dataset with the world model: OUT/data, OUT/synthetic.zip, OUT/sheet.png."""
-    from diffii_core.augment import augment
     from diffii_core.params import JobParams
+    from diffii_core.pipeline.augment import augment
     from diffii_core.world.datasets import WorldDatasetSpec, write_world_dataset
     from diffii_core.world.sheets import real_vs_synthetic
 

@@ -29,8 +29,8 @@ from services.worker.context import ShardContext, StopRequested
 if TYPE_CHECKING:
     import torch
 
-    from diffii_core.concepts import Concepts
     from diffii_core.dataset import Dataset
+    from diffii_core.learning.concepts import Concepts
     from diffii_core.methods import MethodSpec
     from diffii_core.params import JobParams
     from diffii_core.pipeline.steps import ClassPlan
@@ -114,7 +114,7 @@ def job_dataset(ctx: ShardContext, job: Job) -> Dataset:
 def job_concepts(ctx: ShardContext, job: Job, params: JobParams) -> Concepts | None:
     if not method(params).needs_concepts:
         return None
-    from diffii_core.concepts import Concepts
+    from diffii_core.learning.concepts import Concepts
 
     def load() -> Concepts:
         folder = ctx.process.job_dir(job.id) / "concepts"
@@ -142,7 +142,7 @@ def class_pool(ctx: ShardContext, job: Job, params: JobParams, model: Any, conce
     Shards of one split class may compute it concurrently; the result is deterministic, so whichever
     write lands last is the same bytes.
     """
-    from diffii_core.inversion import load_pool, save_pool
+    from diffii_core.inversion.invert import load_pool, save_pool
     from diffii_core.pipeline import steps
 
     c = ctx.claim
@@ -295,7 +295,7 @@ def _missing_runs(missing: list[int]) -> list[tuple[int, int]]:
 
 def generate(ctx: ShardContext) -> list[str]:
     """Images [start, stop) of one class, each stored under its deterministic key as it is made."""
-    from diffii_core.concepts import concepts_applied
+    from diffii_core.learning.concepts import concepts_applied
     from diffii_core.pipeline import steps
 
     c = ctx.claim
@@ -346,8 +346,8 @@ def generate(ctx: ShardContext) -> list[str]:
 def store_previews(ctx: ShardContext, job: Job, plans: list[ClassPlan]) -> dict[str, bytes]:
     """Each class's preview sheet, stored first (the API serves them while the archive is still
     being written) and returned for the archive. Rebuilt on a retry: they are cheap and deterministic."""
+    from diffii_core.output.preview import REAL_PER_SHEET, SYNTHETIC_PER_SHEET
     from diffii_core.pipeline import steps
-    from diffii_core.preview import REAL_PER_SHEET, SYNTHETIC_PER_SHEET
 
     dataset = job_dataset(ctx, job)
     sheets = {}
@@ -365,7 +365,7 @@ def store_previews(ctx: ShardContext, job: Job, plans: list[ClassPlan]) -> dict[
 
 def package(ctx: ShardContext) -> list[str]:
     """Stream every image, metadata.jsonl and job.json into one zip (a multipart upload on S3)."""
-    from diffii_core.archive import ArchiveWriter
+    from diffii_core.output.archive import ArchiveWriter
     from diffii_core.pipeline import steps
 
     job = ctx.job()

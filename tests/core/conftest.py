@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from diffii_core.concepts import Concepts, concepts_applied
 from diffii_core.dataset import Dataset, load_dataset
+from diffii_core.learning.concepts import Concepts, concepts_applied
+from diffii_core.learning.training import learn_concepts
 from diffii_core.models import LoadedModel, load_model
 from diffii_core.params import ConceptParams, JobParams
 from diffii_core.sample_data import write_sample_dataset
-from diffii_core.training import learn_concepts
 
 
 @pytest.fixture(scope="session")

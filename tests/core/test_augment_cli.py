@@ -64,7 +64,7 @@ def test_archive_has_int_expansion_times_n_images_per_class_and_full_metadata(ar
 
 
 def test_every_class_has_a_preview_sheet_and_diffii_preview_writes_them(archive, sample, tmp_path):
-    from diffii_core.preview import archive_previews
+    from diffii_core.output.preview import archive_previews
 
     sheets = archive_previews(archive)
     assert list(sheets) == [c.name for c in sample.classes]

@@ -4,16 +4,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffii_core.concepts import Concepts, concepts_applied, install_adapter
 from diffii_core.dataset import ClassInfo, Dataset, ImageItem
+from diffii_core.denoising.generate import generate_share
+from diffii_core.denoising.prompts import concept_prompt, encode_prompts
 from diffii_core.errors import Cancelled
-from diffii_core.generate import generate_share
 from diffii_core.images import fit_square, to_tensor
-from diffii_core.inversion import invert_class
+from diffii_core.inversion.invert import invert_class
+from diffii_core.learning.concepts import Concepts, concepts_applied, install_adapter
+from diffii_core.learning.training import ViewSampler, class_balanced, learn_concepts
 from diffii_core.models import load_model
 from diffii_core.params import ConceptParams, JobParams
-from diffii_core.prompts import concept_prompt, encode_prompts
-from diffii_core.training import ViewSampler, class_balanced, learn_concepts
 
 
 def _params(steps: int, **extra) -> JobParams:

@@ -3,7 +3,14 @@ import math
 import pytest
 import torch
 
-from diffii_core.ddim import Schedule, denoise, denoise_timesteps, inversion_timesteps, invert, suffix_steps
+from diffii_core.inversion.ddim import (
+    Schedule,
+    denoise,
+    denoise_timesteps,
+    inversion_timesteps,
+    invert,
+    suffix_steps,
+)
 from diffii_core.models.tiny import SCHEDULER_CONFIG
 
 

@@ -2,8 +2,8 @@
 
 import torch
 
-from diffii_core.generate import generate_share
-from diffii_core.inversion import invert_class, load_pool, save_pool
+from diffii_core.denoising.generate import generate_share
+from diffii_core.inversion.invert import invert_class, load_pool, save_pool
 from diffii_core.params import JobParams
 
 

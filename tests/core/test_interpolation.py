@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from diffii_core.interpolation import angle, circle_interpolate, is_interpolation, pair_from_index
+from diffii_core.inversion.interpolation import angle, circle_interpolate, is_interpolation, pair_from_index
 
 
 @pytest.fixture

@@ -15,16 +15,16 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-import diffii_core.augment as augment_module
-from diffii_core.augment import augment
-from diffii_core.concepts import concepts_applied
-from diffii_core.generate import generate_share
+import diffii_core.pipeline.augment as augment_module
+from diffii_core.denoising.generate import generate_share
+from diffii_core.denoising.img2img import method_strengths, soft_label
+from diffii_core.denoising.sampling import denoise_steps, img2img_timesteps, sampler_timesteps
+from diffii_core.learning.concepts import concepts_applied
 from diffii_core.methods import REGISTRY
-from diffii_core.methods.img2img import method_strengths, soft_label
 from diffii_core.models import load_model
 from diffii_core.params import ConceptParams, JobParams
 from diffii_core.pipeline import steps
-from diffii_core.sampling import denoise_steps, img2img_timesteps, sampler_timesteps
+from diffii_core.pipeline.augment import augment
 
 from .test_augment_cli import FAST, run_cli
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffii_core.denoising.prompts import encode_prompts
+from diffii_core.denoising.unet import predict_noise
 from diffii_core.errors import ModelError
 from diffii_core.models import load_model
 from diffii_core.models.tiny import SCHEDULER_CONFIG
-from diffii_core.prompts import encode_prompts
-from diffii_core.unet import predict_noise
 
 
 def _save_as_diffusers_directory(path: Path) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffii_core.suffixes import DEFAULT_SUFFIXES
+from diffii_core.denoising.suffixes import DEFAULT_SUFFIXES
 from diffii_core.world import domain
 from diffii_core.world.datasets import WorldDatasetSpec, long_tail_counts, pick_classes, write_world_dataset
 
@@ -69,7 +69,7 @@ def test_caption_names_exactly_the_drawn_attributes_and_context(species: domain.
 def test_class_folders_read_as_the_captions_do() -> None:
     """Methods that prompt the base model with a class's readable folder name (real-guidance,
     real-mix) give the world model the words its captions taught it, as CUB's names do SD."""
-    from diffii_core.prompts import name_prompt, readable_name
+    from diffii_core.denoising.prompts import name_prompt, readable_name
     from diffii_core.world.model import UNK, build_tokenizer
 
     tokenizer = build_tokenizer()
@@ -311,7 +311,7 @@ def test_shipped_oracle_gets_every_attribute_right_95_percent_on_a_fresh_seed() 
 def test_sheet_labels_wrap_long_class_names_whole() -> None:
     from PIL import Image, ImageDraw, ImageFont
 
-    from diffii_core.preview import _wrap
+    from diffii_core.output.preview import _wrap
 
     draw, font = ImageDraw.Draw(Image.new("RGB", (1, 1))), ImageFont.load_default()
     name = domain.all_species()[0].name

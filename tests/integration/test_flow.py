@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from diffii_core.preview import archive_previews
+from diffii_core.output.preview import archive_previews
 from tests.integration.conftest import EXPECTED_IMAGES, JOB_PARAMS, Cluster
 from tests.service_helpers import auth
 

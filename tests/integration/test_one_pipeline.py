@@ -10,7 +10,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from diffii_core.preview import PREVIEW_PAGE
+from diffii_core.output.preview import PREVIEW_PAGE
 from tests.integration.conftest import JOB_PARAMS, ReferenceJob
 
 

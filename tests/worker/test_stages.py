@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from diffii_core.preview import archive_previews
+from diffii_core.output.preview import archive_previews
 from diffii_core.sample_data import write_sample_archive
 from services.common import dispatch, keys
 from services.common.db import dispose

@@ -14,9 +14,9 @@ import torch
 from diffusers.utils import convert_unet_state_dict_to_peft
 from safetensors.torch import load_file
 
-from diffii_core.concepts import Concepts
+from diffii_core.denoising.prompts import class_prompt_name, placeholder_tokens
 from diffii_core.errors import ArtifactError
-from diffii_core.prompts import class_prompt_name, placeholder_tokens
+from diffii_core.learning.concepts import Concepts
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 

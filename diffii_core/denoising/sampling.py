@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from diffusers import DPMSolverMultistepScheduler
 
-from diffii_core.ddim import Schedule, denoise, denoise_timesteps, suffix_steps
+from diffii_core.denoising.unet import predict_noise
+from diffii_core.inversion.ddim import Schedule, denoise, denoise_timesteps, suffix_steps
 from diffii_core.models import LoadedModel
-from diffii_core.unet import predict_noise
 
 if TYPE_CHECKING:
     from diffii_core.params import JobParams

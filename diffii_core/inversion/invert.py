@@ -9,15 +9,15 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from diffii_core.concepts import Concepts, scope_key
-from diffii_core.ddim import Schedule, inversion_timesteps, invert, published_inversion_timesteps
+from diffii_core.denoising.prompts import concept_prompt, encode_prompts
+from diffii_core.denoising.sampling import sampler_timesteps
+from diffii_core.denoising.unet import predict_noise
 from diffii_core.errors import ArtifactError
 from diffii_core.images import encode_images, fit_square, to_tensor
+from diffii_core.inversion.ddim import Schedule, inversion_timesteps, invert, published_inversion_timesteps
+from diffii_core.learning.concepts import Concepts, scope_key
 from diffii_core.models import LoadedModel
 from diffii_core.params import JobParams
-from diffii_core.prompts import concept_prompt, encode_prompts
-from diffii_core.sampling import sampler_timesteps
-from diffii_core.unet import predict_noise
 
 
 def schedule_for(model: LoadedModel, params: JobParams) -> list[int]:

@@ -12,9 +12,10 @@ from collections.abc import Iterable
 from typing import Any, BinaryIO
 
 from diffii_core import __version__
+from diffii_core.output.preview import PREVIEW_PAGE, preview_page
 from diffii_core.params import JobParams
-from diffii_core.preview import PREVIEW_PAGE, preview_page
 
+# Every zip diffii writes (archives, the sample dataset) stamps its members with this time.
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
 

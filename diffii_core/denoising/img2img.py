@@ -21,16 +21,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffii_core.ddim import Schedule
+from diffii_core.denoising.prompts import class_prompt_name, concept_prompt, encode_prompts, name_prompt
+from diffii_core.denoising.sampling import denoise_steps, img2img_timesteps, sample_two_stage
 from diffii_core.errors import Cancelled
 from diffii_core.images import decode_latents, encode_images, fit_square, png_bytes, to_tensor
-from diffii_core.methods.spec import MethodSpec, ShareRequest
-from diffii_core.output import GeneratedImage, image_id
-from diffii_core.prompts import class_prompt_name, concept_prompt, encode_prompts, name_prompt
-from diffii_core.sampling import denoise_steps, img2img_timesteps, sample_two_stage
+from diffii_core.inversion.ddim import Schedule
+from diffii_core.output.generated import GeneratedImage, image_id
 from diffii_core.seeding import derive_seed
 
 if TYPE_CHECKING:
+    from diffii_core.methods.spec import MethodSpec, ShareRequest
     from diffii_core.params import JobParams
 
 

@@ -7,17 +7,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from diffii_core.concepts import Concepts, scope_key
+from diffii_core.learning.concepts import Concepts, scope_key
 from diffii_core.methods import REGISTRY, ShareRequest
 from diffii_core.models import LoadedModel
-from diffii_core.output import GeneratedImage, image_id
+from diffii_core.output.generated import GeneratedImage, image_id
 from diffii_core.params import JobParams
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from diffii_core.classifier import FeatureClassifier
+    from diffii_core.methods.real_filter import FeatureClassifier
 
 __all__ = ["GeneratedImage", "generate_share", "image_id"]
 
@@ -58,4 +58,4 @@ def generate_share(
         pool=pool, references=references, classifier=classifier, batch_size=batch_size,
         should_stop=should_stop,
     )  # fmt: skip
-    yield from spec.generate(request)
+    yield from spec.generate(spec, request)

@@ -8,15 +8,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffii_core.archive import ArchiveWriter
 from diffii_core.atomic import atomic_write
-from diffii_core.concepts import concepts_applied
 from diffii_core.dataset import DatasetLimits, load_dataset
+from diffii_core.learning.concepts import concepts_applied
 from diffii_core.methods import REGISTRY
 from diffii_core.models import load_model
+from diffii_core.output.archive import ArchiveWriter
+from diffii_core.output.preview import SYNTHETIC_PER_SHEET
 from diffii_core.params import JobParams
 from diffii_core.pipeline import steps
-from diffii_core.preview import SYNTHETIC_PER_SHEET
 
 # progress(stage, total) returns a function that advances that stage's bar by n.
 Progress = Callable[[str, int], Callable[[int], None]]

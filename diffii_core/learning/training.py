@@ -29,13 +29,13 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from diffii_core.atomic import atomic_path
-from diffii_core.concepts import ADAPTER, Concepts, disable_adapter, install_adapter
-from diffii_core.ddim import Schedule
+from diffii_core.denoising.prompts import concept_prompt, ensure_tokens, placeholder_tokens, tokenize
 from diffii_core.errors import Cancelled
 from diffii_core.images import to_tensor
+from diffii_core.inversion.ddim import Schedule
+from diffii_core.learning.concepts import ADAPTER, Concepts, disable_adapter, install_adapter
 from diffii_core.methods import REGISTRY
 from diffii_core.models import LoadedModel
-from diffii_core.prompts import concept_prompt, ensure_tokens, placeholder_tokens, tokenize
 from diffii_core.seeding import derive_seed, generator
 
 if TYPE_CHECKING:
