@@ -1,4 +1,6 @@
-# Every target sets itself up from nothing: a fresh clone needs only python3 (3.11+).
+# Every target sets itself up from nothing: a fresh clone needs only python3 (3.11+). `setup` installs
+# the engine with every extra (the tests, the demo and the benches use the service and the plots);
+# `pip install .` alone gives the engine and the commands that need no service.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,service,bench]'
 	touch $(STAMP)
 
 setup: $(STAMP)

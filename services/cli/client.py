@@ -9,8 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import tempfile
-import time
-import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,116 +16,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import httpx
 
-from diffii_core.atomic import atomic_write
 from services.cli.options import job_body, job_options
-from services.common.statuses import TERMINAL_JOB_STATUSES
+from services.client import DEFAULT_SERVER, Client, ClientError
+from services.common.statuses import JobStatus
 
-DEFAULT_SERVER = "http://127.0.0.1:8000"
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 STORED_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}  # already compressed: deflating wastes time
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class ApiError(click.ClickException):
-    def __init__(self, status_code: int, detail: str) -> None:
-        super().__init__(f"server said {status_code}: {detail}")
-        self.status_code = status_code
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip()[:500] or response.reason_phrase
-    detail = body.get("detail", body) if isinstance(body, dict) else body
-    if isinstance(detail, list):  # FastAPI validation errors: name each field
-        parts = []
-        for item in detail:
-            if isinstance(item, dict):
-                loc = ".".join(str(p) for p in item.get("loc", []) if p not in ("body", "query"))
-                parts.append(f"{loc}: {item.get('msg')}" if loc else str(item.get("msg")))
-            else:
-                parts.append(str(item))
-        return "; ".join(parts)
-    return str(detail)
-
-
-class Unreachable(click.ClickException):
-    """The server did not answer (down, restarting, or the network)."""
-
-
-# While waiting for a job, how long the server may stay unreachable (or answer 5xx) before giving up:
-# a restart of the API must not end a wait for a job that keeps running on the workers.
-UNREACHABLE_GRACE_S = 300.0
-
-
-class Client:
-    """A thin REST client; every non-2xx answer becomes an ApiError carrying the server's detail."""
-
-    def __init__(self, server: str, api_key: str | None, timeout: float = 60.0) -> None:
-        if not api_key:
-            raise click.UsageError("no API key: pass --api-key or set DIFFII_API_KEY")
-        self.server = server.rstrip("/")
-        self.http = httpx.Client(
-            base_url=self.server,
-            headers={"Authorization": f"Bearer {api_key}", "User-Agent": "diffii-cli"},
-            timeout=httpx.Timeout(timeout, connect=10.0),
-        )
-
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise Unreachable(f"cannot reach the diffii server at {self.server}: {exc}") from exc
-        if response.status_code >= 400:
-            raise ApiError(response.status_code, _detail(response))
-        return response
-
-    def upload_dataset(self, archive: Path) -> dict[str, Any]:
-        with archive.open("rb") as handle:
-            files = {"file": (archive.name, handle, "application/octet-stream")}
-            return self.request("POST", "/v1/datasets", files=files, timeout=None).json()
-
-    def create_job(self, body: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
-        headers = {"Idempotency-Key": idempotency_key}
-        for attempt in range(3):
-            try:
-                return self.request("POST", "/v1/jobs", json=body, headers=headers).json()
-            except click.ClickException as exc:
-                # The same key makes a retry after a lost answer return the job, not a second one.
-                if isinstance(exc, ApiError) or attempt == 2:
-                    raise
-                time.sleep(1 + attempt)
-        raise AssertionError("unreachable")
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        return self.request("GET", f"/v1/jobs/{job_id}").json()
-
-    def previews(self, job_id: str) -> dict[str, bytes]:
-        """The job's preview sheets (PNG) by class name."""
-        listing = self.request("GET", f"/v1/jobs/{job_id}/preview").json()
-        return {c["name"]: self.request("GET", c["url"]).content for c in listing["classes"]}
-
-    def download_archive(self, job_id: str, out: Path) -> Path:
-        response = self.request("GET", f"/v1/jobs/{job_id}/archive", follow_redirects=False)
-        location = response.headers.get("location")
-        if response.status_code not in (301, 302, 303, 307, 308) or not location:
-            raise click.ClickException(f"expected a redirect to the archive, got {response.status_code}")
-        # A presigned URL carries its own authorisation; our Authorization header would break it.
-        url = str(self.http.base_url.join(location))
-        try:
-            with httpx.stream("GET", url, timeout=httpx.Timeout(300.0, connect=10.0)) as stream:
-                if stream.status_code >= 400:
-                    stream.read()
-                    raise ApiError(stream.status_code, _detail(stream))
-                with atomic_write(out) as handle:
-                    for chunk in stream.iter_bytes(1024 * 1024):
-                        handle.write(chunk)
-        except httpx.TransportError as exc:
-            raise click.ClickException(f"archive download failed: {exc}") from exc
-        return out
 
 
 def server_options(fn: F) -> F:
@@ -146,9 +42,21 @@ def connection_options(fn: F) -> F:
     @server_options
     @functools.wraps(fn)
     def wrapper(*args: Any, server: str, api_key: str | None, **kwargs: Any) -> Any:
-        return fn(*args, client=Client(server, api_key), **kwargs)
+        with client_errors(usage=True):
+            client = Client(server, api_key)
+        with client, client_errors():
+            return fn(*args, client=client, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def client_errors(usage: bool = False) -> Iterator[None]:
+    """The client's errors as the command's: its message, exit status 1 (2 for a usage error)."""
+    try:
+        yield
+    except ClientError as exc:
+        raise (click.UsageError if usage else click.ClickException)(str(exc)) from exc
 
 
 # -- dataset packing ----------------------------------------------------------------------------------
@@ -198,39 +106,25 @@ def describe_progress(job: dict[str, Any]) -> str:
 
 
 def wait_for(client: Client, job_id: str, interval: float, timeout: float | None = None) -> dict[str, Any]:
+    """Client.wait with a progress bar."""
     from tqdm import tqdm
 
-    deadline = None if timeout is None else time.monotonic() + timeout
     bar = tqdm(total=0, unit="img", desc="queued", dynamic_ncols=True)
+
+    def update(job: dict[str, Any]) -> None:
+        p = job["progress"]
+        if p["images_total"] and bar.total != p["images_total"]:
+            bar.total = p["images_total"]
+        bar.n = p["images_done"]
+        bar.set_description(p["stage"])
+        bar.set_postfix_str(f"shards {p['shards_done']}/{p['shards_total']}")
+        bar.refresh()
+
+    def outage(exc: ClientError) -> None:
+        bar.set_description(f"server unreachable, retrying ({str(exc)[:60]})")
+
     try:
-        outage: float | None = None
-        while True:
-            try:
-                job = client.job(job_id)
-            except (Unreachable, ApiError) as exc:
-                if isinstance(exc, ApiError) and exc.status_code < 500:
-                    raise
-                outage = outage or time.monotonic()
-                if time.monotonic() - outage > UNREACHABLE_GRACE_S:
-                    raise
-                bar.set_description(f"server unreachable, retrying ({exc.format_message()[:60]})")
-                time.sleep(min(10.0, max(interval, 1.0)))
-                continue
-            outage = None
-            p = job["progress"]
-            if p["images_total"] and bar.total != p["images_total"]:
-                bar.total = p["images_total"]
-            bar.n = p["images_done"]
-            bar.set_description(p["stage"])
-            bar.set_postfix_str(f"shards {p['shards_done']}/{p['shards_total']}")
-            bar.refresh()
-            if job["status"] in TERMINAL_JOB_STATUSES:
-                return job
-            if deadline is not None and time.monotonic() > deadline:
-                raise click.ClickException(
-                    f"job {job_id} still {job['status']} after {timeout:g}s; it keeps running on the server"
-                )
-            time.sleep(interval)
+        return client.wait(job_id, interval, timeout, on_update=update, on_outage=outage)
     finally:
         bar.close()
 
@@ -271,7 +165,7 @@ def submit(
     click.echo(f"dataset {uploaded['id']}: {uploaded['images']} images in {classes}", err=True)
     for skipped in uploaded.get("skipped", []):
         click.echo(f"  skipped {skipped['path']}: {skipped['reason']}", err=True)
-    job = client.create_job({**body, "dataset_id": uploaded["id"]}, idempotency_key=uuid.uuid4().hex)
+    job = client.create_job({**body, "dataset_id": uploaded["id"]})
     click.echo(f"job {job['id']} {job['status']} (seed {job['params']['seed']})", err=True)
     click.echo(job["id"])
     if not wait:
@@ -316,21 +210,14 @@ def status(client: Client, job_id: str, as_json: bool) -> None:
 @click.option(
     "--status",
     "status_filter",
-    type=click.Choice(
-        ["queued", "preparing", "learning", "generating", "packaging", "succeeded", "failed", "cancelled"]
-    ),
+    type=click.Choice([s.value for s in JobStatus]),
 )
 @click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
 @click.option("--cursor", help="next_cursor of a previous page")
 @connection_options
 def jobs(client: Client, status_filter: str | None, limit: int, cursor: str | None) -> None:
     """List your jobs, newest first."""
-    params: dict[str, Any] = {"limit": limit}
-    if status_filter:
-        params["status"] = status_filter
-    if cursor:
-        params["cursor"] = cursor
-    page = client.request("GET", "/v1/jobs", params=params).json()
+    page = client.jobs(status_filter, limit, cursor)
     for job in page["jobs"]:
         p = job["progress"]
         click.echo(
@@ -359,7 +246,7 @@ def download(client: Client, job_id: str, out: Path | None) -> None:
 @connection_options
 def cancel(client: Client, job_id: str) -> None:
     """Cancel a job; running shards stop after their current batch."""
-    job = client.request("POST", f"/v1/jobs/{job_id}/cancel").json()
+    job = client.cancel(job_id)
     if job["status"] == "cancelled":
         click.echo(f"job {job['id']} cancelled")
     else:

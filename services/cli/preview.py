@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from diffii_core.atomic import atomic_write
-from services.cli.client import Client, server_options
+from services.cli.client import client_errors, server_options
+from services.client import Client
 
 
 def _file_name(class_name: str) -> str:
@@ -41,7 +42,10 @@ def preview(source: str, out: Path | None, server: str, api_key: str | None) -> 
     elif path.suffix or "/" in source:
         raise click.ClickException(f"no such archive: {source}")
     else:
-        sheets = Client(server, api_key).previews(source)
+        with client_errors(usage=True):
+            client = Client(server, api_key)
+        with client, client_errors():
+            sheets = client.previews(source)
         name = source
     folder = out or Path(f"preview-{name}")
     folder.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,8 @@ from typing import Any
 
 import click
 
+from services.cli.extras import needs_service
+
 _CLI = "from services.cli.main import main; main()"
 
 
@@ -37,6 +39,7 @@ def _upgrade_embedded_schema(settings: Any) -> None:
 @click.option("--loglevel", default="info", show_default=True)
 @click.option("--sweep/--no-sweep", default=None, help="run the recovery sweep in this worker [default: on]")
 @click.option("--hostname", "-n", default=None, help="Celery node name")
+@needs_service
 def worker(
     concurrency: int | None,
     queues: str | None,
@@ -66,6 +69,7 @@ def worker(
     "--interval", type=float, default=None, help="seconds between sweeps [default: DIFFII_SWEEP_SECONDS]"
 )
 @click.option("--once", is_flag=True, help="sweep once and exit")
+@needs_service
 def sweeper(interval: float | None, once: bool) -> None:
     """Run the recovery sweep on its own (workers already run it; this is for setups without workers)."""
     import logging
@@ -113,6 +117,7 @@ def _wait(flag: list[bool], seconds: float) -> bool:
 @click.option(
     "--concurrency", type=click.IntRange(1, 64), default=1, show_default=True, help="worker processes"
 )
+@needs_service
 def up(host: str, port: int, concurrency: int) -> None:
     """Run the whole service on this machine (API + worker + recovery sweep) until Ctrl-C.
 

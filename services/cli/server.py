@@ -10,12 +10,15 @@ import sys
 
 import click
 
+from services.cli.extras import needs_service
+
 
 @click.command()
 @click.option("--host", default=None, help="interface to bind [default: DIFFII_HOST or 127.0.0.1]")
 @click.option("--port", type=int, default=None, help="port [default: DIFFII_PORT or 8000]")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="uvicorn processes")
 @click.option("--log-level", default="info", show_default=True)
+@needs_service
 def serve(host: str | None, port: int | None, workers: int, log_level: str) -> None:
     """Run the REST API (uvicorn). Settings come from DIFFII_* environment variables."""
     import uvicorn
@@ -56,6 +59,7 @@ def serve(host: str | None, port: int | None, workers: int, log_level: str) -> N
     "--url", default=None, help="database URL [default: DIFFII_DATABASE_URL or the embedded SQLite]"
 )
 @click.option("--revision", default="head", show_default=True, help="target revision")
+@needs_service
 def migrate(url: str | None, revision: str) -> None:
     """Create or upgrade the state database schema (Alembic)."""
     from alembic import command
@@ -72,6 +76,7 @@ def migrate(url: str | None, revision: str) -> None:
 
 
 @click.group()
+@needs_service
 def admin() -> None:
     """Operator tasks: API keys, storage setup, retention."""
 

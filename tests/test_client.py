@@ -1,4 +1,5 @@
-"""The `diffii` client and admin commands against a real uvicorn server (in a thread) on Postgres."""
+"""The REST client (`services.client`) and the `diffii` client and admin commands that wrap it, against a real
+uvicorn server (in a thread) on Postgres."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from sqlalchemy import select
 from services.api.app import create_app
 from services.cli.client import cancel, download, jobs, status, submit
 from services.cli.server import admin
+from services.client import ApiError, Client, ClientError, Unreachable, WaitTimeout
 from services.common.auth import authenticate
 from services.common.db import session_scope
 from services.common.models import Job, JobStatus, utcnow
@@ -255,3 +257,47 @@ def test_preview_of_a_job_writes_its_sheets(
     assert got.exit_code == 0, got.output
     assert (tmp_path / "sheets" / "cat_ey.png").read_bytes() == b"sheet 0"
     assert (tmp_path / "sheets" / "b.png").read_bytes() == b"sheet 1"
+
+
+# -- the client as a Python class (what the commands above wrap) -----------------------------------------
+
+
+def test_the_client_raises_its_own_exceptions_with_the_servers_detail(
+    client_env: dict[str, str], dataset_dir: Path, tmp_path: Path
+) -> None:
+    url, key = client_env["DIFFII_API_URL"], client_env["DIFFII_API_KEY"]
+    with pytest.raises(ClientError, match="no API key"):
+        Client(url, "")
+    with Client(url, key) as client:
+        with pytest.raises(ApiError) as missing:
+            client.job("abc")
+        assert missing.value.status_code == 404 and missing.value.detail == "job abc not found"
+        with pytest.raises(ApiError) as bad:
+            client.create_job({"dataset_id": "nope", "expansion": 0})
+        assert bad.value.status_code == 422 and "expansion" in bad.value.detail
+        uploaded = client.upload_dataset(_birds_zip(tmp_path))
+        job = client.create_job({"dataset_id": uploaded["id"], "model": "tiny"}, idempotency_key="k1")
+        again = client.create_job({"dataset_id": uploaded["id"], "model": "tiny"}, idempotency_key="k1")
+        assert again["id"] == job["id"]  # the same key: the same job, not a second one
+        assert [j["id"] for j in client.jobs()["jobs"]] == [job["id"]]
+        with pytest.raises(WaitTimeout, match="keeps running on the server"):
+            client.wait(job["id"], interval=0.1, timeout=0)  # nothing runs it: no worker here
+        assert client.cancel(job["id"])["status"] == "cancelled"
+        assert client.wait(job["id"], interval=0.1)["status"] == "cancelled"
+    with Client(f"http://127.0.0.1:{free_port()}", key) as down, pytest.raises(Unreachable):
+        down.job("abc")
+
+
+def test_the_client_works_without_click() -> None:
+    # A notebook installs the library and httpx, not the CLI: the client must not need click.
+    code = (
+        "import sys; sys.modules['click'] = None; "  # any `import click` now fails
+        "from services.client import ApiError, Client; c = Client('http://127.0.0.1:9', 'k'); "
+        "assert issubclass(ApiError, Exception); "
+        "assert 'services.cli' not in {m.rpartition('.')[0] for m in sys.modules}; print('ok')"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
