@@ -109,13 +109,13 @@ def augment(
     )
 
 
-def _learning_bar(progress: Progress, steps: int) -> Callable[[int, int], None]:
+def _learning_bar(progress: Progress, total_steps: int) -> Callable[[int, int], None]:
     """The concept-learning bar, opened at the first step: no bar when concepts are reused."""
     bar: list[Callable[[int], None]] = []
 
     def advance(step: int, total: int) -> None:
         if not bar:
-            bar.append(progress("learning concepts", steps))
+            bar.append(progress("learning concepts", total_steps))
         bar[0](1)
 
     return advance
