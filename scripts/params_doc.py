@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import BaseModel
 
 from diffii_core.methods import REGISTRY
 from diffii_core.methods.spec import MethodSpec
@@ -25,7 +27,7 @@ PAGE = Path(__file__).resolve().parent.parent / "docs" / "parameters.md"
 COMMAND = "python -m scripts.params_doc --write"
 
 # Which methods read a field; a field not named here applies to every method.
-APPLIES: dict[str, Any] = {
+APPLIES: dict[str, Callable[[MethodSpec], bool]] = {
     "split_ratio": lambda m: m.inversion,
     "suffixes": lambda m: m.inversion,
     "inversion_steps": lambda m: m.inversion,
@@ -115,7 +117,9 @@ def _default(value: Any) -> str:
     return f"`{json.dumps(value)}`"
 
 
-def field_rows(model: type, schema: dict[str, Any], prefix: str, flags: dict[str, str]) -> list[str]:
+def field_rows(
+    model: type[BaseModel], schema: dict[str, Any], prefix: str, flags: dict[str, str]
+) -> list[str]:
     rows = []
     props = schema["properties"]
     for name, info in model.model_fields.items():
