@@ -38,7 +38,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # 300 steps left the concept short. Its text encoder (3 layers, trained on one caption grammar) cannot
 # put a whole species into the one word before "bird": with one token the crest and tail, which its
 # captions name after the word, were drawn at chance; eight tokens hold all four attributes
-# (bench/faithfulness.py on dataset seeds 1 and 2, not the gate's; README, "The diffii world"). A
+# (bench/faithfulness.py on dataset seeds 1 and 2, not the gate's; docs/world.md). A
 # method with a token count of its own (DA-Fusion's 4) keeps it.
 MODEL_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("world", "quick"): {
