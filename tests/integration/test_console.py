@@ -29,7 +29,6 @@ playwright = pytest.importorskip("playwright.sync_api", reason="pip install -e '
 Browser, Page, expect = playwright.Browser, playwright.Page, playwright.expect
 
 JOB_MS = JOB_TIMEOUT * 1000
-CONSOLE = Path(ROOT, "services/api/console")
 TERMINAL_BADGE = ", ".join(f'#summary [data-status="{s}"]' for s in ("succeeded", "failed", "cancelled"))
 # Few steps, as the other service tests use: this is about the console, not the images.
 FORM = {"expansion": "2", "seed": "7", "inference_steps": "8", "inversion_steps": "8", "concepts.steps": "10"}
@@ -136,27 +135,6 @@ def check_archive(path: Path) -> dict[str, Any]:
     return job
 
 
-def test_console_files_are_served_with_a_policy_that_allows_only_themselves(service: Up) -> None:
-    with httpx.Client(base_url=service.url, timeout=30) as client:
-        home = client.get("/")
-        assert home.status_code == 307 and home.headers["location"] == "/console/"
-        for path in ("/console/", "/console/app.js", "/console/console.css"):
-            r = client.get(path)
-            assert r.status_code == 200, path
-            policy = r.headers["content-security-policy"]
-            assert "default-src 'self'" in policy and "script-src 'self';" in policy
-            assert "unsafe-inline" not in policy and "http" not in policy
-        # The API's own answers are not the console's business: no policy there.
-        assert "content-security-policy" not in client.get("/healthz").headers
-    html = (CONSOLE / "index.html").read_text()
-    scripts = re.findall(r"<script\b[^>]*>", html)
-    assert scripts and all("src=" in tag for tag in scripts), "inline script in index.html"
-    for file in CONSOLE.iterdir():
-        text = file.read_text()
-        assert not re.search(r"https?://", text.replace("http://www.w3.org/2000/svg", "")), file.name
-        assert "innerHTML" not in text and "eval(" not in text, file.name
-
-
 def test_sign_in_upload_submit_watch_preview_download_cancel_delete(
     page: Page, service: Up, tmp_path: Path
 ) -> None:
@@ -215,8 +193,8 @@ def test_sign_in_upload_submit_watch_preview_download_cancel_delete(
     expect(page.locator("#params")).to_contain_text("diff-ii")
     sheet = page.locator("#previews figure img").first
     expect(sheet).to_be_visible()
+    expect(page.locator("#previews figure")).to_have_count(4)  # one sheet per class
     wait_until(lambda: sheet.evaluate("img => img.complete && img.naturalWidth > 0"), 30, "a preview sheet")
-    assert page.locator("#previews figure").count() == 4
     screenshot(page, "console-job.png")
 
     with page.expect_download() as download:

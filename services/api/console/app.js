@@ -6,7 +6,9 @@ import {
   uploadDataset,
 } from "./api.js";
 import { age, detailText, h, replace, when } from "./dom.js";
-import { bodyFrom, clearFieldErrors, jobForm, renderFields, showFieldErrors, typedValues } from "./form.js";
+import {
+  bodyFrom, clearErrorOnInput, clearFieldErrors, jobForm, renderFields, showFieldErrors, typedValues,
+} from "./form.js";
 
 const view = document.getElementById("view");
 const nav = document.getElementById("nav");
@@ -275,19 +277,24 @@ function paramList(params) {
   );
 }
 
-/** The preview sheets as blob: images (an <img src> cannot send the API key). */
-async function loadPreviews(jobId, container) {
+/**
+ * The preview sheets as blob: images (an <img src> cannot send the API key). The package stage
+ * stores them class by class, so a list can be partial: `shown` keeps the sheets fetched already.
+ */
+async function loadPreviews(jobId, container, shown) {
   const list = await getJson(`/v1/jobs/${jobId}/preview`);
-  const figures = [];
   for (const item of list.classes) {
+    if (shown.has(item.index)) continue;
     const blob = await (await request(item.url)).blob();
-    figures.push(
+    shown.set(
+      item.index,
       h("figure", { dataset: { previewClass: item.name } },
         h("figcaption", {}, `${item.name}: real images beside synthetic ones`),
         h("img", { src: URL.createObjectURL(blob), alt: `preview sheet of class ${item.name}` })),
     );
   }
-  replace(container, figures);
+  replace(container, [...shown.keys()].sort((a, b) => a - b).map((index) => shown.get(index)));
+  return shown.size;
 }
 
 function jobPage(jobId) {
@@ -303,6 +310,7 @@ function jobPage(jobId) {
   const cancel = h("button", { type: "button", id: "cancel", class: "secondary" }, "Cancel job");
   const remove = h("button", { type: "button", id: "delete", class: "danger" }, "Delete job");
   let previewsLoaded = false;
+  const sheets = new Map();
 
   const note = (kind, text) => replace(actionsNote, alertBox(kind, text));
 
@@ -316,7 +324,10 @@ function jobPage(jobId) {
       note("info", "The download has started.");
     } catch (error) {
       if (error instanceof ApiError && error.status === 409) note("error", `No archive yet: ${detailText(error.detail)}`);
-      else if (!(error instanceof Unauthorized)) note("error", `Download failed: ${errorMessage(error)}`);
+      else if (error instanceof Unreachable) {
+        // Also what a link to another origin (an S3 bucket) looks like: the policy stops it.
+        note("error", `Download failed: ${error.message}. If the API is up, the archive is stored where this page may not go: run diffii download ${jobId}`);
+      } else if (!(error instanceof Unauthorized)) note("error", `Download failed: ${errorMessage(error)}`);
     }
   });
   cancel.addEventListener("click", async () => {
@@ -352,7 +363,11 @@ function jobPage(jobId) {
     h("h2", {}, "Parameters"), params,
   );
 
+  let shownStatus = null;
   const render = (job) => {
+    // An action's answer (a 409, "cancel requested") is about the status it was given in.
+    if (shownStatus !== null && job.status !== shownStatus) replace(actionsNote);
+    shownStatus = job.status;
     // A failed job's message comes first: it is what the user needs to read.
     replace(top, job.status === "failed" ? alertBox("error", h("strong", {}, "This job failed: "), job.message ?? "no message")
       : job.message ? alertBox("info", job.message) : null);
@@ -383,8 +398,8 @@ function jobPage(jobId) {
       const generated = total > 0 && done >= total;
       if (!previewsLoaded && (generated || job.status === "packaging" || job.status === "succeeded")) {
         try {
-          await loadPreviews(jobId, previews);
-          previewsLoaded = true;
+          const count = await loadPreviews(jobId, previews, sheets);
+          previewsLoaded = job.status === "succeeded" || count >= (job.dataset?.classes.length ?? Infinity);
         } catch (error) {
           if (!(error instanceof ApiError && error.status === 409)) throw error; // 409: not made yet
         }
@@ -475,6 +490,7 @@ async function newJobPage() {
     draw();
   });
   jobForm_.addEventListener("input", freshKey);
+  clearErrorOnInput(jobForm_);
   draw();
 
   jobForm_.addEventListener("submit", async (event) => {

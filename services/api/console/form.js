@@ -235,6 +235,16 @@ export function showFieldErrors(container, detail) {
   return unplaced;
 }
 
+/** A field's error goes once its value changes: the next answer says whether it is right now. */
+export function clearErrorOnInput(container) {
+  container.addEventListener("input", (event) => {
+    const field = event.target.closest?.(".field");
+    if (!field?.classList.contains("invalid")) return;
+    field.classList.remove("invalid");
+    field.querySelector("[data-error-for]").textContent = "";
+  });
+}
+
 export function clearFieldErrors(container) {
   for (const el of container.querySelectorAll("[data-error-for]")) el.textContent = "";
   for (const el of container.querySelectorAll(".field.invalid")) el.classList.remove("invalid");
