@@ -365,8 +365,8 @@ function jobPage(jobId) {
 
   let shownStatus = null;
   const render = (job) => {
-    // An action's answer (a 409, "cancel requested") is about the status it was given in.
-    if (shownStatus !== null && job.status !== shownStatus) replace(actionsNote);
+    // An action's answer (the archive's 409, "cancel requested") is stale once the job has ended.
+    if (shownStatus !== null && job.status !== shownStatus && TERMINAL.has(job.status)) replace(actionsNote);
     shownStatus = job.status;
     // A failed job's message comes first: it is what the user needs to read.
     replace(top, job.status === "failed" ? alertBox("error", h("strong", {}, "This job failed: "), job.message ?? "no message")
