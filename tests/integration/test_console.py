@@ -21,12 +21,10 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.integration.conftest import CLI, EXPECTED_IMAGES, JOB_TIMEOUT, ROOT, Up, running_up
 from tests.service_helpers import auth, wait_until
-
-playwright = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]' installs playwright")
-Browser, Page, expect = playwright.Browser, playwright.Page, playwright.expect
 
 JOB_MS = JOB_TIMEOUT * 1000
 TERMINAL_BADGE = ", ".join(f'#summary [data-status="{s}"]' for s in ("succeeded", "failed", "cancelled"))
@@ -50,7 +48,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with playwright.sync_playwright() as p:
+    with sync_playwright() as p:
         b = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
         yield b
         b.close()
@@ -79,10 +77,6 @@ def sign_in(page: Page, service: Up, key: str) -> None:
     page.fill("#api-key", key)
     page.click("#sign-in button[type=submit]")
     expect(page.locator("#jobs")).to_be_visible()
-
-
-def new_key(service: Up, owner: str) -> str:
-    return service.key(owner)
 
 
 def upload(page: Page, archive: Path) -> None:
@@ -151,7 +145,7 @@ def test_sign_in_upload_submit_watch_preview_download_cancel_delete(
 ) -> None:
     from diffii_core.sample_data import write_sample_archive
 
-    key = new_key(service, "console-flow")
+    key = service.key("console-flow")
     sign_in(page, service, key)
     assert page.evaluate("sessionStorage.getItem('diffii.apiKey')") == key
     assert key not in page.url
@@ -253,7 +247,7 @@ def test_sign_in_upload_submit_watch_preview_download_cancel_delete(
 
 
 def test_a_refused_upload_and_a_failed_job_say_what_is_wrong(page: Page, service: Up, tmp_path: Path) -> None:
-    key = new_key(service, "console-failures")
+    key = service.key("console-failures")
     sign_in(page, service, key)
 
     (tmp_path / "notes.zip").write_bytes(b"this is not an archive")
@@ -278,7 +272,7 @@ def test_a_refused_upload_and_a_failed_job_say_what_is_wrong(page: Page, service
 
 
 def test_a_revoked_key_sends_the_tab_back_to_sign_in(page: Page, service: Up) -> None:
-    key = new_key(service, "console-revoked")
+    key = service.key("console-revoked")
     sign_in(page, service, key)
     prefix = key.split("_")[1]
     subprocess.run(
@@ -299,7 +293,7 @@ def test_a_revoked_key_sends_the_tab_back_to_sign_in(page: Page, service: Up) ->
 def test_watching_a_job_survives_an_api_restart(page: Page, service: Up, tmp_path: Path) -> None:
     from diffii_core.sample_data import write_sample_archive
 
-    key = new_key(service, "console-restart")
+    key = service.key("console-restart")
     sign_in(page, service, key)
     upload(page, write_sample_archive(tmp_path / "sample.zip"))
     expect(page.locator("#dataset-result")).to_contain_text("12 images found")
@@ -330,7 +324,7 @@ def test_the_job_form_follows_a_schema_with_one_body_per_method(page: Page, serv
     """Should the served schema become a oneOf of one body per method, each method shows its
     own fields only. The served document is rewritten that way in the browser; the API still
     answers everything else."""
-    key = new_key(service, "console-schema")
+    key = service.key("console-schema")
     doc = httpx.get(f"{service.url}/openapi.json", timeout=30).json()
     schemas = doc["components"]["schemas"]
     flat = schemas["JobRequest"]["properties"]
