@@ -343,7 +343,7 @@ def test_the_job_form_follows_a_schema_with_one_body_per_method(page: Page, serv
 
     sign_in(page, service, key)
     page.goto(f"{service.url}/console/#/new")
-    assert page.locator("#field-method option").all_inner_texts() == ["diff-ii", "diff-mix"]
+    expect(page.locator("#field-method option")).to_have_text(["diff-ii", "diff-mix"])
     expect(page.locator('[data-field="split_ratio"]')).to_be_visible()
     expect(page.locator('[data-field="kappa"]')).to_have_count(0)
     fill(page, {"expansion": "3"})
@@ -351,3 +351,30 @@ def test_the_job_form_follows_a_schema_with_one_body_per_method(page: Page, serv
     expect(page.locator('[data-field="kappa"]')).to_contain_text("range: (0, 1]")
     expect(page.locator('[data-field="split_ratio"]')).to_have_count(0)
     assert page.input_value('[data-path="expansion"]') == "3"  # shared fields keep what was typed
+
+
+def test_the_job_form_follows_enums_given_as_references(page: Page, service: Up) -> None:
+    """Should the flat body's enums become schemas of their own (`$ref` with the field's default
+    and description beside it), the form reads them the same."""
+    key = service.key("console-enums")
+    doc = httpx.get(f"{service.url}/openapi.json", timeout=30).json()
+    schemas = doc["components"]["schemas"]
+    props = schemas["JobRequest"]["properties"]
+    for field, name in (("method", "Method"), ("sampler", "Sampler")):
+        inline = props[field]
+        schemas[name] = {"type": "string", "enum": inline["enum"], "title": name}
+        props[field] = {
+            "$ref": f"#/components/schemas/{name}",
+            "default": inline["default"],
+            "description": inline["description"],
+        }
+    page.route("**/openapi.json", lambda route: route.fulfill(json=doc))
+
+    sign_in(page, service, key)
+    page.goto(f"{service.url}/console/#/new")
+    expect(page.locator("#field-method option")).to_have_text(schemas["Method"]["enum"])
+    expect(page.locator("#field-method")).to_have_value("diff-ii")
+    sampler = page.locator('[data-field="sampler"]')
+    expect(sampler.locator("label")).to_have_text("Sampler")
+    expect(sampler).to_contain_text("denoising sampler; default: the method")
+    expect(sampler.locator("option")).to_have_text(["default (ddim)", "ddim", "dpm-solver++"])

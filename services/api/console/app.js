@@ -2,8 +2,8 @@
 // hash (#/jobs, #/jobs/<id>, #/new); the API key never does.
 
 import {
-  ApiError, Poller, Unauthorized, Unreachable, archiveLink, getJson, onUnauthorized, request, session,
-  uploadDataset,
+  ApiError, Poller, Unauthorized, Unreachable, archiveLink, check, getJson, onUnauthorized, request,
+  session, uploadDataset,
 } from "./api.js";
 import { age, detailText, h, replace, when } from "./dom.js";
 import {
@@ -21,6 +21,9 @@ const JOB_POLL_MS = 2000;
 
 let poller = null;
 let signInReason = "";
+// Each route() counts one; a page that awaited something checks it still is the page shown.
+let routeCount = 0;
+const stillShown = (count) => count === routeCount;
 
 function stopPolling() {
   poller?.stop();
@@ -107,7 +110,9 @@ function statusBadge(status) {
 }
 
 async function jobsPage() {
+  const count = routeCount;
   const statuses = await jobStatuses();
+  if (!stillShown(count)) return;
   const filter = h("select", { id: "status-filter" }, h("option", { value: "" }, "all"), statuses.map((s) => h("option", { value: s }, s)));
   filter.value = new URLSearchParams(location.hash.split("?")[1] ?? "").get("status") ?? "";
   const body = h("tbody", { id: "jobs" });
@@ -173,7 +178,15 @@ async function jobsPage() {
 
 let openapi = null;
 async function schema() {
-  openapi ??= await (await fetch("/openapi.json", { cache: "no-store" })).json();
+  if (!openapi) {
+    let response;
+    try {
+      response = await fetch("/openapi.json", { cache: "no-store" });
+    } catch (error) {
+      throw new Unreachable(`the API is not answering (${error.message})`);
+    }
+    openapi = await (await check(response)).json();
+  }
   return openapi;
 }
 
@@ -417,7 +430,9 @@ function jobPage(jobId) {
 // -- new job ---------------------------------------------------------------------------------
 
 async function newJobPage() {
+  const count = routeCount;
   const doc = await schema();
+  if (!stillShown(count)) return;
   const form = jobForm(doc);
   let datasetId = null;
   let idempotencyKey = crypto.randomUUID();
@@ -532,6 +547,7 @@ async function newJobPage() {
 // -- routing ---------------------------------------------------------------------------------
 
 async function route() {
+  routeCount += 1;
   stopPolling();
   const signedIn = Boolean(session.key);
   nav.hidden = !signedIn;

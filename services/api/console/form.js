@@ -9,10 +9,17 @@ import { h, replace } from "./dom.js";
 // Where the dataset comes from is the page's upload, not a form field.
 const DATASET_FIELDS = new Set(["dataset_id", "dataset_uri"]);
 
+/** A schema with its $ref followed; the referring schema's own keys (default, description) win. */
 export function deref(doc, schema) {
   let s = schema ?? {};
   for (let hops = 0; s.$ref && hops < 32; hops++) {
-    s = s.$ref.replace(/^#\//, "").split("/").reduce((node, part) => node?.[part], doc) ?? {};
+    const { $ref, ...own } = s;
+    const target = $ref.replace(/^#\//, "").split("/").reduce((node, part) => node?.[part], doc) ?? {};
+    s = { ...target, ...own };
+  }
+  if (s.allOf?.length === 1 && !s.properties) {
+    const { allOf, ...own } = s;
+    return { ...deref(doc, allOf[0]), ...own };
   }
   return s;
 }
@@ -138,6 +145,8 @@ function control(kind, s, item, path, previous) {
   return el;
 }
 
+const titleCase = (name) => name.split("_").map((w) => w.charAt(0).toUpperCase() + w.slice(1)).join(" ");
+
 /** Render `fields` into `container`; values already typed (by path) are kept. */
 export function renderFields(doc, container, fields, previous = {}, prefix = "") {
   const nodes = [];
@@ -146,8 +155,8 @@ export function renderFields(doc, container, fields, previous = {}, prefix = "")
     const s = unwrap(doc, raw);
     const path = prefix + name;
     const kind = kindOf(s);
-    // A $ref'd group's own title is its class name; the field's name reads better.
-    const title = deref(doc, raw) === raw ? (s.title ?? name) : name.replaceAll("_", " ");
+    // A $ref'd schema's own title is its class name: the field's name reads better.
+    const title = raw.title ?? (raw.$ref || raw.allOf ? titleCase(name) : (s.title ?? titleCase(name)));
     if (kind === "group") {
       const group = h("fieldset", { dataset: { group: path } }, h("legend", {}, title));
       if (s.description) group.append(h("p", { class: "hint muted" }, s.description));
