@@ -5,7 +5,6 @@ wrong. Screenshots of the job and new-job pages go to $DIFFII_CONSOLE_SCREENSHOT
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -20,9 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from tests.dataset_builders import png, zip_bytes
 from tests.integration.conftest import CLI, EXPECTED_IMAGES, JOB_TIMEOUT, ROOT, Up, running_up
 from tests.service_helpers import auth, wait_until
 
@@ -114,19 +113,6 @@ def screenshot(page: Page, name: str) -> None:
     folder = os.environ.get("DIFFII_CONSOLE_SCREENSHOTS")
     if folder:
         page.screenshot(path=str(Path(folder, name)), full_page=True)
-
-
-def png(side: int, shade: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (side, side), (shade, 40, 200 - shade)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def zip_of(path: Path, members: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return path
 
 
 def check_archive(path: Path) -> dict[str, Any]:
@@ -255,8 +241,10 @@ def test_a_refused_upload_and_a_failed_job_say_what_is_wrong(page: Page, service
     expect(page.locator("#dataset-result")).to_contain_text("The dataset was refused")
     expect(page.locator("#dataset-result")).to_contain_text("notes.zip")
 
-    good = {"a/1.png": png(40, 10), "a/2.png": png(40, 60), "b/1.png": png(40, 90)}
-    drop(page, zip_of(tmp_path / "broken.zip", {**good, "b/1.png": png(40, 90)[:60]}))
+    # Class b's one image has a PNG's signature but is cut short: the upload takes it, decoding fails.
+    broken = {"a/1.png": png(40, (10, 40, 190)), "a/2.png": png(40, (60, 40, 140)), "b/1.png": png(40)[:60]}
+    (tmp_path / "broken.zip").write_bytes(zip_bytes(broken))
+    drop(page, tmp_path / "broken.zip")
     expect(page.locator("#dataset-result")).to_contain_text("2 classes, 3 images found")
     fill(page, FORM)
     submit(page)
@@ -271,8 +259,17 @@ def test_a_refused_upload_and_a_failed_job_say_what_is_wrong(page: Page, service
     expect(page.locator("#action-result")).to_contain_text("ended failed without an archive")
 
 
-def test_a_revoked_key_sends_the_tab_back_to_sign_in(page: Page, service: Up) -> None:
+def test_sign_out_forgets_the_key_and_a_revoked_key_sends_the_tab_back_to_sign_in(
+    page: Page, service: Up
+) -> None:
     key = service.key("console-revoked")
+    sign_in(page, service, key)
+    page.click("#sign-out")
+    expect(page.locator("#sign-in")).to_be_visible()
+    assert page.evaluate("sessionStorage.getItem('diffii.apiKey')") is None
+    page.goto(f"{service.url}/console/#/jobs")  # a signed-out tab shows no page but sign-in
+    expect(page.locator("#sign-in")).to_be_visible()
+
     sign_in(page, service, key)
     prefix = key.split("_")[1]
     subprocess.run(
