@@ -25,6 +25,7 @@ lint: setup
 
 test: setup services
 	bash infra/install-tools.sh
+	bash scripts/ensure_browser.sh
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

@@ -10,7 +10,7 @@ from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
-from services.api import openapi
+from services.api import console_site, openapi
 from services.api.metrics import (
     DEFAULT_METRIC_SOURCES,
     DatabaseCollector,
@@ -65,6 +65,7 @@ def create_app(
     for module in (datasets, jobs, objects, health):
         app.include_router(module.router)
     openapi.install(app, settings)
+    console_site.install(app)
 
     @app.exception_handler(ObjectNotFound)
     async def _object_missing(_request: Request, exc: ObjectNotFound) -> JSONResponse:

@@ -339,6 +339,12 @@ class Up:
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[Up]:
     """`diffii up` on its embedded defaults (SQLite, SQLite broker, local objects) in its own process."""
+    with running_up(tmp_path) as u:
+        yield u
+
+
+@contextlib.contextmanager
+def running_up(tmp_path: Path) -> Iterator[Up]:
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFII_")}
     # Short leases so the killed worker's shard is re-run within seconds.
