@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
@@ -18,6 +19,7 @@ from services.api.metrics import (
     MetricsMiddleware,
     MetricSource,
 )
+from services.api.problems import BodyLimit, validation_problem
 from services.api.routes import datasets, health, jobs, objects
 from services.api.settings import ApiSettings
 from services.common import dispatch
@@ -32,6 +34,11 @@ Upload a dataset (`POST /v1/datasets`), start a job (`POST /v1/jobs`), poll it
 (`GET /v1/jobs/{id}`) and download the archive (`GET /v1/jobs/{id}/archive`).
 Every `/v1` call needs `Authorization: Bearer <api key>`.
 """
+
+
+def _streams_its_body(scope: dict) -> bool:
+    """The upload reads its multipart body as a stream, under the upload cap (services.api.upload)."""
+    return scope["method"] == "POST" and scope["path"] == "/v1/datasets"
 
 
 def create_app(
@@ -61,10 +68,13 @@ def create_app(
     registry.register(DatabaseCollector(app.state.session_factory, metric_sources or DEFAULT_METRIC_SOURCES))
     app.state.metrics_registry = registry
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
+    app.add_middleware(BodyLimit, limit=settings.max_json_bytes, exempt=_streams_its_body)
 
     for module in (datasets, jobs, objects, health):
         app.include_router(module.router)
     openapi.install(app, settings)
+
+    app.add_exception_handler(RequestValidationError, validation_problem)
 
     @app.exception_handler(ObjectNotFound)
     async def _object_missing(_request: Request, exc: ObjectNotFound) -> JSONResponse:

@@ -9,12 +9,13 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from diffii_core.params import CROSS_FIELD_SCHEMA, JobParams
+from diffii_core.params import CROSS_FIELD_SCHEMA, ConceptParams, JobParams
 from services.common.models import JobStatus
 
 ID_PATTERN = r"^[0-9A-Za-z_-]{1,64}$"  # the service's ids are 32 hex digits
 BUCKET = r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]"
-S3_URI = re.compile(rf"^s3://(?P<bucket>{BUCKET})/(?P<key>.+)$")
+PRINTED = r"[^\x00-\x1f\x7f-\x9f]"  # no control character
+S3_URI = re.compile(rf"^s3://(?P<bucket>{BUCKET})/(?P<key>{PRINTED}+)$")
 
 
 class ClassOut(BaseModel):
@@ -49,23 +50,28 @@ class DatasetReportOut(BaseModel):
     skipped: list[SkippedOut] = Field(description="files left out, with the reason (damaged, too large...)")
 
 
+# JSON's types as the schema states them: "5" is not a number, 1 not a boolean, NaN and 1e400
+# (infinity once parsed) no number at all.
+STRICT = ConfigDict(strict=True, allow_inf_nan=False)
+
+
+class ConceptRequest(ConceptParams):
+    model_config = STRICT
+
+
 class JobRequest(JobParams):
     """Job parameters plus where the dataset is. Unknown fields are refused (422 naming them)."""
 
-    # Exactly one of the two (the schema's oneOf); null is not offered in the schema.
-    model_config = ConfigDict(
-        json_schema_extra={
-            **CROSS_FIELD_SCHEMA,
-            "oneOf": [{"required": ["dataset_id"]}, {"required": ["dataset_uri"]}],
-        }
-    )
+    # Exactly one of the two (services.api.openapi states it); null is not offered in the schema.
+    model_config = ConfigDict(**STRICT, json_schema_extra=CROSS_FIELD_SCHEMA)
 
     dataset_id: Annotated[str, Field(pattern=ID_PATTERN)] | SkipJsonSchema[None] = Field(
         None, description="id returned by POST /v1/datasets"
     )
     dataset_uri: (
-        Annotated[str, Field(max_length=2048, pattern=rf"^s3://{BUCKET}/.+$")] | SkipJsonSchema[None]
+        Annotated[str, Field(max_length=2048, pattern=rf"^s3://{BUCKET}/{PRINTED}+$")] | SkipJsonSchema[None]
     ) = Field(None, description="s3://bucket/key of an archive in a bucket the operator allowed")
+    concepts: ConceptRequest = Field(default_factory=ConceptRequest)
     seed: int | None = Field(  # type: ignore[assignment]
         None, ge=0, le=2**63 - 1, description="job seed; omitted: the server picks one and reports it"
     )

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 
 from diffii_core.errors import DatasetError
 from services.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep, UploaderDep
-from services.api.schemas import ClassOut, DatasetOut, Problem, SkippedOut
+from services.api.schemas import ID_PATTERN, ClassOut, DatasetOut, Problem, SkippedOut
 from services.api.settings import ApiSettings
 from services.api.upload import new_temp_dir, receive_file
 from services.common.db import session_scope
@@ -142,8 +143,11 @@ async def upload_dataset(
     )
 
 
+DatasetId = Annotated[str, PathParam(pattern=ID_PATTERN, description="the dataset's id")]
+
+
 @router.get("/{dataset_id}", response_model=DatasetOut, responses={404: {"model": Problem}})
-def get_dataset(dataset_id: str, owner_id: OwnerDep, session: SessionDep) -> DatasetOut:
+def get_dataset(dataset_id: DatasetId, owner_id: OwnerDep, session: SessionDep) -> DatasetOut:
     """A dataset the caller uploaded: its classes and the files that were skipped."""
     row = session.get(Dataset, dataset_id)
     if row is None or row.owner_id != owner_id:

@@ -70,6 +70,12 @@ def _check_request(session: Session, body: JobRequest, owner_id: str, settings: 
     if body.model not in settings.models:
         names = ", ".join(sorted(settings.models)) or "none"
         raise _field_error("model", f"unknown model {body.model!r}; this server offers: {names}")
+    max_classes = settings.make_dataset_limits().max_classes
+    if body.class_prompts is not None and len(body.class_prompts) > max_classes:
+        raise _field_error(
+            "class_prompts",
+            f"{len(body.class_prompts):,} class prompts, over the limit of {max_classes:,} (max_classes)",
+        )
     if body.dataset_uri is not None:
         match = S3_URI.match(body.dataset_uri)
         assert match is not None  # the schema already checked the shape
@@ -264,10 +270,19 @@ def _not_there(job: Job, removed: str, ended: str, pending: str) -> HTTPExceptio
     return HTTPException(status.HTTP_409_CONFLICT, detail)
 
 
+# Why a job that has not ended has no preview sheet yet, by its state; packaging draws them first.
+PREVIEW_PENDING = {
+    JobStatus.packaging: "its preview sheets are being drawn (the first step of packaging); retry shortly",
+    JobStatus.cancelling: "it is stopping and will have no preview sheets",
+}
+PREVIEW_LATER = "previews are drawn once every image is generated, when packaging starts"
+
+
 def _no_preview(job: Job) -> HTTPException:
-    return _not_there(
-        job, "images were", "with no preview sheets stored", "the previews are made when generation ends"
-    )
+    if job.expired_at is None and job.status not in TERMINAL_JOB_STATUSES:
+        reason = PREVIEW_PENDING.get(job.status, PREVIEW_LATER)
+        return HTTPException(status.HTTP_409_CONFLICT, f"job {job.id} is {job.status.value}: {reason}")
+    return _not_there(job, "images were", "with no preview sheets stored", "")
 
 
 PREVIEW_CONFLICT = {409: {"model": Problem, "description": "the previews do not exist (yet)"}}
