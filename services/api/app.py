@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
-from services.api import openapi
+from services.api import openapi, redaction
 from services.api.metrics import (
     DEFAULT_METRIC_SOURCES,
     DatabaseCollector,
@@ -50,6 +50,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        redaction.install()
         yield
         dispose(session_factory)
 
