@@ -55,7 +55,14 @@ def create_app(
         dispose(session_factory)
 
     app = FastAPI(
-        title="diffii", version="0.1.0", description=DESCRIPTION, docs_url="/docs", lifespan=lifespan
+        title="diffii",
+        version="0.1.0",
+        description=DESCRIPTION,
+        docs_url="/docs",
+        lifespan=lifespan,
+        # operationId = the endpoint's name (create_job, list_datasets...): what a generated
+        # client names its functions.
+        generate_unique_id_function=lambda route: route.name,
     )
 
     app.state.settings = settings
