@@ -10,7 +10,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from diffii_core.dataset.limits import DEFAULT_LIMITS
 from diffii_core.dataset.names import control_character
 from diffii_core.methods import METHODS, REGISTRY
 from diffii_core.methods.spec import SAMPLERS
@@ -182,7 +181,6 @@ class JobParams(BaseModel):
         | None
     ) = Field(
         None,
-        max_length=DEFAULT_LIMITS.max_classes,
         description="class folder -> name used in prompts; default: the folder name without its "
         "number prefix, '_' as spaces",
     )

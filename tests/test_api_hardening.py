@@ -154,3 +154,25 @@ def test_an_uploaded_class_folder_named_with_a_control_character_is_skipped(capp
     assert [c["name"] for c in dataset["classes"]] == ["cat"]
     (skipped,) = dataset["skipped"]
     assert skipped["path"] == "bad\x07bell/1.png" and "control character U+0007" in skipped["reason"]
+
+
+def test_the_served_job_request_is_a_plain_object_saying_exactly_one_dataset(
+    api_client_factory: Callable[..., Any],
+) -> None:
+    import jsonschema
+
+    for buckets in ([], ["data"]):
+        client, _ = api_client_factory(allowed_dataset_buckets=buckets, dataset_limits={"max_classes": 3})
+        doc = client.get("/openapi.json").json()
+        request = doc["components"]["schemas"]["JobRequest"]
+        assert request["type"] == "object" and "oneOf" not in request and "anyOf" not in request
+        assert request["properties"]["class_prompts"]["anyOf"][0]["maxProperties"] == 3
+        # The request's own $refs point into the document's components.
+        schema = jsonschema.Draft202012Validator({**request, "components": doc["components"]})
+        one = {"dataset_id": "abc"}
+        assert schema.is_valid(one) and not schema.is_valid({})
+        assert not schema.is_valid({**one, "class_prompts": {"a\nb": "x"}})
+        if buckets:
+            uri = {"dataset_uri": "s3://data/x.zip"}
+            assert schema.is_valid(uri) and not schema.is_valid({**one, **uri})
+            assert not schema.is_valid({"dataset_uri": "s3://data/a\nb.zip"})

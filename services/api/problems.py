@@ -72,11 +72,10 @@ def short(value: Any) -> Any:
         return value if len(value) <= ECHO_CHARS else value[:ECHO_CHARS] + "…"
     if isinstance(value, int):
         return value if abs(value) < 10**18 else short(f"{value:.3e}")
-    text = json.dumps(jsonable_encoder(value), default=str, allow_nan=True)
     try:
-        json.dumps(jsonable_encoder(value), allow_nan=False)
-    except (TypeError, ValueError):
-        return short(text)
+        text = json.dumps(jsonable_encoder(value), allow_nan=False)
+    except (TypeError, ValueError):  # a NaN inside, or something JSON has no form for
+        return short(str(value))
     return value if len(text) <= ECHO_CHARS else text[:ECHO_CHARS] + "…"
 
 
