@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from tests.integration.conftest import EXPECTED_IMAGES, JOB_TIMEOUT, Cluster
+from tests.integration.conftest import JOB_TIMEOUT, Cluster
 from tests.service_helpers import wait_until
 
 # What a user of the generator writes for binary answers it has no built-in type for.
@@ -114,11 +114,11 @@ def _flow(url: str, key: str, cluster: Cluster, tmp_path: Path) -> None:
             dataset_id=uploaded.id,
             model=JobRequestModel.TINY,
             method=JobRequestMethod.DIFF_II,
-            expansion=2,
+            expansion=1,  # the least work that still runs every stage on every class
             seed=seed,
-            inference_steps=8,
-            inversion_steps=8,
-            concepts=ConceptRequest(steps=10),
+            inference_steps=4,
+            inversion_steps=4,
+            concepts=ConceptRequest(steps=5),
         )
 
     refused = create_job.sync_detailed(
@@ -139,11 +139,11 @@ def _flow(url: str, key: str, cluster: Cluster, tmp_path: Path) -> None:
         seen["job"] = job
         return _terminal(job, JobStatus)
 
-    wait_until(ended, JOB_TIMEOUT, f"job {job_id} to end", interval=0.5)
+    wait_until(ended, 2 * JOB_TIMEOUT, f"job {job_id} to end", interval=0.5)
     job = seen["job"]
     assert job.status == JobStatus.SUCCEEDED, f"{job.to_dict()}\n{cluster.logs()}"
     assert job.progress.stage == JobStatus.SUCCEEDED
-    assert job.progress.images_done == job.progress.images_total == EXPECTED_IMAGES
+    assert job.progress.images_done == job.progress.images_total == uploaded.images
     assert {s.kind for s in job.progress.shards} == {ShardKind.GENERATE}
     assert [s.kind for s in job.progress.steps] == [ShardKind.PREPARE, ShardKind.LEARN, ShardKind.PACKAGE]
 
@@ -162,7 +162,8 @@ def _flow(url: str, key: str, cluster: Cluster, tmp_path: Path) -> None:
     downloaded = get_archive.sync_detailed(job_id=job_id, client=following)
     assert downloaded.status_code == 200 and isinstance(downloaded.parsed, File)
     with zipfile.ZipFile(io.BytesIO(downloaded.parsed.payload.read())) as zf:
-        assert sum(n.endswith(".png") and "/preview" not in n for n in zf.namelist()) >= EXPECTED_IMAGES
+        assert "metadata.jsonl" in zf.namelist()
+        assert len(zf.read("metadata.jsonl").splitlines()) == uploaded.images
 
     # list
     page = list_jobs.sync(client=client, status=JobStatus.SUCCEEDED)
