@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from diffii_core.dataset.names import control_character
 from diffii_core.methods import METHODS, REGISTRY
 from diffii_core.methods.spec import SAMPLERS
 
@@ -110,7 +111,11 @@ CROSS_FIELD_SCHEMA: dict[str, Any] = {
         "properties": {"strength": {"anyOf": [{"type": "array", "items": {"const": 1}}, {"type": "null"}]}}
     },
 }
-TEXT = r"\S"  # at least one character that is not white space
+# Text with no control character (NUL, newlines, escapes: they would reach prompts and
+# metadata.jsonl), holding at least one character that is not white space.
+_PRINTED = r"[^\x00-\x1f\x7f-\x9f]"
+NAME = rf"^{_PRINTED}*$"
+TEXT = rf"^{_PRINTED}*[^\s\x00-\x1f\x7f-\x9f]{_PRINTED}*$"
 
 
 class JobParams(BaseModel):
@@ -163,12 +168,16 @@ class JobParams(BaseModel):
     image_geometry: Literal["squash", "crop"] = Field(
         "squash", description="how a real image becomes the model's square: squash (published) or crop"
     )
-    class_prompts: dict[str, Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT)]] | None = (
-        Field(
-            None,
-            description="class folder -> name used in prompts; default: the folder name without its "
-            "number prefix, '_' as spaces",
-        )
+    class_prompts: (
+        dict[
+            Annotated[str, Field(min_length=1, max_length=255, pattern=NAME)],
+            Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT)],
+        ]
+        | None
+    ) = Field(
+        None,
+        description="class folder -> name used in prompts; default: the folder name without its "
+        "number prefix, '_' as spaces",
     )
     filter_attempts: int = Field(4, ge=1, le=32, description="real-filter: draws per image until one passes")
 
@@ -198,6 +207,20 @@ class JobParams(BaseModel):
             concepts = {**values["concepts"], **own, **mine, **concepts}
             data["concepts"] = concepts
         return data
+
+    @field_validator("metaclass", "suffixes", "class_prompts", mode="before")
+    @classmethod
+    def _no_control_characters(cls, value: Any) -> Any:
+        """Name the character, which the schema's pattern alone would not."""
+        texts = [value] if isinstance(value, str) else []
+        if isinstance(value, list):
+            texts = [v for v in value if isinstance(v, str)]
+        elif isinstance(value, dict):
+            texts = [t for pair in value.items() for t in pair if isinstance(t, str)]
+        for text in texts:
+            if (found := control_character(text)) is not None:
+                raise ValueError(f"{text[:40]!r} has a {found}; text may hold no control character")
+        return value
 
     @field_validator("class_prompts")
     @classmethod

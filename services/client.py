@@ -132,6 +132,15 @@ class Client:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self.request("POST", f"/v1/jobs/{job_id}/cancel").json()
 
+    def datasets(self, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
+        """Your datasets, newest first, one page: {"datasets": [...], "next_cursor": ...}."""
+        query: dict[str, Any] = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+        return self.request("GET", "/v1/datasets", params=query).json()
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Refused (ApiError 409) while a job of yours that has not ended uses the dataset."""
+        self.request("DELETE", f"/v1/datasets/{dataset_id}")
+
     def wait(
         self,
         job_id: str,

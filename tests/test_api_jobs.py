@@ -503,6 +503,35 @@ def test_previews_are_409_until_stored_then_served_to_the_owner_only(
         assert client.get(path).status_code == 401
 
 
+@pytest.mark.parametrize(
+    ("state", "reason"),
+    [
+        (JobStatus.learning, "previews are drawn once every image is generated, when packaging starts"),
+        (JobStatus.packaging, "its preview sheets are being drawn (the first step of packaging)"),
+        (JobStatus.cancelling, "it is stopping and will have no preview sheets"),
+    ],
+)
+def test_a_preview_409_names_the_jobs_state_and_packaging_serves_drawn_sheets(
+    api: Any, owner: dict[str, Any], pg_session_factory: Any, state: JobStatus, reason: str
+) -> None:
+    job_id = api.post("/v1/jobs", headers=owner["headers"], json={"dataset_id": owner["dataset_id"]}).json()[
+        "id"
+    ]
+    with session_scope(pg_session_factory) as session:
+        job = session.get(Job, job_id)
+        job.status, job.manifest = state, {"classes": [{"index": 0, "name": "cat"}]}
+    for path in (f"/v1/jobs/{job_id}/preview", f"/v1/jobs/{job_id}/preview/0"):
+        refused = api.get(path, headers=owner["headers"])
+        assert refused.status_code == 409
+        assert refused.json()["detail"].startswith(f"job {job_id} is {state.value}: {reason}")
+
+    storage = make_storage(api.app.state.settings)
+    storage.put_bytes(f"jobs/{job_id}/preview/0.png", b"\x89PNG cat sheet", "image/png")
+    assert api.get(f"/v1/jobs/{job_id}/preview", headers=owner["headers"]).status_code == 200
+    sheet = api.get(f"/v1/jobs/{job_id}/preview/0", headers=owner["headers"])
+    assert sheet.status_code == 200 and sheet.content == b"\x89PNG cat sheet"
+
+
 def test_a_status_poll_is_one_checkout_and_three_autocommit_queries(api: Any, owner: dict[str, Any]) -> None:
     """The status poll is the API's hottest path (bench/service.py --load): the key check and the
     job read share one pooled connection, in autocommit (no BEGIN/ROLLBACK round trips), with no

@@ -301,3 +301,23 @@ def test_the_client_works_without_click() -> None:
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_datasets_list_and_delete(
+    client_env: dict[str, str], dataset_dir: Path, pg_session_factory: Any
+) -> None:
+    from services.cli.client import datasets
+
+    job_id = run(submit, [str(dataset_dir)], client_env).stdout.strip().splitlines()[-1]
+    dataset_id = job_row(pg_session_factory, job_id).dataset_id
+    listed = run(datasets, ["list"], client_env)
+    assert listed.exit_code == 0 and dataset_id in listed.output and "2 classes, 3 images" in listed.output
+
+    refused = run(datasets, ["delete", dataset_id], client_env)
+    assert refused.exit_code == 1 and "server said 409" in refused.output and job_id in refused.output
+    assert run(cancel, [job_id], client_env).exit_code == 0
+    deleted = run(datasets, ["delete", dataset_id], client_env)
+    assert deleted.exit_code == 0 and f"dataset {dataset_id} deleted" in deleted.output
+    assert dataset_id not in run(datasets, ["list"], client_env).output
+    again = run(datasets, ["delete", dataset_id], client_env)
+    assert again.exit_code == 1 and "server said 404" in again.output

@@ -9,7 +9,7 @@ Rules (also in docs/ARCHITECTURE.md and the "Dataset in" section of the service 
   a wrapper (the user zipped the dataset's parent folder) and is removed.
 - ``__MACOSX``, ``Thumbs.db``, ``desktop.ini`` and dot-files are operating-system noise: ignored and
   reported nowhere. Other non-image files, files outside any class folder and duplicate names are
-  skipped and reported.
+  skipped and reported, and so are class folders whose name holds a control character.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from diffii_core.dataset.limits import DatasetLimits
 from diffii_core.dataset.members import Member
 from diffii_core.dataset.model import Skipped
-from diffii_core.dataset.names import IMAGE_SUFFIXES, is_noise, suffix
+from diffii_core.dataset.names import IMAGE_SUFFIXES, control_character, is_noise, suffix
 from diffii_core.dataset.report import no_class_message
 from diffii_core.errors import DatasetError
 
@@ -56,6 +56,10 @@ def arrange(members: list[Member], limits: DatasetLimits, label: str) -> Layout:
             skipped.append(Skipped(member.source_path, "file at the top level, outside any class folder"))
             continue
         name = parts[0]
+        if (found := control_character(name)) is not None:
+            # It would become a prompt word and a metadata.jsonl label.
+            skipped.append(Skipped(member.source_path, f"class folder name {name!r} has a {found}"))
+            continue
         images = layout.files.setdefault(name, [])
         rel = "/".join(parts)
         if rel in seen:
@@ -72,7 +76,12 @@ def arrange(members: list[Member], limits: DatasetLimits, label: str) -> Layout:
     # Folders with no file at all are left out, but said, so a missing class is not a mystery.
     for member in members:
         parts = member.parts[strip:]
-        if member.is_dir and len(parts) == 1 and parts[0] not in layout.files:
+        if (
+            member.is_dir
+            and len(parts) == 1
+            and parts[0] not in layout.files
+            and not control_character(parts[0])
+        ):
             skipped.append(Skipped(member.source_path + "/", "empty folder, not used as a class"))
 
     if not layout.files:

@@ -31,6 +31,17 @@ def safe_parts(name: str, label: str, *, archive: bool) -> tuple[str, ...]:
     return tuple(unicodedata.normalize("NFC", p) for p in parts)
 
 
+def control_character(text: str) -> str | None:
+    """The first control character (Unicode Cc: NUL, newline, escape...) of `text`, named, or None.
+
+    Such characters would reach prompts and metadata.jsonl lines, so names and prompt text refuse them.
+    """
+    for position, ch in enumerate(text):
+        if unicodedata.category(ch) == "Cc":
+            return f"control character U+{ord(ch):04X} at position {position}"
+    return None
+
+
 def fix_undecodable(name: str) -> str:
     """Tar and POSIX names are bytes; names that are not UTF-8 are read as Latin-1 rather than lost."""
     try:

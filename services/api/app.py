@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
-from services.api import console_site, openapi
+from services.api import console_site, openapi, redaction
 from services.api.metrics import (
     DEFAULT_METRIC_SOURCES,
     DatabaseCollector,
@@ -18,6 +19,7 @@ from services.api.metrics import (
     MetricsMiddleware,
     MetricSource,
 )
+from services.api.problems import BodyLimit, validation_problem
 from services.api.routes import datasets, health, jobs, objects
 from services.api.settings import ApiSettings
 from services.common import dispatch
@@ -34,6 +36,11 @@ Every `/v1` call needs `Authorization: Bearer <api key>`.
 """
 
 
+def _streams_its_body(scope: dict) -> bool:
+    """The upload reads its multipart body as a stream, under the upload cap (services.api.upload)."""
+    return scope["method"] == "POST" and scope["path"] == "/v1/datasets"
+
+
 def create_app(
     settings: ApiSettings | None = None, *, metric_sources: list[MetricSource] | None = None
 ) -> FastAPI:
@@ -43,11 +50,19 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        redaction.install()
         yield
         dispose(session_factory)
 
     app = FastAPI(
-        title="diffii", version="0.1.0", description=DESCRIPTION, docs_url="/docs", lifespan=lifespan
+        title="diffii",
+        version="0.1.0",
+        description=DESCRIPTION,
+        docs_url="/docs",
+        lifespan=lifespan,
+        # operationId = the endpoint's name (create_job, list_datasets...): what a generated
+        # client names its functions.
+        generate_unique_id_function=lambda route: route.name,
     )
 
     app.state.settings = settings
@@ -61,11 +76,14 @@ def create_app(
     registry.register(DatabaseCollector(app.state.session_factory, metric_sources or DEFAULT_METRIC_SOURCES))
     app.state.metrics_registry = registry
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
+    app.add_middleware(BodyLimit, limit=settings.max_json_bytes, exempt=_streams_its_body)
 
     for module in (datasets, jobs, objects, health):
         app.include_router(module.router)
     openapi.install(app, settings)
     console_site.install(app)
+
+    app.add_exception_handler(RequestValidationError, validation_problem)
 
     @app.exception_handler(ObjectNotFound)
     async def _object_missing(_request: Request, exc: ObjectNotFound) -> JSONResponse:

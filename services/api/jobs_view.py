@@ -15,12 +15,12 @@ from services.common.timeutil import as_utc
 
 def _shard_out(s: Shard) -> ShardOut:
     return ShardOut(
-        kind=str(s.kind.value),
+        kind=s.kind,
         class_name=s.class_name,
         class_index=s.class_index,
         start=s.start,
         stop=s.stop,
-        status=str(s.status.value),
+        status=s.status,
         attempts=s.attempts,
         max_attempts=s.max_attempts,
         images_done=s.images_done,
@@ -37,7 +37,7 @@ def _progress(job: Job, shards: list[Shard], with_detail: bool) -> ProgressOut:
     generate = [s for s in shards if s.kind == ShardKind.generate]
     images_total = job.images_total or sum(s.images_total for s in generate)
     return ProgressOut(
-        stage=str(job.status.value),
+        stage=job.status,
         shards_done=sum(1 for s in generate if s.status == ShardStatus.succeeded),
         shards_total=len(generate),
         images_done=sum(s.images_done for s in generate),

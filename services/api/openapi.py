@@ -1,7 +1,13 @@
-"""The OpenAPI document says what this server accepts: its own model list and dataset buckets.
+"""The OpenAPI document says what this server accepts, in a shape client generators can use.
 
-Both are operator settings, so the static schema of the request models cannot name them; without
-this, a client (or a fuzzer) following the schema would send models and buckets the API refuses.
+- The server's own model list, dataset buckets and class limit: operator settings, which the static
+  schema of the request models cannot name; without them a client (or a fuzzer) following the
+  schema would send models and buckets the API refuses.
+- `JobRequest` is a plain object (a generator turns a top-level oneOf into an untyped body): the
+  one-dataset rule becomes `required` (uploads only) or a `not` that generators pass over, and the
+  method's rule on `strength` stays an if/then, which they ignore and validators apply.
+- Maps with constrained keys say so with `propertyNames` (pydantic writes `patternProperties`, which
+  would let keys outside the pattern through with any value).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from services.api.schemas import PRINTED
 from services.api.settings import ApiSettings
 
 
@@ -22,6 +29,7 @@ def install(app: FastAPI, settings: ApiSettings) -> None:
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
             _server_specific(doc, settings)
+            _plain_maps(doc)
             app.openapi_schema = doc
         return app.openapi_schema
 
@@ -34,9 +42,33 @@ def _server_specific(doc: dict[str, Any], settings: ApiSettings) -> None:
         return
     props = request["properties"]
     props["model"]["enum"] = sorted(settings.models)
+    _object_of(props["class_prompts"])["maxProperties"] = settings.make_dataset_limits().max_classes
     if settings.allowed_dataset_buckets:
         buckets = "|".join(re.escape(b) for b in sorted(settings.allowed_dataset_buckets))
-        props["dataset_uri"]["pattern"] = f"^s3://({buckets})/.+$"
+        props["dataset_uri"]["pattern"] = f"^s3://({buckets})/{PRINTED}+$"
+        both = {"required": ["dataset_id", "dataset_uri"]}
+        neither = {"not": {"anyOf": [{"required": ["dataset_id"]}, {"required": ["dataset_uri"]}]}}
+        request["not"] = {"anyOf": [both, neither]}  # exactly one of the two
     else:  # no bucket allowed: only uploaded datasets
         del props["dataset_uri"]
-        request["oneOf"] = [{"required": ["dataset_id"]}]
+        request["required"] = ["dataset_id"]
+
+
+def _object_of(schema: dict[str, Any]) -> dict[str, Any]:
+    """The object branch of an optional (anyOf [object, null]) property."""
+    return next(s for s in schema.get("anyOf", [schema]) if s.get("type") == "object")
+
+
+def _plain_maps(node: Any) -> None:
+    if isinstance(node, dict):
+        patterns = node.get("patternProperties")
+        if node.get("type") == "object" and isinstance(patterns, dict) and len(patterns) == 1:
+            ((pattern, values),) = patterns.items()
+            del node["patternProperties"]
+            node["propertyNames"] = {**node.get("propertyNames", {}), "pattern": pattern}
+            node["additionalProperties"] = values
+        for value in node.values():
+            _plain_maps(value)
+    elif isinstance(node, list):
+        for value in node:
+            _plain_maps(value)

@@ -6,15 +6,16 @@ import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from diffii_core.params import CROSS_FIELD_SCHEMA, JobParams
-from services.common.models import JobStatus
+from diffii_core.params import CROSS_FIELD_SCHEMA, ConceptParams, JobParams
+from services.common.models import JobStatus, ShardKind, ShardStatus
 
 ID_PATTERN = r"^[0-9A-Za-z_-]{1,64}$"  # the service's ids are 32 hex digits
 BUCKET = r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]"
-S3_URI = re.compile(rf"^s3://(?P<bucket>{BUCKET})/(?P<key>.+)$")
+PRINTED = r"[^\x00-\x1f\x7f-\x9f]"  # no control character
+S3_URI = re.compile(rf"^s3://(?P<bucket>{BUCKET})/(?P<key>{PRINTED}+)$")
 
 
 class ClassOut(BaseModel):
@@ -49,23 +50,38 @@ class DatasetReportOut(BaseModel):
     skipped: list[SkippedOut] = Field(description="files left out, with the reason (damaged, too large...)")
 
 
+# JSON's types as the schema states them: "5" is not a number, 1 not a boolean, NaN and 1e400
+# (infinity once parsed) no number at all; 8.0 is an integer, as JSON Schema has it.
+STRICT = ConfigDict(strict=True, allow_inf_nan=False)
+INTEGER = (int, int | None)
+
+
+def _integral_float(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    field = cls.model_fields.get(info.field_name or "")
+    if isinstance(value, float) and value.is_integer() and field is not None and field.annotation in INTEGER:
+        return int(value)
+    return value
+
+
+class ConceptRequest(ConceptParams):
+    model_config = STRICT
+    _integers = field_validator("*", mode="before")(classmethod(_integral_float))
+
+
 class JobRequest(JobParams):
     """Job parameters plus where the dataset is. Unknown fields are refused (422 naming them)."""
 
-    # Exactly one of the two (the schema's oneOf); null is not offered in the schema.
-    model_config = ConfigDict(
-        json_schema_extra={
-            **CROSS_FIELD_SCHEMA,
-            "oneOf": [{"required": ["dataset_id"]}, {"required": ["dataset_uri"]}],
-        }
-    )
+    # Exactly one of the two (services.api.openapi states it); null is not offered in the schema.
+    model_config = ConfigDict(**STRICT, json_schema_extra=CROSS_FIELD_SCHEMA)
+    _integers = field_validator("*", mode="before")(classmethod(_integral_float))
 
     dataset_id: Annotated[str, Field(pattern=ID_PATTERN)] | SkipJsonSchema[None] = Field(
         None, description="id returned by POST /v1/datasets"
     )
     dataset_uri: (
-        Annotated[str, Field(max_length=2048, pattern=rf"^s3://{BUCKET}/.+$")] | SkipJsonSchema[None]
+        Annotated[str, Field(max_length=2048, pattern=rf"^s3://{BUCKET}/{PRINTED}+$")] | SkipJsonSchema[None]
     ) = Field(None, description="s3://bucket/key of an archive in a bucket the operator allowed")
+    concepts: ConceptRequest = Field(default_factory=ConceptRequest)
     seed: int | None = Field(  # type: ignore[assignment]
         None, ge=0, le=2**63 - 1, description="job seed; omitted: the server picks one and reports it"
     )
@@ -89,12 +105,12 @@ class JobRequest(JobParams):
 
 
 class ShardOut(BaseModel):
-    kind: str = Field(description="prepare, learn, generate or package")
+    kind: ShardKind = Field(description="prepare, learn, generate or package")
     class_name: str | None
     class_index: int | None
     start: int
     stop: int
-    status: str
+    status: ShardStatus
     attempts: int = Field(description="attempts started so far")
     max_attempts: int
     images_done: int
@@ -106,7 +122,7 @@ class ShardOut(BaseModel):
 
 
 class ProgressOut(BaseModel):
-    stage: str
+    stage: JobStatus
     shards_done: int
     shards_total: int
     images_done: int
@@ -146,10 +162,32 @@ class PreviewList(BaseModel):
     classes: list[PreviewOut]
 
 
+class DatasetPage(BaseModel):
+    datasets: list[DatasetOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at the end")
+
+
 class JobPage(BaseModel):
     jobs: list[JobOut]
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at the end")
 
 
 class Problem(BaseModel):
-    detail: Any
+    """Every error answer but a 422's: what is wrong, in words (a limit names itself and its value)."""
+
+    detail: str
+
+
+# FastAPI's own 422 body (loc, msg, type, input, ctx), for a route whose 422 FastAPI cannot infer.
+INVALID = {
+    "description": "fields that are wrong, each named",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}},
+}
+
+
+def problem(description: str) -> dict[str, Any]:
+    """An OpenAPI response entry with a Problem body."""
+    return {"model": Problem, "description": description}
+
+
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: problem("missing, unknown or revoked API key")}

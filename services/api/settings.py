@@ -20,6 +20,12 @@ class ApiSettings(CommonSettings):
     max_upload_bytes: int | None = Field(
         None, ge=1, description="largest upload over HTTP; default: the max_archive_bytes dataset limit"
     )
+    max_json_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        le=64 * 1024**2,
+        description="largest JSON request body; a larger one is refused (413) before it is parsed",
+    )
     presign_ttl: int = Field(300, ge=10, le=7 * 24 * 3600, description="seconds a download link stays valid")
     signing_secret: SecretStr | None = Field(
         None, description="HMAC secret of local-storage download links; default: a file under DIFFII_HOME"

@@ -1,4 +1,5 @@
-"""Client commands: `diffii submit`, `status`, `jobs`, `download`, `cancel` (REST calls over httpx).
+"""Client commands: `diffii submit`, `status`, `jobs`, `download`, `cancel`, `datasets` (REST calls over
+httpx).
 
 Server and key come from --server/--api-key or DIFFII_API_URL/DIFFII_API_KEY. An HTTP error prints
 the server's `detail` and exits non-zero.
@@ -253,4 +254,36 @@ def cancel(client: Client, job_id: str) -> None:
         click.echo(f"job {job['id']}: cancel requested; running shards stop after their current batch")
 
 
-__all__ = ["cancel", "download", "jobs", "status", "submit"]
+@click.group()
+def datasets() -> None:
+    """Your uploaded datasets: list them, delete those no job needs."""
+
+
+@datasets.command("list")
+@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
+@click.option("--cursor", help="next_cursor of a previous page")
+@connection_options
+def list_datasets(client: Client, limit: int, cursor: str | None) -> None:
+    """List your datasets, newest first."""
+    page = client.datasets(limit, cursor)
+    for d in page["datasets"]:
+        click.echo(
+            f"{d['id']}  {d['created_at'][:19]}  {len(d['classes'])} classes, {d['images']} images, "
+            f"{d['bytes']:,} bytes  {d['filename']}"
+        )
+    if not page["datasets"]:
+        click.echo("no datasets", err=True)
+    if page.get("next_cursor"):
+        click.echo(f"more: diffii datasets list --cursor {page['next_cursor']}", err=True)
+
+
+@datasets.command("delete")
+@click.argument("dataset_id")
+@connection_options
+def delete_dataset(client: Client, dataset_id: str) -> None:
+    """Delete a dataset and its stored archive (refused while a job that has not ended uses it)."""
+    client.delete_dataset(dataset_id)
+    click.echo(f"dataset {dataset_id} deleted")
+
+
+__all__ = ["cancel", "datasets", "download", "jobs", "status", "submit"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from services.cli.augment import augment
-from services.cli.client import cancel, download, jobs, status, submit
+from services.cli.client import cancel, datasets, download, jobs, status, submit
 from services.cli.evaluate import evaluate
 from services.cli.preview import preview
 from services.cli.runtime import sweeper, up, worker
@@ -27,6 +27,7 @@ for command in (
     jobs,
     download,
     cancel,
+    datasets,
     serve,
     worker,
     sweeper,

@@ -132,12 +132,23 @@ def revoke_key_command(prefix: str) -> None:
     default=None,
     help="[default: DIFFII_INTERMEDIATE_RETENTION_DAYS or 1]",
 )
+@click.option(
+    "--dataset-retention-days",
+    type=float,
+    default=None,
+    help="[default: DIFFII_DATASET_RETENTION_DAYS or 30]",
+)
 @click.option("--dry-run", is_flag=True, help="list what would be removed, remove nothing")
 def gc_command(
-    retention_days: float | None, intermediate_retention_days: float | None, dry_run: bool
+    retention_days: float | None,
+    intermediate_retention_days: float | None,
+    dataset_retention_days: float | None,
+    dry_run: bool,
 ) -> None:
     """Remove what ended jobs left in storage: pools, concepts and loose images after the
-    intermediate retention, everything (the archive too) after the retention. Job rows stay."""
+    intermediate retention, everything (the archive too) after the retention. Job rows stay.
+    Uploaded datasets go once no job uses them and the dataset retention has passed since their
+    upload and their last job."""
     from datetime import timedelta
 
     from services.common.db import dispose, make_session_factory
@@ -150,6 +161,7 @@ def gc_command(
         for k, v in {
             "retention_days": retention_days,
             "intermediate_retention_days": intermediate_retention_days,
+            "dataset_retention_days": dataset_retention_days,
         }.items()
         if v is not None
     }
@@ -165,6 +177,7 @@ def gc_command(
             make_storage(settings),
             retention=timedelta(days=settings.retention_days),
             intermediate_retention=timedelta(days=settings.intermediate_retention_days),
+            dataset_retention=timedelta(days=settings.dataset_retention_days),
             dry_run=dry_run,
         )
     finally:
@@ -174,7 +187,11 @@ def gc_command(
         click.echo(f"{verb} every object of job {job_id}")
     for job_id in report.pruned:
         click.echo(f"{verb} the intermediate objects of job {job_id}")
-    click.echo(f"gc: {len(report.expired)} expired, {len(report.pruned)} pruned")
+    for dataset_id in report.datasets:
+        click.echo(f"{verb} unused dataset {dataset_id}")
+    click.echo(
+        f"gc: {len(report.expired)} expired, {len(report.pruned)} pruned, {len(report.datasets)} datasets"
+    )
 
 
 @admin.command("ensure-storage")

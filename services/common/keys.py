@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 
+def dataset_prefix(dataset_id: str) -> str:
+    """An uploaded dataset's objects (its source archive) lie under this prefix."""
+    return f"datasets/{dataset_id}/"
+
+
+def dataset_source(dataset_id: str, ext: str) -> str:
+    return f"{dataset_prefix(dataset_id)}source.{ext}"
+
+
 def job_prefix(job_id: str) -> str:
     """Everything a job stored lies under this prefix (what deletion and retention remove)."""
     return f"jobs/{job_id}/"

@@ -78,6 +78,12 @@ class CommonSettings(BaseSettings):
         gt=0,
         description="days an ended job's pools, concepts, loose images are kept (`diffii admin gc`)",
     )
+    dataset_retention_days: float = Field(
+        30.0,
+        gt=0,
+        description="days an uploaded dataset is kept after its upload and its last job, once every "
+        "job on it has ended (`diffii admin gc`)",
+    )
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> CommonSettings:

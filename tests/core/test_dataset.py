@@ -343,6 +343,20 @@ def test_noise_is_ignored_and_other_files_are_skipped_with_a_reason(tmp_path: Pa
     assert reasons["README.md"] == "file at the top level, outside any class folder"
 
 
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_a_class_folder_named_with_a_control_character_is_skipped_with_its_reason(
+    tmp_path: Path, kind: str
+) -> None:
+    entries = {"cat/a.png": png(), "bad\x1bname/b.png": png(), "two\nlines/c.png": png()}
+    ds = load_dataset(make_source(kind, tmp_path, entries))
+
+    assert ds.class_names() == ["cat"]
+    reasons = {s.path: s.reason for s in ds.skipped}
+    assert set(reasons) == {"bad\x1bname/b.png", "two\nlines/c.png"}
+    assert "control character U+001B at position 3" in reasons["bad\x1bname/b.png"]
+    assert "control character U+000A" in reasons["two\nlines/c.png"]
+
+
 def test_an_empty_folder_is_reported_not_made_a_class(tmp_path: Path) -> None:
     source = tmp_path / "d.zip"
     with zipfile.ZipFile(source, "w") as zf:

@@ -10,23 +10,37 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
 
 from diffii_core.errors import DatasetError
 from services.api.deps import OwnerDep, SessionDep, SettingsDep, StorageDep, UploaderDep
-from services.api.schemas import ClassOut, DatasetOut, Problem, SkippedOut
+from services.api.pagination import CURSOR_PATTERN, decode_cursor, encode_cursor
+from services.api.schemas import (
+    ID_PATTERN,
+    INVALID,
+    UNAUTHORIZED,
+    ClassOut,
+    DatasetOut,
+    DatasetPage,
+    SkippedOut,
+    problem,
+)
 from services.api.settings import ApiSettings
 from services.api.upload import new_temp_dir, receive_file
+from services.common import keys, retention
 from services.common.db import session_scope
 from services.common.models import Dataset, new_id
-from services.common.storage import Storage
+from services.common.storage import Storage, StorageError
 from services.common.timeutil import as_utc
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=UNAUTHORIZED)
 
 UPLOAD_BODY = {
     "requestBody": {
@@ -87,9 +101,11 @@ def _store(storage: Storage, key: str, path: Path, max_bytes: int) -> None:
     response_model=DatasetOut,
     openapi_extra=UPLOAD_BODY,
     responses={
-        400: {"model": Problem, "description": "not a usable dataset (the message says why)"},
-        413: {"model": Problem, "description": "archive over the size limit"},
-        415: {"model": Problem, "description": "not a multipart/form-data request"},
+        400: problem("not a usable dataset, or a malformed multipart body (the message says why)"),
+        413: problem("archive over the size limit (the limit is named)"),
+        415: problem("not a multipart/form-data request"),
+        422: {**INVALID, "description": "no multipart field named 'file'"},
+        503: problem("storage failed; nothing was kept"),
     },
 )
 async def upload_dataset(
@@ -107,8 +123,8 @@ async def upload_dataset(
             raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
 
         dataset_id = new_id()
-        key = f"datasets/{dataset_id}/source.{ext}"
-        prefix = f"datasets/{dataset_id}/"
+        key = keys.dataset_source(dataset_id, ext)
+        prefix = keys.dataset_prefix(dataset_id)
         try:
             await run_in_threadpool(_store, storage, key, source, settings.upload_cap)
             row = Dataset(
@@ -142,12 +158,11 @@ async def upload_dataset(
     )
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut, responses={404: {"model": Problem}})
-def get_dataset(dataset_id: str, owner_id: OwnerDep, session: SessionDep) -> DatasetOut:
-    """A dataset the caller uploaded: its classes and the files that were skipped."""
-    row = session.get(Dataset, dataset_id)
-    if row is None or row.owner_id != owner_id:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset {dataset_id} not found")
+DatasetId = Annotated[str, PathParam(pattern=ID_PATTERN, description="the dataset's id")]
+NOT_FOUND = {404: problem("no such dataset for this API key")}
+
+
+def _dataset_out(row: Dataset) -> DatasetOut:
     return DatasetOut(
         id=row.id,
         filename=row.filename,
@@ -157,3 +172,76 @@ def get_dataset(dataset_id: str, owner_id: OwnerDep, session: SessionDep) -> Dat
         skipped=[_skipped_entry(s) for s in row.skipped],
         created_at=as_utc(row.created_at),
     )
+
+
+def _owned(session: Session, owner_id: str, dataset_id: str) -> Dataset:
+    """The caller's dataset, or 404: another owner's is indistinguishable from a missing one."""
+    row = session.get(Dataset, dataset_id)
+    if row is None or row.owner_id != owner_id:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset {dataset_id} not found")
+    return row
+
+
+@router.get("", response_model=DatasetPage)
+def list_datasets(
+    owner_id: OwnerDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[
+        str | None, Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page")
+    ] = None,
+) -> DatasetPage:
+    """The caller's datasets, newest first; follow `next_cursor` until it is null."""
+    query = select(Dataset).where(Dataset.owner_id == owner_id)
+    if cursor:
+        created_at, dataset_id = decode_cursor(cursor)
+        query = query.where(
+            or_(
+                Dataset.created_at < created_at,
+                and_(Dataset.created_at == created_at, Dataset.id < dataset_id),
+            )
+        )
+    order = (Dataset.created_at.desc(), Dataset.id.desc())
+    rows = list(session.scalars(query.order_by(*order).limit(limit + 1)))
+    page, more = rows[:limit], len(rows) > limit
+    return DatasetPage(
+        datasets=[_dataset_out(row) for row in page],
+        next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if more else None,
+    )
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=NOT_FOUND)
+def get_dataset(dataset_id: DatasetId, owner_id: OwnerDep, session: SessionDep) -> DatasetOut:
+    """A dataset the caller uploaded: its classes and the files that were skipped."""
+    return _dataset_out(_owned(session, owner_id, dataset_id))
+
+
+@router.delete(
+    "/{dataset_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={
+        204: {"description": "the dataset and its stored archive are gone"},
+        **NOT_FOUND,
+        409: problem("a job that has not ended uses the dataset (the jobs are named)"),
+        503: problem("storage failed; the dataset is kept, retry"),
+    },
+)
+def delete_dataset(
+    dataset_id: DatasetId, owner_id: OwnerDep, session: SessionDep, storage: StorageDep
+) -> Response:
+    """Remove an uploaded dataset: its stored archive, then its row. Ended jobs that used it keep
+    their images and archives, with `dataset_id` null."""
+    _owned(session, owner_id, dataset_id)
+    try:
+        removed = retention.delete_dataset(session, storage, dataset_id)
+    except retention.DatasetInUse as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except StorageError as exc:
+        log.warning("could not delete the objects of dataset %s: %s", dataset_id, exc)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"storage failed, dataset {dataset_id} kept; retry: {exc}"
+        ) from None
+    if not removed:  # deleted by a concurrent request meanwhile
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset {dataset_id} not found")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

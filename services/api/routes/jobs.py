@@ -20,12 +20,13 @@ from services.api.pagination import CURSOR_PATTERN, decode_cursor, encode_cursor
 from services.api.schemas import (
     ID_PATTERN,
     S3_URI,
+    UNAUTHORIZED,
     JobOut,
     JobPage,
     JobRequest,
     PreviewList,
     PreviewOut,
-    Problem,
+    problem,
 )
 from services.api.settings import ApiSettings
 from services.common import keys
@@ -37,14 +38,12 @@ from services.common.models import TERMINAL_JOB_STATUSES, Dataset, Job, JobStatu
 from services.common.storage import Storage
 
 log = logging.getLogger(__name__)
-router = APIRouter(
-    prefix="/v1/jobs",
-    tags=["jobs"],
-    responses={401: {"model": Problem, "description": "missing, unknown or revoked API key"}},
-)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=UNAUTHORIZED)
 
 JobId = Annotated[str, Path(pattern=ID_PATTERN, description="the job's id")]
-NOT_FOUND = {404: {"model": Problem, "description": "no such job for this API key"}}
+NOT_FOUND = {404: problem("no such job for this API key")}
+STORAGE_DOWN = {503: problem("object storage failed; retry")}
+BINARY = {"schema": {"type": "string", "format": "binary"}}
 
 
 def _field_error(field: str, msg: str) -> HTTPException:
@@ -70,13 +69,23 @@ def _check_request(session: Session, body: JobRequest, owner_id: str, settings: 
     if body.model not in settings.models:
         names = ", ".join(sorted(settings.models)) or "none"
         raise _field_error("model", f"unknown model {body.model!r}; this server offers: {names}")
+    max_classes = settings.make_dataset_limits().max_classes
+    if body.class_prompts is not None and len(body.class_prompts) > max_classes:
+        raise _field_error(
+            "class_prompts",
+            f"{len(body.class_prompts):,} class prompts, over the limit of {max_classes:,} (max_classes)",
+        )
     if body.dataset_uri is not None:
         match = S3_URI.match(body.dataset_uri)
         assert match is not None  # the schema already checked the shape
         if match["bucket"] not in settings.allowed_dataset_buckets:
             raise _field_error("dataset_uri", f"bucket {match['bucket']!r} is not one this server may read")
     if body.dataset_id is not None:
-        dataset = session.get(Dataset, body.dataset_id)
+        # A share lock until the job is committed: a concurrent DELETE of the dataset waits, then
+        # sees the job (retention.delete_dataset).
+        dataset = session.scalar(
+            select(Dataset).where(Dataset.id == body.dataset_id).with_for_update(read=True)
+        )
         if dataset is None or dataset.owner_id != owner_id:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset {body.dataset_id} not found")
 
@@ -107,8 +116,10 @@ def _dispatch(session: Session, shard_id: str) -> None:
     response_model=JobOut,
     responses={
         200: {"model": JobOut, "description": "a retry with the same Idempotency-Key: the original job"},
-        404: {"model": Problem, "description": "dataset not found"},
-        409: {"model": Problem, "description": "Idempotency-Key reused with a different body"},
+        400: problem("the body could not be read (not UTF-8)"),
+        404: problem("dataset not found"),
+        409: problem("Idempotency-Key reused with a different body"),
+        413: problem("the JSON body is over max_json_bytes (the limit and the size are named)"),
     },
 )
 def create_job(
@@ -204,7 +215,7 @@ async def get_job(job_id: JobId, request: Request, credentials: CredentialsDep) 
 @router.post(
     "/{job_id}/cancel",
     response_model=JobOut,
-    responses={**NOT_FOUND, 409: {"model": Problem, "description": "the job has already ended"}},
+    responses={**NOT_FOUND, 409: problem("the job has already ended")},
 )
 def cancel_job(job_id: JobId, owner_id: OwnerDep, session: SessionDep) -> JobOut:
     """Stop the job. With no shard running it is `cancelled` at once; otherwise it is `cancelling`
@@ -225,9 +236,22 @@ def cancel_job(job_id: JobId, owner_id: OwnerDep, session: SessionDep) -> JobOut
     status_code=status.HTTP_307_TEMPORARY_REDIRECT,
     response_class=RedirectResponse,
     responses={
-        307: {"description": "redirect to a short-lived download URL of the archive"},
+        307: {
+            "description": "redirect to a short-lived download URL of the archive (no API key needed)",
+            "headers": {
+                "Location": {
+                    "description": "the signed URL: object storage's, or this API's /v1/objects/ link",
+                    "schema": {"type": "string", "format": "uri"},
+                }
+            },
+        },
+        200: {
+            "description": "the archive (zip), where a client follows the redirect",
+            "content": {"application/zip": BINARY},
+        },
         **NOT_FOUND,
-        409: {"model": Problem, "description": "the archive does not exist (yet)"},
+        409: problem("the archive does not exist (yet), or retention removed it"),
+        **STORAGE_DOWN,
     },
 )
 def get_archive(
@@ -264,13 +288,22 @@ def _not_there(job: Job, removed: str, ended: str, pending: str) -> HTTPExceptio
     return HTTPException(status.HTTP_409_CONFLICT, detail)
 
 
+# Why a job that has not ended has no preview sheet yet, by its state; packaging draws them first.
+PREVIEW_PENDING = {
+    JobStatus.packaging: "its preview sheets are being drawn (the first step of packaging); retry shortly",
+    JobStatus.cancelling: "it is stopping and will have no preview sheets",
+}
+PREVIEW_LATER = "previews are drawn once every image is generated, when packaging starts"
+
+
 def _no_preview(job: Job) -> HTTPException:
-    return _not_there(
-        job, "images were", "with no preview sheets stored", "the previews are made when generation ends"
-    )
+    if job.expired_at is None and job.status not in TERMINAL_JOB_STATUSES:
+        reason = PREVIEW_PENDING.get(job.status, PREVIEW_LATER)
+        return HTTPException(status.HTTP_409_CONFLICT, f"job {job.id} is {job.status.value}: {reason}")
+    return _not_there(job, "images were", "with no preview sheets stored", "")
 
 
-PREVIEW_CONFLICT = {409: {"model": Problem, "description": "the previews do not exist (yet)"}}
+PREVIEW_CONFLICT = {409: problem("the previews do not exist (yet): the job's state says why"), **STORAGE_DOWN}
 
 
 @router.get("/{job_id}/preview", response_model=PreviewList, responses={**NOT_FOUND, **PREVIEW_CONFLICT})
@@ -288,8 +321,8 @@ def list_previews(job_id: JobId, owner_id: OwnerDep, session: SessionDep, storag
     "/{job_id}/preview/{class_index}",
     response_class=Response,
     responses={
-        200: {"content": {"image/png": {}}, "description": "the class's preview sheet"},
-        404: {"model": Problem, "description": "no such job for this API key, or no such class"},
+        200: {"content": {"image/png": BINARY}, "description": "the class's preview sheet"},
+        404: problem("no such job for this API key, or no such class"),
         **PREVIEW_CONFLICT,
     },
 )
@@ -323,8 +356,8 @@ def get_preview(
     responses={
         204: {"description": "the job, its images and its archive are gone"},
         **NOT_FOUND,
-        409: {"model": Problem, "description": "the job has not ended; cancel it first"},
-        503: {"model": Problem, "description": "storage failed; nothing was removed from the job's rows"},
+        409: problem("the job has not ended; cancel it first"),
+        503: problem("storage failed; nothing was removed from the job's rows"),
     },
 )
 def delete_job(job_id: JobId, owner_id: OwnerDep, session: SessionDep, storage: StorageDep) -> Response:
