@@ -10,6 +10,8 @@ import sys
 
 import click
 
+from services.cli.quota import quota
+
 
 @click.command()
 @click.option("--host", default=None, help="interface to bind [default: DIFFII_HOST or 127.0.0.1]")
@@ -73,7 +75,10 @@ def migrate(url: str | None, revision: str) -> None:
 
 @click.group()
 def admin() -> None:
-    """Operator tasks: API keys, storage setup, retention."""
+    """Operator tasks: API keys, quotas, storage setup, retention."""
+
+
+admin.add_command(quota)
 
 
 @admin.command("create-key")
