@@ -37,15 +37,6 @@ class DispatchSettings(CommonSettings):
     kind_queues: dict[str, str] = Field(
         default_factory=dict, description='per stage override, e.g. {"generate": "gpu", "package": "cpu"}'
     )
-    in_flight_per_slot: int = Field(
-        1, ge=1, le=100, description="shards admitted (queued or running) at once per worker task process"
-    )
-    worker_slots: int = Field(
-        1, ge=1, description="task processes assumed when no worker has reported itself (admission)"
-    )
-    worker_seen_seconds: float = Field(
-        60.0, gt=0, description="a worker that has not reported itself for this long no longer counts"
-    )
 
     def queue_for(self, kind: str) -> str:
         return self.kind_queues.get(kind, self.queue)

@@ -80,6 +80,17 @@ class CommonSettings(BaseSettings):
         description="days an ended job's pools, concepts, loose images are kept (`diffii admin gc`)",
     )
 
+    # Admission (services/common/lifecycle/admission.py): read by the API, the workers and the sweeper.
+    in_flight_per_slot: int = Field(
+        1, ge=1, le=100, description="shards admitted (queued or running) at once per worker task process"
+    )
+    worker_slots: int = Field(
+        1, ge=1, description="task processes assumed while no worker has reported itself (admission)"
+    )
+    worker_seen_seconds: float = Field(
+        60.0, gt=0, description="a worker that has not reported itself for this long no longer counts"
+    )
+
     # Per-owner quotas (services/common/quotas.py); `diffii admin quota set` overrides them per owner.
     max_active_jobs: int = Field(100, ge=1, description="jobs queued or running per owner (over: 429)")
     max_job_cost: float = Field(
