@@ -53,8 +53,13 @@ def shard_starts(database_url: str, job_id: str) -> list[datetime]:
 class Owner:
     def __init__(self, svc: Service) -> None:
         self.svc = svc
+        # Idle connections dropped before uvicorn's 5 s keep-alive ends: a request never goes out on a
+        # socket the server is closing (a "connection reset" between the phases).
         self.client = httpx.Client(
-            base_url=svc.url, headers={"Authorization": f"Bearer {svc.key()}"}, timeout=60
+            base_url=svc.url,
+            headers={"Authorization": f"Bearer {svc.key()}"},
+            timeout=60,
+            limits=httpx.Limits(keepalive_expiry=2),
         )
         self.dataset = self._upload()
 
@@ -92,8 +97,8 @@ class Owner:
 
 
 def measure(args: argparse.Namespace, database_url: str, tmp: Path) -> dict[str, Any]:
-    svc = Service(tmp, database_url, args.broker_url, {"DIFFII_SHARD_SIZE": str(args.shard_size),
-                                                       "DIFFII_MAX_ACTIVE_JOBS": str(args.jobs + 10)})  # fmt: skip
+    extra = {"DIFFII_SHARD_SIZE": str(args.shard_size), "DIFFII_MAX_ACTIVE_JOBS": str(args.jobs + 10)}
+    svc = Service(tmp, database_url, args.broker_url, extra)
     try:
         svc.start_api()
         svc.start_workers(args.workers, faults=f"simulate:generate:{args.per_image}")

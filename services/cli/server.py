@@ -10,8 +10,6 @@ import sys
 
 import click
 
-from services.cli.quota import quota
-
 
 @click.command()
 @click.option("--host", default=None, help="interface to bind [default: DIFFII_HOST or 127.0.0.1]")
@@ -77,8 +75,6 @@ def migrate(url: str | None, revision: str) -> None:
 def admin() -> None:
     """Operator tasks: API keys, quotas, storage setup, retention."""
 
-
-admin.add_command(quota)
 
 
 @admin.command("create-key")

@@ -150,10 +150,7 @@ class Presence(bootsteps.StartStopStep):
             log.exception("could not report this worker's presence")
 
     def _loop(self) -> None:
-        from services.common.dispatch import current_settings
-
-        interval = current_settings().worker_seen_seconds / 4
-        while not self.stopping.wait(interval):
+        while not self.stopping.wait(settings.worker_seen_seconds / 4):
             self._report()
 
     def start(self, parent: Any) -> None:
