@@ -98,7 +98,7 @@ def run_sweep() -> None:
 
     try:
         sweep(
-            _presence_sessions(),
+            _main_sessions(),
             resend_after=settings.resend_after_seconds,
             policy=settings.retry_policy(),
         )
@@ -137,14 +137,12 @@ class Presence(bootsteps.StartStopStep):
         self.thread: threading.Thread | None = None
 
     def _report(self) -> None:
-        from services.common.dispatch import current_settings, dispatch
+        from services.common.dispatch import dispatch
         from services.worker import presence
 
         try:
-            with _presence_sessions()() as session:
-                presence.report(
-                    session, self.name, settings.concurrency, current_settings().worker_seen_seconds
-                )
+            with _main_sessions()() as session:
+                presence.report(session, self.name, settings.concurrency, settings.worker_seen_seconds)
                 dispatch(session)  # new slots: fill them now rather than at the next shard's end
         except Exception:  # the next tick tries again; presence must never take the worker down
             log.exception("could not report this worker's presence")
@@ -165,13 +163,14 @@ class Presence(bootsteps.StartStopStep):
         if self.thread is not None:
             self.thread.join(timeout=10)
         try:
-            with _presence_sessions()() as session:
+            with _main_sessions()() as session:
                 presence.leave(session, self.name)
         except Exception:
             log.warning("could not remove this worker's presence; it ages out", exc_info=True)
 
 
-def _presence_sessions() -> Any:
+def _main_sessions() -> Any:
+    """The worker main process's sessions (sweep and presence); a forked task process drops them."""
     from services.common.db import make_session_factory
 
     if "sessions" not in _sweeper_state:
