@@ -76,7 +76,6 @@ def admin() -> None:
     """Operator tasks: API keys, quotas, storage setup, retention."""
 
 
-
 @admin.command("create-key")
 @click.option("--owner", required=True, help="owner name (created if new); datasets and jobs belong to it")
 def create_key_command(owner: str) -> None:
