@@ -176,6 +176,9 @@ def api_settings_factory(pg_url: str, redis_url: str, tmp_path: Path) -> Callabl
             "storage_dir": tmp_path / "objects",
             "signing_secret": "test-signing-secret",
             "public_base_url": "http://testserver",
+            # No worker consumes these tests' messages: room for every job's shard in flight, so a
+            # submitted job is admitted at once (admission order has tests of its own).
+            "worker_slots": 10_000,
         }
         values.update(overrides)
         # _env_file=None and explicit values: the developer's DIFFII_* environment must not leak in.

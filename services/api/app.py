@@ -24,6 +24,7 @@ from services.api.routes import datasets, health, jobs, objects
 from services.api.settings import ApiSettings
 from services.common import dispatch
 from services.common.db import dispose, make_read_session_factory, make_session_factory
+from services.common.quotas import QuotaExceeded
 from services.common.storage import InvalidKey, ObjectNotFound, StorageError, make_storage
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,12 @@ def create_app(
     @app.exception_handler(ObjectNotFound)
     async def _object_missing(_request: Request, exc: ObjectNotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)
+
+    @app.exception_handler(QuotaExceeded)
+    async def _over_quota(_request: Request, exc: QuotaExceeded) -> JSONResponse:
+        body = {"detail": str(exc), "limit": exc.limit, "limit_value": exc.value, "requested": exc.requested}
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return JSONResponse(body, status_code=exc.status, headers=headers)
 
     @app.exception_handler(InvalidKey)
     async def _bad_key(_request: Request, exc: InvalidKey) -> JSONResponse:

@@ -67,6 +67,7 @@ def job_out(job: Job, shards: list[Shard], *, with_detail: bool = True) -> JobOu
         dataset_uri=job.dataset_uri,
         params=job.params,
         cancel_requested=job.cancel_requested,
+        priority=job.priority or 0,
         archive_ready=job.archive_key is not None,
         created_at=as_utc(job.created_at),
         updated_at=as_utc(job.updated_at),

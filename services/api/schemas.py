@@ -85,6 +85,13 @@ class JobRequest(JobParams):
     seed: int | None = Field(  # type: ignore[assignment]
         None, ge=0, le=2**63 - 1, description="job seed; omitted: the server picks one and reports it"
     )
+    priority: int = Field(
+        0,
+        ge=-1000,
+        le=1000,
+        description="order among the same owner's jobs when workers are shared: higher first, then older "
+        "first (owners share the workers fairly whatever their priorities)",
+    )
 
     @model_validator(mode="after")
     def _one_dataset(self) -> JobRequest:
@@ -100,7 +107,7 @@ class JobRequest(JobParams):
         return value
 
     def job_params(self, seed: int) -> JobParams:
-        data = self.model_dump(exclude={"dataset_id", "dataset_uri", "seed"})
+        data = self.model_dump(exclude={"dataset_id", "dataset_uri", "seed", "priority"})
         return JobParams(**data, seed=seed)
 
 
@@ -141,6 +148,7 @@ class JobOut(BaseModel):
     dataset_uri: str | None
     params: dict[str, Any]
     cancel_requested: bool
+    priority: int = Field(description="order among the owner's own jobs (higher first)")
     archive_ready: bool
     created_at: datetime
     updated_at: datetime
@@ -176,6 +184,14 @@ class Problem(BaseModel):
     """Every error answer but a 422's: what is wrong, in words (a limit names itself and its value)."""
 
     detail: str
+
+
+class QuotaProblem(Problem):
+    """A request over one of the owner's quotas (`diffii admin quota show OWNER`)."""
+
+    limit: str = Field(description="max_active_jobs, max_job_cost or max_stored_bytes")
+    limit_value: float = Field(description="the owner's limit")
+    requested: float = Field(description="what the request would reach: jobs, cost units or bytes")
 
 
 # FastAPI's own 422 body (loc, msg, type, input, ctx), for a route whose 422 FastAPI cannot infer.

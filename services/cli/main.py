@@ -9,6 +9,7 @@ from services.cli.augment import augment
 from services.cli.client import cancel, datasets, download, jobs, status, submit
 from services.cli.evaluate import evaluate
 from services.cli.preview import preview
+from services.cli.quota import quota
 from services.cli.runtime import sweeper, up, worker
 from services.cli.server import admin, migrate, serve
 from services.cli.world import world
@@ -39,6 +40,7 @@ for command in (
     preview,
 ):
     cli.add_command(command)
+admin.add_command(quota)  # here, not in server.py: quota.py uses server's schema check
 
 
 def main() -> None:

@@ -78,7 +78,7 @@ def migrate(url: str | None, revision: str) -> None:
 @click.group()
 @needs_service
 def admin() -> None:
-    """Operator tasks: API keys, storage setup, retention."""
+    """Operator tasks: API keys, quotas, storage setup, retention."""
 
 
 @admin.command("create-key")

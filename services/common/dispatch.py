@@ -1,9 +1,10 @@
-"""Send shard tasks to the broker by name, after their rows are committed.
+"""Send admitted shards to the broker by name: the database decides what reaches the broker.
 
-The database is the source of truth: a row is `pending` once committed and becomes `queued` when the
-broker accepted its message. If the broker is down or this process dies in between, the row stays
-`pending` and the worker-side sweeper re-sends it, so no work is lost. Duplicate messages are harmless:
-a worker claims a shard with a conditional update that only one can win.
+A ready shard is `pending`; an admission pass (services/common/lifecycle/admission.py) moves the
+shards that fair share gives a slot to `queued`, commits, and only then are their messages sent. A
+message the broker refuses gives its slot back (the row is `pending` again); if this process dies in
+between, the sweeper re-sends the queued row once its message looks lost, so no work is lost.
+Duplicate messages are harmless: a worker claims a shard with a conditional update only one can win.
 
 This module never imports the task code: a light Celery app that knows only the broker is enough to
 send `diffii.<kind>` by name (the API process stays free of torch and the engine).
@@ -13,19 +14,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
 from celery import Celery
 from pydantic import Field
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.common.lifecycle import shards as lifecycle
-from services.common.lifecycle.table import SENDABLE_SHARD
-from services.common.models import Shard
+from services.common.lifecycle import admission
+from services.common.models import ShardKind
 from services.common.settings import CommonSettings
+from services.common.timeutil import utcnow
 
 log = logging.getLogger("diffii.dispatch")
 
@@ -97,25 +96,48 @@ def current_settings() -> DispatchSettings:
     return _override or _env_settings()
 
 
-def dispatch(session: Session, shard_ids: Iterable[str]) -> list[str]:
-    """Send each committed pending/queued shard to the broker and mark it queued.
+def capacity(session: Session, settings: DispatchSettings) -> int:
+    """Shards that may be queued or running at once: the live workers' task processes (their
+    heartbeats in `workers`), or the `worker_slots` setting while none reported, times
+    `in_flight_per_slot`."""
+    slots = admission.live_slots(session, utcnow(), settings.worker_seen_seconds, settings.worker_slots)
+    return slots * settings.in_flight_per_slot
 
-    Returns the ids that were sent. Never raises for a broker failure: the rows stay `pending`.
-    Call it only after the transaction that created or reset the rows has committed.
+
+def dispatch(session: Session) -> list[str]:
+    """Run an admission pass and send the admitted shards; returns the ids sent.
+
+    Call it whenever a slot may have come free or work arrived (a shard ended, a job was submitted or
+    cancelled, the sweeper ticked), after the caller's own transaction committed. Never raises for a
+    broker failure: the refused shards are given back and admitted again by a later pass.
     """
-    ids = list(dict.fromkeys(shard_ids))
-    if not ids:
-        return []
     settings = current_settings()
-    rows = session.execute(
-        select(Shard.id, Shard.kind, Shard.job_id).where(Shard.id.in_(ids), Shard.status.in_(SENDABLE_SHARD))
-    ).all()
-    session.commit()  # end the read transaction; SQLite would otherwise hold its lock while we publish
+    admitted = admission.admit(session, capacity(session, settings))
+    sent = send(session, [(a.shard_id, a.kind, a.job_id) for a in admitted], settings)
+    refused = [a.shard_id for a in admitted if a.shard_id not in set(sent)]
+    if refused:
+        admission.give_back(session, refused)
+    return sent
+
+
+def resend(session: Session, rows: list[tuple[str, ShardKind, str]]) -> list[str]:
+    """Send queued shards again whose messages look lost (the sweeper); returns the ids sent."""
+    sent = send(session, rows, current_settings())
+    if sent:
+        admission.mark_resent(session, sent)
+    return sent
+
+
+def send(session: Session, rows: list[tuple[str, ShardKind, str]], settings: DispatchSettings) -> list[str]:
+    """Publish `diffii.<kind>` for each (shard, kind, job); returns the ids the broker took."""
+    session.commit()  # end any read transaction; SQLite would otherwise hold its lock while we publish
+    if not rows:
+        return []
     sent: list[str] = []
     try:
         app = _app_for(settings.broker_url)
     except Exception as exc:  # a malformed broker URL must not break job creation either
-        log.error("broker unusable, shards stay pending: %s", exc, extra={"shard_ids": ids})
+        log.error("broker unusable, shards stay pending: %s", exc, extra={"shard_ids": [r[0] for r in rows]})
         return sent
     for shard_id, kind, job_id in rows:
         kind_name = getattr(kind, "value", str(kind))
@@ -125,14 +147,11 @@ def dispatch(session: Session, shard_ids: Iterable[str]) -> list[str]:
             )
         except Exception as exc:
             log.warning(
-                "broker refused %s, the sweeper will re-send it: %s",
+                "broker refused %s, it will be sent again: %s",
                 kind_name,
                 exc,
                 extra={"job_id": job_id, "shard_id": shard_id},
             )
             continue
         sent.append(shard_id)
-    if sent:
-        lifecycle.mark_sent(session, sent)  # only rows still sendable: a fast worker may have one already
-        session.commit()
     return sent

@@ -75,8 +75,34 @@ class Owner(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(TZ, default=utcnow)
+    # Fair share (migration 0004): when this owner last had a shard admitted to the broker; among
+    # owners with as much work running, the one admitted least recently goes next.
+    last_admitted_at: Mapped[datetime | None] = mapped_column(TZ, nullable=True)
 
     keys: Mapped[list[ApiKey]] = relationship(back_populates="owner")
+
+
+class OwnerQuota(Base):
+    """One owner's overrides of the quota settings (migration 0004); a null column keeps the default."""
+
+    __tablename__ = "owner_quotas"
+
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), primary_key=True)
+    max_active_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_job_cost: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_stored_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(TZ, default=utcnow, onupdate=utcnow)
+
+
+class WorkerPresence(Base):
+    """A live worker and its task processes (migration 0004): every worker's main process writes its
+    row each sweep tick; admission counts the slots of rows seen recently."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    slots: Mapped[int] = mapped_column(Integer)
+    seen_at: Mapped[datetime] = mapped_column(TZ, default=utcnow)
 
 
 class ApiKey(Base):
@@ -130,6 +156,10 @@ class Job(Base):
     images_total: Mapped[int] = mapped_column(Integer, default=0)
     archive_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Admission order within one owner (migration 0004): higher first, then older jobs first.
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Size of the finished archive, for the owner's stored-bytes quota (migration 0004).
+    archive_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(TZ, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(TZ, default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(TZ, nullable=True)

@@ -16,6 +16,7 @@ from diffii_core.model_registry import DEFAULT_REGISTRY
 
 if TYPE_CHECKING:
     from diffii_core.dataset import DatasetLimits
+    from services.common.quotas import Limits
 
 
 def default_home() -> Path:
@@ -84,6 +85,34 @@ class CommonSettings(BaseSettings):
         description="days an uploaded dataset is kept after its upload and its last job, once every "
         "job on it has ended (`diffii admin gc`)",
     )
+
+    # Admission (services/common/lifecycle/admission.py): read by the API, the workers and the sweeper.
+    in_flight_per_slot: int = Field(
+        1, ge=1, le=100, description="shards admitted (queued or running) at once per worker task process"
+    )
+    worker_slots: int = Field(
+        1, ge=1, description="task processes assumed while no worker has reported itself (admission)"
+    )
+    worker_seen_seconds: float = Field(
+        60.0, gt=0, description="a worker that has not reported itself for this long no longer counts"
+    )
+
+    # Per-owner quotas (services/common/quotas.py); `diffii admin quota set` overrides them per owner.
+    max_active_jobs: int = Field(100, ge=1, description="jobs queued or running per owner (over: 429)")
+    max_job_cost: float = Field(
+        1e7, gt=0, description="work one job may ask for, in 512-pixel model passes (over: 422)"
+    )
+    max_stored_bytes: int = Field(
+        50 * 2**30, ge=1, description="bytes of datasets and archives one owner stores (over: 413 / 422)"
+    )
+    quota_retry_after: int = Field(
+        30, ge=1, description="seconds a 429 for max_active_jobs tells the client to wait (Retry-After)"
+    )
+
+    def default_limits(self) -> Limits:
+        from services.common.quotas import Limits
+
+        return Limits(self.max_active_jobs, self.max_job_cost, self.max_stored_bytes)
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> CommonSettings:

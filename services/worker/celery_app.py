@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
 from typing import Any
 
 from celery import Celery, bootsteps, signals
@@ -92,14 +94,11 @@ _sweeper_state: dict[str, Any] = {}
 
 
 def run_sweep() -> None:
-    from services.common.db import make_session_factory
     from services.worker.sweeper import sweep
 
     try:
-        if "sessions" not in _sweeper_state:
-            _sweeper_state["sessions"] = make_session_factory(settings)
         sweep(
-            _sweeper_state["sessions"],
+            _main_sessions(),
             resend_after=settings.resend_after_seconds,
             policy=settings.retry_policy(),
         )
@@ -125,4 +124,59 @@ class Sweeper(bootsteps.StartStopStep):
             self.tref = None
 
 
+class Presence(bootsteps.StartStopStep):
+    """This worker's row in `workers` (its task processes), refreshed every worker_seen_seconds / 4:
+    admission sends at most `in_flight_per_slot` shards per live task process. A thread of its own,
+    not the worker's timer: a solo-pool worker runs its task in the main thread, which would starve a
+    timer for as long as a shard runs. Removed when the worker stops."""
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def _report(self) -> None:
+        from services.common.dispatch import dispatch
+        from services.worker import presence
+
+        try:
+            with _main_sessions()() as session:
+                presence.report(session, self.name, settings.concurrency, settings.worker_seen_seconds)
+                dispatch(session)  # new slots: fill them now rather than at the next shard's end
+        except Exception:  # the next tick tries again; presence must never take the worker down
+            log.exception("could not report this worker's presence")
+
+    def _loop(self) -> None:
+        while not self.stopping.wait(settings.worker_seen_seconds / 4):
+            self._report()
+
+    def start(self, parent: Any) -> None:
+        self._report()
+        self.thread = threading.Thread(target=self._loop, name="diffii-presence", daemon=True)
+        self.thread.start()
+
+    def stop(self, parent: Any) -> None:
+        from services.worker import presence
+
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+        try:
+            with _main_sessions()() as session:
+                presence.leave(session, self.name)
+        except Exception:
+            log.warning("could not remove this worker's presence; it ages out", exc_info=True)
+
+
+def _main_sessions() -> Any:
+    """The worker main process's sessions (sweep and presence); a forked task process drops them."""
+    from services.common.db import make_session_factory
+
+    if "sessions" not in _sweeper_state:
+        _sweeper_state["sessions"] = make_session_factory(settings)
+    return _sweeper_state["sessions"]
+
+
 app.steps["worker"].add(Sweeper)
+app.steps["worker"].add(Presence)

@@ -31,6 +31,7 @@ def run_shard(shard_id: str, kind: str, process: WorkerProcess | None = None) ->
             claimed = shards.claim(session, shard_id, process.name, process.settings.lease_seconds)
         if not isinstance(claimed, Claim):
             log.info("shard not claimed", extra={"reason": claimed})
+            _admit_next(process)  # a dropped stale message: this slot may take an admitted shard now
             return "skipped"
         if claimed.kind != ShardKind(kind):
             log.error("message kind does not match the shard", extra={"shard_kind": claimed.kind.value})
@@ -57,14 +58,24 @@ def _run_claimed(process: WorkerProcess, claim: Claim) -> str:
                 exc_info=failure is Failure.unknown,
                 extra={"error": shards.error_text(exc), "failure": failure.value},
             )
-            # A retry is not sent now: the sweeper sends it once its backoff (not_before) is over.
             with process.sessions() as session:
                 outcome = shards.fail_attempt(session, claim, exc, process.settings.retry_policy())
-    if next_ids:
-        with process.sessions() as session:
-            dispatch(session, next_ids)
-    log.info("shard finished", extra={"outcome": outcome, "seconds": round(time.monotonic() - began, 3)})
+    # Whatever the outcome, this slot is free: the admission pass fills it (with the stage's next
+    # shards if fair share says so). A retry is admitted once its backoff (not_before) is over.
+    _admit_next(process)
+    log.info(
+        "shard finished",
+        extra={"outcome": outcome, "seconds": round(time.monotonic() - began, 3), "next": len(next_ids)},
+    )
     return outcome
+
+
+def _admit_next(process: WorkerProcess) -> None:
+    try:
+        with process.sessions() as session:
+            dispatch(session)
+    except Exception:  # the sweeper's pass admits them on its next tick
+        log.warning("admission pass failed", exc_info=True)
 
 
 def _stopped(process: WorkerProcess, claim: Claim, signal: Signal, exc: BaseException) -> str:

@@ -39,7 +39,7 @@ class WorkerSettings(CommonSettings):
     sweep: bool = Field(True, description="run the recovery sweep in this worker's main process")
     sweep_seconds: float = Field(15.0, gt=0, description="interval of the recovery sweep in each worker")
     resend_after_seconds: float = Field(
-        60.0, gt=0, description="a committed shard not claimed for this long has its message re-sent"
+        60.0, gt=0, description="an admitted (queued) shard not claimed for this long has its message re-sent"
     )
     preload_models: list[str] | None = Field(
         None, description="models loaded in every task process at start; default: every listed model"

@@ -363,6 +363,27 @@ def store_previews(ctx: ShardContext, job: Job, plans: list[ClassPlan]) -> dict[
     return sheets
 
 
+class _SizeOf:
+    """Passes a writer through and keeps the size of what was written (the owner's stored-bytes
+    quota counts archives). The furthest position reached: zipfile seeks back to patch headers."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner, self.size, self._written = inner, 0, 0
+
+    def write(self, data: Any) -> int:
+        written = self._inner.write(data)
+        self._written += len(data)
+        try:
+            position = self._inner.tell()
+        except (AttributeError, OSError):
+            position = self._written  # a stream that cannot seek only ever appends
+        self.size = max(self.size, position)
+        return written
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 def package(ctx: ShardContext) -> list[str]:
     """Stream every image, metadata.jsonl and job.json into one zip (a multipart upload on S3)."""
     from diffii_core.output.archive import ArchiveWriter
@@ -375,8 +396,9 @@ def package(ctx: ShardContext) -> list[str]:
     written = 0
     try:
         sheets = store_previews(ctx, job, plans)
-        with ctx.storage.open_writer(key) as handle:
-            writer = ArchiveWriter(handle)
+        with ctx.storage.open_writer(key) as raw:
+            handle = _SizeOf(raw)
+            writer = ArchiveWriter(handle)  # type: ignore[arg-type]
             writer.add_previews(sheets)
             metadata = []
             for plan in plans:
@@ -397,7 +419,7 @@ def package(ctx: ShardContext) -> list[str]:
         with ctx.session() as s:
             jobs.lock(s, job.id)
             shards.succeed(s, ctx.claim, time.monotonic() - ctx.started, images_done=written)
-            if not jobs.move(s, job.id, "packaged", Actor.worker, archive_key=key):
+            if not jobs.move(s, job.id, "packaged", Actor.worker, archive_key=key, archive_bytes=handle.size):
                 raise StopRequested(job.id)
     except (StopRequested, LeaseLost):
         # Cancelled or failed while packaging: no archive may outlive that decision. The writer

@@ -6,12 +6,12 @@ action is a lifecycle transition (a conditional update), so any number of sweepe
 1. A running shard whose lease expired (its worker died or hung) goes back to pending with a backoff,
    counting the attempt; out of attempts or retry budget, the job fails naming the class. A shard of a
    cancelling job is stopped; one of an ended job is closed.
-2. A pending shard is sent when its retry backoff is over, or when it was not sent within
-   `resend_after` (the process died between commit and publish, or the broker was down). A queued
-   shard is re-sent when its message looks lost: it waited that long and either no shard is running
-   anywhere, or a same-kind shard sent well after it has already been picked up (the queue is FIFO,
-   so it should have gone first).
+2. A queued (admitted) shard is re-sent when its message looks lost: it waited `resend_after` and
+   either no shard is running anywhere, or a same-kind shard sent well after it has already been
+   picked up (the queue is FIFO, so it should have gone first).
 3. A cancelling job with no live running shard (its worker died) becomes cancelled.
+4. An admission pass: pending shards (a retry whose backoff is over, a shard whose pass was missed
+   because its process died) are admitted into the slots that are free.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.common.dispatch import dispatch
+from services.common.dispatch import dispatch, resend
 from services.common.lifecycle import jobs, shards
 from services.common.lifecycle.retry import RetryPolicy
 from services.common.lifecycle.table import Actor
-from services.common.models import Job, JobStatus, Shard, ShardStatus
+from services.common.models import Job, JobStatus, Shard, ShardKind, ShardStatus
 from services.common.timeutil import as_utc, utcnow
 
 log = logging.getLogger("diffii.sweeper")
@@ -41,9 +41,10 @@ class SweepReport:
     failed_jobs: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)
     cancelled_jobs: list[str] = field(default_factory=list)
+    admitted: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.requeued or self.failed_jobs or self.resent or self.cancelled_jobs)
+        return bool(self.requeued or self.failed_jobs or self.resent or self.cancelled_jobs or self.admitted)
 
 
 def sweep(
@@ -57,10 +58,10 @@ def sweep(
     report = SweepReport()
     with sessions() as session:
         _expired_leases(session, now, policy or RetryPolicy(), report)
-        _lost_messages(session, now, timedelta(seconds=resend_after), report)
+        lost = _lost_messages(session, now, timedelta(seconds=resend_after))
         _finish_cancels(session, report)
-        if report.resent:
-            dispatch(session, report.resent)
+        report.resent.extend(resend(session, lost))
+        report.admitted.extend(dispatch(session))
     if report:
         log.info(
             "sweep",
@@ -69,6 +70,7 @@ def sweep(
                 "failed_jobs": report.failed_jobs,
                 "resent": report.resent,
                 "cancelled_jobs": report.cancelled_jobs,
+                "admitted": report.admitted,
             },
         )
     return report
@@ -92,12 +94,11 @@ def _expired_leases(session: Session, now: datetime, policy: RetryPolicy, report
             report.cancelled_jobs.append(shard.job_id)
 
 
-def _lost_messages(session: Session, now: datetime, after: timedelta, report: SweepReport) -> None:
+def _lost_messages(session: Session, now: datetime, after: timedelta) -> list[tuple[str, ShardKind, str]]:
     ready_since = func.coalesce(Shard.enqueued_at, Shard.created_at)
-    pending = session.scalars(select(Shard.id).where(shards.due_for_resend(now, after)).limit(BATCH)).all()
-    report.resent.extend(pending)
+    lost: list[tuple[str, ShardKind, str]] = []
     queued = session.execute(
-        select(Shard.id, Shard.kind, Shard.enqueued_at)
+        select(Shard.id, Shard.kind, Shard.enqueued_at, Shard.job_id)
         .where(Shard.status == ShardStatus.queued, ready_since < now - after)
         .order_by(ready_since)
         .limit(BATCH)
@@ -121,14 +122,15 @@ def _lost_messages(session: Session, now: datetime, after: timedelta, report: Sw
                 .group_by(Shard.kind)
             ).all()
         )
-        for shard_id, kind, enqueued_at in queued:
+        for shard_id, kind, enqueued_at, job_id in queued:
             sent = as_utc(enqueued_at)
             overtaken = (
                 latest.get(kind) is not None and sent is not None and as_utc(latest[kind]) > sent + after
             )
             if not live or overtaken:
-                report.resent.append(shard_id)
+                lost.append((shard_id, kind, job_id))
     session.commit()
+    return lost
 
 
 def _finish_cancels(session: Session, report: SweepReport) -> None:

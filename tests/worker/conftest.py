@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from services.common import dispatch
 from services.common.db import dispose, make_session_factory
@@ -30,28 +31,39 @@ def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
         url = f"sqlite:///{tmp_path / 'state.db'}"
     upgrade_to_head(url)
     factory = make_session_factory(url)
-    dispatch.configure(dispatch.DispatchSettings(_env_file=None, home=tmp_path, broker_url="memory://"))
+    # Room for every shard of these tests; admission order has tests of its own (test_admission.py).
+    dispatch.configure(
+        dispatch.DispatchSettings(_env_file=None, home=tmp_path, broker_url="memory://", worker_slots=64)
+    )
     yield factory
     dispatch.configure(None)
     dispose(factory)
 
 
 def make_job(
-    sessions: Any, generate: int = 3, status: JobStatus = JobStatus.generating
+    sessions: Any,
+    generate: int = 3,
+    status: JobStatus = JobStatus.generating,
+    shard_status: ShardStatus = ShardStatus.queued,
+    owner: str | None = None,
+    priority: int = 0,
 ) -> tuple[str, list[str]]:
-    """A job in `status` with `generate` pending generate shards and a waiting package shard."""
+    """A job in `status` with `generate` generate shards (queued: admitted and sent, unless told
+    otherwise) and a waiting package shard; of a new owner, or of the named one."""
     with sessions() as s:
-        owner = Owner(name=f"o-{utcnow().timestamp()}-{id(s)}")
-        s.add(owner)
-        s.flush()
-        job = Job(owner_id=owner.id, params={}, status=status)
+        row = s.scalar(select(Owner).where(Owner.name == owner)) if owner else None
+        if row is None:
+            row = Owner(name=owner or f"o-{utcnow().timestamp()}-{id(s)}")
+            s.add(row)
+            s.flush()
+        job = Job(owner_id=row.id, params={}, status=status, priority=priority)
         s.add(job)
         s.flush()
         ids = []
         for i in range(generate):
             shard = Shard(
                 job_id=job.id, seq=i + 1, kind=ShardKind.generate, class_index=i, class_name=f"c{i}",
-                start=0, stop=4, status=ShardStatus.pending, max_attempts=3,
+                start=0, stop=4, status=shard_status, max_attempts=3,
             )  # fmt: skip
             s.add(shard)
             s.flush()
@@ -62,5 +74,8 @@ def make_job(
 
 
 def claim(sessions: Any, shard_id: str, worker: str = "w1") -> Claim | str:
+    """A worker receives the shard's message: first an admission pass (a retried shard is pending
+    until one admits it; only then is a message sent), then the claim."""
     with sessions() as s:
+        dispatch.dispatch(s)
         return leases.claim(s, shard_id, worker, LEASE)

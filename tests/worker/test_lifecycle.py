@@ -55,7 +55,7 @@ def test_a_taken_over_worker_can_write_nothing(sessions: Any) -> None:
             .values(lease_expires_at=utcnow() - timedelta(seconds=1))
         )
         s.commit()
-    sweep(sessions, resend_after=60)
+    sweep(sessions, resend_after=60, policy=NO_WAIT)
     second = claim(sessions, shard_id, "w2")
     assert isinstance(second, Claim) and second.attempt == 2
     with sessions() as s:
@@ -139,7 +139,7 @@ def test_sweeper_requeues_dead_workers_and_fails_after_the_last_attempt(sessions
         assert isinstance(claim(sessions, shard_id, f"w{attempt}"), Claim)
         expire()
         report = sweep(sessions, resend_after=60, policy=NO_WAIT)
-        assert report.requeued == [shard_id] and shard_id in report.resent
+        assert report.requeued == [shard_id] and shard_id in report.admitted
     assert isinstance(claim(sessions, shard_id, "w3"), Claim)
     expire()
     report = sweep(sessions, resend_after=60, policy=NO_WAIT)
@@ -149,11 +149,11 @@ def test_sweeper_requeues_dead_workers_and_fails_after_the_last_attempt(sessions
     assert message.startswith("class 'c0' failed after 3 attempts: worker w3 lost (no heartbeat since")
 
 
-def test_sweeper_resends_unsent_and_lost_messages(sessions: Any) -> None:
+def test_sweeper_admits_unsent_and_resends_lost_messages(sessions: Any) -> None:
     _, (never_sent, lost, fresh) = make_job(sessions)
     long_ago = utcnow() - timedelta(minutes=10)
-    with sessions() as s:
-        s.execute(Shard.__table__.update().where(Shard.id == never_sent).values(created_at=long_ago))
+    with sessions() as s:  # never_sent: its process died before the admission pass
+        s.execute(Shard.__table__.update().where(Shard.id == never_sent).values(status=ShardStatus.pending))
         s.execute(
             Shard.__table__.update()
             .where(Shard.id == lost)
@@ -166,7 +166,8 @@ def test_sweeper_resends_unsent_and_lost_messages(sessions: Any) -> None:
         )
         s.commit()
     report = sweep(sessions, resend_after=60)
-    assert sorted(report.resent) == sorted([never_sent, lost])  # nothing running anywhere: both lost
+    assert report.resent == [lost]  # nothing running anywhere: its message is lost
+    assert report.admitted == [never_sent]
     with sessions() as s:
         statuses = {
             sh.id: sh.status for sh in s.scalars(select(Shard).where(Shard.id.in_([never_sent, lost])))

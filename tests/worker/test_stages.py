@@ -36,7 +36,8 @@ def process(tmp_path: Path) -> Iterator[WorkerProcess]:
         retry_base_seconds=0, preload_models=[],
     )  # fmt: skip
     upgrade_to_head(settings.database_url)
-    dispatch.configure(settings)
+    # Every ready shard admitted at once: these tests run them in order by hand.
+    dispatch.configure(dispatch.DispatchSettings(**{**settings.model_dump(), "worker_slots": 64}))
     p = WorkerProcess(settings)
     yield p
     dispatch.configure(None)
@@ -60,6 +61,7 @@ def _job(p: WorkerProcess, tmp_path: Path, archive: Path | None = None, **params
         s.flush()
         s.add(Shard(job_id=job.id, seq=0, kind=ShardKind.prepare, status=ShardStatus.pending, seed=3))
         s.commit()
+        dispatch.dispatch(s)
         return job.id
 
 

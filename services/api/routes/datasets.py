@@ -28,12 +28,13 @@ from services.api.schemas import (
     ClassOut,
     DatasetOut,
     DatasetPage,
+    Problem,
     SkippedOut,
     problem,
 )
 from services.api.settings import ApiSettings
 from services.api.upload import new_temp_dir, receive_file
-from services.common import keys, retention
+from services.common import keys, quotas, retention
 from services.common.db import session_scope
 from services.common.models import Dataset, new_id
 from services.common.storage import Storage, StorageError
@@ -102,7 +103,11 @@ def _store(storage: Storage, key: str, path: Path, max_bytes: int) -> None:
     openapi_extra=UPLOAD_BODY,
     responses={
         400: problem("not a usable dataset, or a malformed multipart body (the message says why)"),
-        413: problem("archive over the size limit (the limit is named)"),
+        413: {
+            "model": Problem,
+            "description": "archive over the size limit, or over the owner's max_stored_bytes quota "
+            "(then the body is a QuotaProblem: limit, limit_value, requested)",
+        },
         415: problem("not a multipart/form-data request"),
         422: {**INVALID, "description": "no multipart field named 'file'"},
         503: problem("storage failed; nothing was kept"),
@@ -112,8 +117,16 @@ async def upload_dataset(
     request: Request, owner_id: UploaderDep, settings: SettingsDep, storage: StorageDep
 ) -> DatasetOut:
     """Upload an archive (multipart field `file`); its structure is checked before anything is stored."""
+
+    def check_quota(size: int) -> None:
+        with session_scope(request.app.state.session_factory) as session:
+            limit = quotas.limits(session, owner_id, settings.default_limits())
+            quotas.check_upload(session, owner_id, size, limit)
+
+    await run_in_threadpool(check_quota, 1)  # already full: refused before the body is read
     with new_temp_dir() as tmp:
         received = await receive_file(request, Path(tmp), settings.upload_cap)
+        await run_in_threadpool(check_quota, received.size)
         named = Path(tmp) / "named"
         named.mkdir()
         source = received.path.rename(named / _display_name(received.filename))

@@ -26,11 +26,13 @@ from services.api.schemas import (
     JobRequest,
     PreviewList,
     PreviewOut,
+    QuotaProblem,
     problem,
 )
 from services.api.settings import ApiSettings
-from services.common import keys
+from services.common import keys, quotas
 from services.common.dispatch import dispatch
+from services.common.job_cost import job_cost
 from services.common.lifecycle import jobs as lifecycle
 from services.common.lifecycle.shards import new_shard
 from services.common.lifecycle.table import Actor
@@ -65,7 +67,8 @@ def owned_job(session: Session, owner_id: str, job_id: str) -> Job:
     return job
 
 
-def _check_request(session: Session, body: JobRequest, owner_id: str, settings: ApiSettings) -> None:
+def _check_request(session: Session, body: JobRequest, owner_id: str, settings: ApiSettings) -> list[int]:
+    """Refuses what the server cannot run; returns the real image count of each class (if known)."""
     if body.model not in settings.models:
         names = ", ".join(sorted(settings.models)) or "none"
         raise _field_error("model", f"unknown model {body.model!r}; this server offers: {names}")
@@ -88,6 +91,8 @@ def _check_request(session: Session, body: JobRequest, owner_id: str, settings: 
         )
         if dataset is None or dataset.owner_id != owner_id:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset {body.dataset_id} not found")
+        return [int(c["images"]) for c in dataset.classes]
+    return []
 
 
 def _replay(session: Session, job: Job, request_hash: str, response: Response) -> JobOut:
@@ -101,13 +106,36 @@ def _replay(session: Session, job: Job, request_hash: str, response: Response) -
     return job_out(job, shards_of(session, [job.id])[job.id])
 
 
-def _dispatch(session: Session, shard_id: str) -> None:
+def _dispatch(session: Session) -> None:
+    """An admission pass: the new job's shard, or the slots a cancel freed, may go to the broker now."""
     try:
-        dispatch(session, [shard_id])
+        dispatch(session)
     except Exception:
-        # The rows are committed; the sweeper re-sends pending shards, so the job is not lost.
-        log.exception("could not send shard %s to the broker; the sweeper will retry", shard_id)
+        # The rows are committed; the sweeper's admission pass sends pending shards, so nothing is lost.
+        log.exception("admission pass failed; the sweeper will admit the pending shards")
         session.rollback()
+
+
+QUOTA_RESPONSES = {
+    422: {
+        "description": "invalid parameters (a validation error), or over max_job_cost or max_stored_bytes",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "anyOf": [
+                        {"$ref": "#/components/schemas/HTTPValidationError"},
+                        {"$ref": "#/components/schemas/QuotaProblem"},
+                    ]
+                }
+            }
+        },
+    },
+    429: {
+        "model": QuotaProblem,
+        "description": "over max_active_jobs (jobs queued or running); retry after Retry-After seconds",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}},
+    },
+}
 
 
 @router.post(
@@ -120,6 +148,7 @@ def _dispatch(session: Session, shard_id: str) -> None:
         404: problem("dataset not found"),
         409: problem("Idempotency-Key reused with a different body"),
         413: problem("the JSON body is over max_json_bytes (the limit and the size are named)"),
+        **QUOTA_RESPONSES,
     },
 )
 def create_job(
@@ -143,9 +172,11 @@ def create_job(
     if (existing := previous()) is not None:
         return _replay(session, existing, request_hash, response)
 
-    _check_request(session, body, owner_id, settings)
+    class_images = _check_request(session, body, owner_id, settings)
     seed = body.seed if body.seed is not None else secrets.randbits(63)
     params = body.job_params(seed)
+    limits = quotas.limits(session, owner_id, settings.default_limits())
+    quotas.check_job(session, owner_id, job_cost(params, class_images), limits, settings.quota_retry_after)
     job = Job(
         owner_id=owner_id,
         dataset_id=body.dataset_id,
@@ -153,6 +184,7 @@ def create_job(
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         params=params.model_dump(mode="json"),
+        priority=body.priority,
         status=lifecycle.initial_status(),
     )
     prepare = new_shard(Actor.api, job=job, seq=0, kind=ShardKind.prepare, seed=seed)
@@ -166,7 +198,7 @@ def create_job(
             raise
         return _replay(session, existing, request_hash, response)
 
-    _dispatch(session, prepare.id)
+    _dispatch(session)
     session.refresh(job)
     return job_out(job, shards_of(session, [job.id])[job.id])
 
@@ -227,6 +259,7 @@ def cancel_job(job_id: JobId, owner_id: OwnerDep, session: SessionDep) -> JobOut
     if lifecycle.request_cancel(session, job.id) is None:
         session.refresh(job)
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job.id} has already ended: {job.status.value}")
+    _dispatch(session)  # the job's queued shards left their slots to other work
     session.refresh(job)
     return job_out(job, shards_of(session, [job.id])[job.id])
 

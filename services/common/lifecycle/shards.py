@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from services.common.lifecycle import jobs
@@ -26,6 +26,7 @@ from services.common.timeutil import as_utc, utcnow
 
 MAX_ERROR_CHARS = 2000
 STOPPING = (*TERMINAL_JOB_STATUSES, JobStatus.cancelling)
+CLAIMABLE = lookup(SHARD_TRANSITIONS, "claim", Actor.worker)[0]
 
 
 class LeaseLost(Exception):
@@ -67,13 +68,8 @@ def owned(c: Claim) -> tuple[ColumnElement[bool], ...]:
 # -- dispatch and readiness --------------------------------------------------------------------------
 
 
-def mark_sent(session: Session, shard_ids: list[str]) -> int:
-    """pending/queued -> queued once the broker took the messages (a worker may have claimed one)."""
-    return move_where(session, (Shard.id.in_(shard_ids),), "sent", Actor.dispatch, enqueued_at=utcnow())
-
-
 def make_ready(session: Session, job_id: str, kinds: tuple[ShardKind, ...]) -> list[str]:
-    """waiting -> pending for the job's shards of these kinds; returns their ids to dispatch."""
+    """waiting -> pending for the job's shards of these kinds (admission sends them); returns their ids."""
     ids = list(
         session.scalars(
             select(Shard.id).where(
@@ -106,9 +102,11 @@ def claim(session: Session, shard_id: str, worker: str, lease_seconds: float) ->
             jobs.finish_cancel(session, shard.job_id, Actor.worker)
         session.commit()
         return f"job is {job_status}"
-    if shard.status not in SENDABLE_SHARD:
+    if shard.status not in CLAIMABLE:
         session.commit()
-        return f"shard is {shard.status}"  # a duplicate delivery; someone else has or had it
+        # A duplicate delivery (someone else has or had it), or a message of a shard that went back to
+        # pending (a retry): it runs when admission sends it again, not before.
+        return f"shard is {shard.status}"
     now = utcnow()
     ready = as_utc(shard.enqueued_at)
     won = move_where(
@@ -356,16 +354,3 @@ def expire(session: Session, shard: Shard, job_status: JobStatus, policy: RetryP
             outcome = "failed"
     session.commit()
     return outcome
-
-
-def due_for_resend(now: datetime, resend_after: timedelta) -> ColumnElement[bool]:
-    """Pending shards to send now: a retry whose backoff is over, or a row whose message never left
-    (the process died between commit and publish, or the broker was down) for resend_after."""
-    ready_since = func.coalesce(Shard.enqueued_at, Shard.created_at)
-    return and_(
-        Shard.status == ShardStatus.pending,
-        or_(
-            and_(Shard.not_before.is_not(None), Shard.not_before <= now),
-            and_(Shard.not_before.is_(None), ready_since < now - resend_after),
-        ),
-    )

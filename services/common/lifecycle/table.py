@@ -20,7 +20,7 @@ class Actor(enum.StrEnum):
     api = "api"  # the REST API, on a user's request
     worker = "worker"  # a worker running (or refusing) a shard
     sweeper = "sweeper"  # the recovery sweep (expired leases, lost messages, stalled cancels)
-    dispatch = "dispatch"  # whoever sends committed shards to the broker (API, worker, sweeper)
+    dispatch = "dispatch"  # the admission pass, which alone sends shards to the broker (API, worker, sweeper)
     gc = "gc"  # `diffii admin gc` (retention)
 
 
@@ -38,6 +38,7 @@ OPEN_JOB = (J.queued, J.preparing, J.learning, J.generating, J.packaging)
 RUNNING_JOB = (J.preparing, J.learning, J.generating, J.packaging)
 OPEN_SHARD = (S.waiting, S.pending, S.queued, S.running)
 SENDABLE_SHARD = (S.pending, S.queued)
+IN_FLIGHT_SHARD = (S.queued, S.running)  # admitted: what counts against the workers' slots
 
 
 def _t(sources: Iterable[str], event: str, target: str | None, *actors: Actor, note: str = "") -> Transition:
@@ -72,8 +73,12 @@ SHARD_TRANSITIONS: tuple[Transition, ...] = (
     _t((), "create", S.pending, A.api, note="the prepare shard"),
     _t((), "create", S.waiting, A.worker, note="prepare creates the job's other shards"),
     _t((S.waiting,), "ready", S.pending, A.worker, note="its stage is reached"),
-    _t(SENDABLE_SHARD, "sent", S.queued, A.dispatch, note="the broker took the message"),
-    _t(SENDABLE_SHARD, "claim", S.running, A.worker, note="attempts + 1; one claimant wins"),
+    _t(
+        (S.pending,), "admit", S.queued, A.dispatch, note="fair share gave it a slot; then sent to the broker"
+    ),
+    _t((S.queued,), "unsent", S.pending, A.dispatch, note="the broker refused it: the slot is given back"),
+    _t((S.queued,), "sent", S.queued, A.dispatch, note="re-sent: its message looked lost"),
+    _t((S.queued,), "claim", S.running, A.worker, note="attempts + 1; one claimant wins"),
     _t((S.running,), "heartbeat", S.running, A.worker, note="fenced by worker and attempt"),
     _t((S.running,), "succeed", S.succeeded, A.worker),
     _t((S.running,), "retry", S.pending, A.worker, note="transient error: not_before = now + backoff"),

@@ -1,0 +1,185 @@
+"""Fair share between owners, on real Postgres, Redis and Celery worker processes.
+
+Owner A floods N jobs (default 50); owner B then submits one job. Prints B's completion time over
+its time alone on the same idle service (target <= 1.5), and, after a mass cancel of A's remaining
+jobs, the time from the cancel to B's next shard starting (target < 5 s).
+
+    .venv/bin/python bench/fairness.py [--jobs 50] [--workers 4] [--per-image 0.5] [--shard-size N]
+        [--pg-admin-url postgresql://postgres@127.0.0.1:5432/postgres] [--broker-url redis://...]
+
+Fair share gives each of two busy owners half the workers, so the ratio depends on how much of B's job
+could use more than half of them alone: with the sample dataset's four classes (one generate shard
+each at the default shard size) on four workers, B's generate stage needs two rounds instead of one.
+Smaller shards on fewer workers (`--workers 2 --shard-size 5`) let B alone use every worker, and the
+ratio nears 2, the price of sharing with one other owner.
+
+Compute is simulated (tests/fault_worker.py `simulate:generate`: each image a fixed sleep), so what is
+measured is the scheduling: prepare, learn (0 steps) and package run for real on the tiny model.
+Each run uses a fresh Postgres database (dropped at the end) and a queue of its own on the broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from load_scale import SIM_PARAMS, Service
+from processes import ROOT  # noqa: F401 - puts this tree on sys.path before load_scale's imports
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def shard_starts(database_url: str, job_id: str) -> list[datetime]:
+    from sqlalchemy import select
+
+    from services.common.db import dispose, make_session_factory
+    from services.common.models import Shard
+    from services.common.timeutil import as_utc
+
+    sessions = make_session_factory(database_url)
+    try:
+        with sessions() as s:
+            rows = s.scalars(
+                select(Shard.started_at).where(Shard.job_id == job_id, Shard.started_at.is_not(None))
+            )
+            return sorted(as_utc(t) for t in rows)
+    finally:
+        dispose(sessions)
+
+
+class Owner:
+    def __init__(self, svc: Service) -> None:
+        self.svc = svc
+        # Idle connections dropped before uvicorn's 5 s keep-alive ends: a request never goes out on a
+        # socket the server is closing (a "connection reset" between the phases).
+        self.client = httpx.Client(
+            base_url=svc.url,
+            headers={"Authorization": f"Bearer {svc.key()}"},
+            timeout=60,
+            limits=httpx.Limits(keepalive_expiry=2),
+        )
+        self.dataset = self._upload()
+
+    def _upload(self) -> str:
+        from diffii_core.sample_data import write_sample_archive
+
+        archive = write_sample_archive(self.svc.tmp / f"sample-{uuid.uuid4().hex[:6]}.zip")
+        with archive.open("rb") as fp:
+            r = self.client.post("/v1/datasets", files={"file": ("d.zip", fp)})
+        r.raise_for_status()
+        return r.json()["id"]
+
+    def submit(self) -> str:
+        r = self.client.post("/v1/jobs", json={**SIM_PARAMS, "dataset_id": self.dataset})
+        if r.status_code != 202:
+            raise SystemExit(f"submit answered {r.status_code}: {r.text}")
+        return r.json()["id"]
+
+    def wait(self, job_id: str, timeout: float = 1800) -> tuple[dict[str, Any], float]:
+        """The ended job and the monotonic time it was seen ended (polled every 0.2 s)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.client.get(f"/v1/jobs/{job_id}").json()
+            if job["status"] in TERMINAL:
+                return job, time.monotonic()
+            time.sleep(0.2)
+        raise SystemExit(f"job {job_id} did not end within {timeout:g} s")
+
+    def run_one(self) -> float:
+        began = time.monotonic()
+        job, ended = self.wait(self.submit())
+        if job["status"] != "succeeded":
+            raise SystemExit(f"job {job['status']}: {job.get('message')}")
+        return ended - began
+
+
+def measure(args: argparse.Namespace, database_url: str, tmp: Path) -> dict[str, Any]:
+    extra = {"DIFFII_MAX_ACTIVE_JOBS": str(args.jobs + 10)}
+    if args.shard_size:
+        extra["DIFFII_SHARD_SIZE"] = str(args.shard_size)
+    svc = Service(tmp, database_url, args.broker_url, extra)
+    try:
+        svc.start_api()
+        svc.start_workers(args.workers, faults=f"simulate:generate:{args.per_image}")
+        a, b = Owner(svc), Owner(svc)
+        alone = b.run_one()
+
+        with ThreadPoolExecutor(8) as pool:
+            flood = list(pool.map(lambda _: a.submit(), range(args.jobs)))
+        time.sleep(args.head_start)  # A's jobs occupy every worker before B arrives
+        shared = b.run_one()
+
+        second = b.submit()
+        cancel_at = datetime.now(UTC)
+        began = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda j: a.client.post(f"/v1/jobs/{j}/cancel").status_code, flood))
+        cancel_seconds = time.monotonic() - began
+        job, _ = b.wait(second)
+        after = [t for t in shard_starts(database_url, second) if t >= cancel_at]
+        to_next = (after[0] - cancel_at).total_seconds() if after else None
+        return {
+            "jobs_flooded": args.jobs,
+            "workers": args.workers,
+            "shard_size": args.shard_size or "default",
+            "b_alone_s": round(alone, 2),
+            "b_with_flood_s": round(shared, 2),
+            "ratio": round(shared / alone, 3),
+            "mass_cancel_requests_s": round(cancel_seconds, 2),
+            "cancel_answers": {str(c): answers.count(c) for c in sorted(set(answers))},
+            "cancel_to_b_next_shard_s": round(to_next, 2) if to_next is not None else None,
+            "b_second_job": job["status"],
+        }
+    finally:
+        svc.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=50, help="jobs owner A floods")
+    parser.add_argument("--workers", type=int, default=4, help="worker processes (solo pool, one slot each)")
+    parser.add_argument("--per-image", type=float, default=0.5, help="simulated seconds per image")
+    parser.add_argument(
+        "--shard-size", type=int, help="images per generate shard; default the service's (200: one per class)"
+    )
+    parser.add_argument("--head-start", type=float, default=3.0, help="seconds A's flood runs before B")
+    parser.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    import psycopg
+
+    name = f"diffii_bench_fair_{uuid.uuid4().hex[:8]}"
+    admin = psycopg.connect(args.pg_admin_url, autocommit=True)
+    admin.execute(f'CREATE DATABASE "{name}"')
+    base = args.pg_admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    try:
+        with tempfile.TemporaryDirectory(prefix="diffii-fair-") as tmp:
+            figures = measure(args, f"{base}/{name}", Path(tmp))
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+    if args.json:
+        print(json.dumps(figures))
+        return
+    for key, value in figures.items():
+        print(f"{key:28s} {value}")
+    print(f"B's time with A's flood / alone: {figures['ratio']} (target <= 1.5)")
+    print(f"mass cancel -> B's next shard starts: {figures['cancel_to_b_next_shard_s']} s (target < 5)")
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

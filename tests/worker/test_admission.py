@@ -1,0 +1,115 @@
+"""Admission: only admitted shards reach the broker, in fair-share order, never a cancelled job's.
+
+On Postgres and SQLite, with the messages read back from a real Redis queue."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import select, update
+
+from services.common import dispatch
+from services.common.lifecycle import admission, jobs
+from services.common.models import Owner, Shard, ShardStatus, WorkerPresence, utcnow
+from services.common.timeutil import as_utc
+from services.worker import presence
+from tests.worker.conftest import make_job
+
+
+@pytest.fixture
+def queue(redis_url: str, sessions: Any, tmp_path: Any) -> Iterator[str]:
+    """Dispatch to a queue of its own on the test Redis; yields its name."""
+    name = f"admission-{uuid.uuid4().hex[:8]}"
+    dispatch.configure(
+        dispatch.DispatchSettings(
+            _env_file=None, home=tmp_path, broker_url=redis_url, queue=name, worker_slots=1
+        )
+    )
+    yield name
+    redis.Redis.from_url(redis_url).delete(name)
+
+
+def on_broker(redis_url: str, queue: str) -> list[str]:
+    """The shard ids of the messages waiting on the queue, oldest first (kombu pushes on the left)."""
+    import json
+
+    raw = redis.Redis.from_url(redis_url).lrange(queue, 0, -1)
+    return [json.loads(m)["headers"]["argsrepr"].strip("[](),'") for m in reversed(raw)]
+
+
+def _last_admitted(sessions: Any, owner: str, ago: timedelta) -> None:
+    with sessions() as s:
+        s.execute(update(Owner).where(Owner.name == owner).values(last_admitted_at=utcnow() - ago))
+        s.commit()
+
+
+def test_free_slots_go_to_the_least_running_owner_then_least_recent_then_priority(sessions: Any) -> None:
+    pending = ShardStatus.pending
+    a_running, _ = make_job(sessions, generate=1, owner="a")  # one shard in flight (queued)
+    _, a_old = make_job(sessions, generate=2, shard_status=pending, owner="a")
+    _, a_urgent = make_job(sessions, generate=2, shard_status=pending, owner="a", priority=5)
+    _, b = make_job(sessions, generate=2, shard_status=pending, owner="b")
+    _, c = make_job(sessions, generate=2, shard_status=pending, owner="c")
+    _last_admitted(sessions, "a", timedelta(seconds=30))
+    _last_admitted(sessions, "b", timedelta(minutes=1))
+    _last_admitted(sessions, "c", timedelta(minutes=2))
+
+    with sessions() as s:
+        chosen = [x.shard_id for x in admission.admit(s, capacity=5)]  # 1 in flight: 4 free
+    # b and c have nothing running: c (used longer ago), then b. Then all three have one: a was
+    # admitted longest ago, and its priority-5 job goes before its older one; then c again.
+    assert chosen == [c[0], b[0], a_urgent[0], c[1]]
+    with sessions() as s:
+        statuses = dict(
+            s.execute(select(Shard.id, Shard.status).where(Shard.id.in_([*a_old, *a_urgent, *b, *c]))).all()
+        )
+        assert {i for i, st in statuses.items() if st == ShardStatus.queued} == set(chosen)
+        stamped = as_utc(s.scalar(select(Owner.last_admitted_at).where(Owner.name == "c")))
+        assert stamped is not None and stamped > utcnow() - timedelta(seconds=5)
+    with sessions() as s:  # full: nothing more until a slot frees
+        assert admission.admit(s, capacity=5) == []
+    assert a_running
+
+
+def test_only_admitted_shards_reach_the_broker_and_never_a_cancelled_jobs(
+    sessions: Any, queue: str, redis_url: str
+) -> None:
+    pending = ShardStatus.pending
+    flood = [make_job(sessions, generate=2, shard_status=pending, owner="a") for _ in range(3)]
+    _, (b_shard, _) = make_job(sessions, generate=2, shard_status=pending, owner="b")
+    for job_id, _ in flood:
+        with sessions() as s:
+            jobs.request_cancel(s, job_id)
+    with sessions() as s:
+        sent = dispatch.dispatch(s)  # no worker reported: worker_slots=1, one shard in flight
+    assert sent == [b_shard]
+    assert on_broker(redis_url, queue) == [b_shard]
+    with sessions() as s:
+        assert dispatch.dispatch(s) == []  # the slot is taken until b's shard ends
+        flooded = [i for _, ids in flood for i in ids]
+        assert set(s.scalars(select(Shard.status).where(Shard.id.in_(flooded)))) == {ShardStatus.cancelled}
+
+
+def test_capacity_is_the_live_workers_slots_times_the_in_flight_setting(
+    sessions: Any, queue: str, redis_url: str
+) -> None:
+    with sessions() as s:
+        presence.report(s, "w1@host", slots=2, seen_seconds=60)
+        presence.report(s, "w2@host", slots=1, seen_seconds=60)
+        s.add(WorkerPresence(name="gone@host", slots=8, seen_at=utcnow() - timedelta(minutes=5)))
+        s.commit()
+    _, ids = make_job(sessions, generate=5, shard_status=ShardStatus.pending, owner="a")
+    with sessions() as s:
+        assert dispatch.capacity(s, dispatch.current_settings()) == 3  # the stale worker counts for nothing
+        assert dispatch.dispatch(s) == ids[:3]
+    assert on_broker(redis_url, queue) == ids[:3]
+    with sessions() as s:
+        presence.leave(s, "w1@host")
+        presence.leave(s, "w2@host")
+        # No live worker: the worker_slots setting (1), so a first job is never stuck.
+        assert dispatch.capacity(s, dispatch.current_settings()) == 1
