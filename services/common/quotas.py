@@ -15,8 +15,8 @@ from dataclasses import dataclass, fields
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.common.lifecycle.table import TERMINAL_JOB
 from services.common.models import Dataset, Job, Owner, OwnerQuota
+from services.common.statuses import TERMINAL_JOB_STATUSES
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def active_jobs(session: Session, owner_id: str) -> int:
         session.scalar(
             select(func.count())
             .select_from(Job)
-            .where(Job.owner_id == owner_id, Job.status.not_in(TERMINAL_JOB))
+            .where(Job.owner_id == owner_id, Job.status.not_in(TERMINAL_JOB_STATUSES))
         )
         or 0
     )
