@@ -29,7 +29,14 @@ SERVICE_MODULES = (
 
 
 def missing(modules: tuple[str, ...]) -> list[str]:
-    return [m for m in modules if importlib.util.find_spec(m) is None]
+    return [m for m in modules if not _installed(m)]
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # already imported without a __spec__ (kombu rebuilds its module object): present
+        return True
 
 
 def needs_service(fn: F) -> F:
