@@ -15,8 +15,9 @@ Development draws and report draws are fixed here, before anything is measured o
   DEV_DRAWS     may be looked at while choosing anything (recipe, defaults, this bench's settings);
   REPORT_DRAWS  are measured once a choice is made and never used to choose.
 
-Resumable: archives and evaluations are kept under OUT/work and OUT/evals; a rerun measures only what
-is missing and rewrites OUT/draws.md, OUT/draws.json and OUT/gains.png from everything measured.
+Resumable: every accuracy measured is kept in OUT/evals (committed under docs/results/draws/), archives
+and datasets under OUT/work and OUT/data (rebuilt when missing); a rerun measures only what OUT/evals
+lacks and rewrites OUT/TABLE-BACKBONE.md, .json and .png from everything measured.
 """
 
 from __future__ import annotations
@@ -128,12 +129,13 @@ def dataset(out: Path, table: Table, draw: int) -> Path:
     return data
 
 
-def archive(out: Path, data: Path, draw: int, variant: Variant, seed: int, table: Table) -> Path:
-    work = out / "work" / f"draw{draw}"
+def archive_path(out: Path, draw: int, variant: Variant, seed: int) -> Path:
+    return out / "work" / f"draw{draw}" / f"{variant.label.replace(' ', '_').replace('=', '')}-seed{seed}.zip"
+
+
+def make_archive(path: Path, data: Path, draw: int, variant: Variant, seed: int, table: Table) -> None:
+    work = path.parent
     work.mkdir(parents=True, exist_ok=True)
-    path = work / f"{variant.label.replace(' ', '_').replace('=', '')}-seed{seed}.zip"
-    if path.exists():
-        return path
     began = time.monotonic()
     if variant.method == "vae":
         vae_round_trip(data / "train", path)
@@ -150,7 +152,6 @@ def archive(out: Path, data: Path, draw: int, variant: Variant, seed: int, table
             args += ["--concepts-dir", str(work / f"concepts-{variant.concepts}")]
         diffii(*args)
     say(f"  draw {draw} {variant.label} seed {seed}: {time.monotonic() - began:.0f} s")
-    return path
 
 
 def vae_round_trip(train: Path, path: Path) -> None:
@@ -201,10 +202,19 @@ def scratch_backbone(out: Path) -> Path:
     return where
 
 
+def evals_path(out: Path, draw: int, backbone: str) -> Path:
+    return out / "evals" / f"draw{draw}-{backbone}.json"
+
+
+def measured(out: Path, draw: int, backbone: str) -> dict[str, list[float]]:
+    path = evals_path(out, draw, backbone)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def evaluations(out: Path, data: Path, draw: int, table: Table, archives: dict[str, Path], backbone: str):
     """Accuracies per classifier seed: {"real only": [...], archive name: [...]}; measures the missing."""
-    path = out / "evals" / f"draw{draw}-{backbone}.json"
-    done: dict[str, list[float]] = json.loads(path.read_text()) if path.exists() else {}
+    path = evals_path(out, draw, backbone)
+    done = measured(out, draw, backbone)
     missing = [a for name, a in archives.items() if name not in done]
     if not missing and "real only" in done:
         return done
@@ -354,7 +364,10 @@ def main() -> int:
             for v in table.variants:
                 if v.control and seed != table.job_seeds[0]:
                     continue  # a control is the world's, not the generation's: one seed says it
-                path = archive(args.out, data, draw, v, seed, table)
+                path = archive_path(args.out, draw, v, seed)
+                # OUT/evals is the record: an archive it already holds a figure for is not remade.
+                if path.name not in measured(args.out, draw, args.backbone) and not path.exists():
+                    make_archive(path, data, draw, v, seed, table)
                 archives[path.name] = (v, seed, path)
         if args.generate_only:
             continue
