@@ -1,0 +1,405 @@
+"""Diff-II and its baselines over many world dataset draws, as a user runs them: `diffii world dataset`,
+`diffii augment --model world` and `diffii evaluate`, each a separate command.
+
+    python bench/draws.py --draws dev --out results/draws-dev          # the draws we may choose on
+    python bench/draws.py --draws report --out results/draws-report    # the draws we report, never tune on
+    python bench/draws.py --draws report --out results/draws-report --backbone scratch
+
+Each draw is a fresh few-shot dataset of the world's evaluation species (its seed picks the species and
+the images). Every method runs with two or more job seeds per draw; the job seed drives everything a user
+run depends on (concept learning, sampling). A draw's gain for a method is its accuracy averaged over job
+seeds and classifier seeds minus real only's, so the spread between draws carries the draw, the
+generation and the classifier noise together, and the 95 % interval is a t-interval over draws.
+
+Development draws and report draws are fixed here, before anything is measured on the report draws:
+  DEV_DRAWS     may be looked at while choosing anything (recipe, defaults, this bench's settings);
+  REPORT_DRAWS  are measured once a choice is made and never used to choose.
+
+Resumable: every accuracy measured is kept in OUT/evals (committed under docs/results/draws/), archives
+and datasets under OUT/work and OUT/data (rebuilt when missing); a rerun measures only what OUT/evals
+lacks and rewrites OUT/TABLE-BACKBONE.md, .json and .png from everything measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Seed 0 is the single draw the earlier tables were measured on, so it is a development draw.
+DEV_DRAWS = (0, 101, 102, 103, 104, 105)
+REPORT_DRAWS = (201, 202, 203, 204, 205, 206, 207, 208)
+
+# Two-sided 97.5 % quantiles of Student's t for 1..10 degrees of freedom (then the normal's).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row: a method at one setting. `concepts` names the learned set it shares with other rows."""
+
+    label: str
+    method: str
+    args: tuple[str, ...] = ()
+    concepts: str | None = "shared"
+    control: bool = False  # a control separates the world from the method; it is never "first"
+
+
+@dataclass(frozen=True)
+class Table:
+    classes: int = 10
+    shots: int = 5
+    test_per_class: int = 60
+    epochs: int = 40
+    classifier_seeds: int = 3
+    job_seeds: tuple[int, ...] = (0, 1)
+    variants: tuple[Variant, ...] = field(default_factory=tuple)
+    augment_args: tuple[str, ...] = ()  # beyond the world preset (the smoke table's short cuts)
+
+
+PAPER_5SHOT = (
+    Variant("diff-ii", "diff-ii"),  # split ratio 0.3, the paper's 5-shot value, is the default
+    Variant("diff-mix s=0.5", "diff-mix", ("--strength", "0.5")),
+    Variant("diff-mix s=0.7", "diff-mix", ("--strength", "0.7")),
+    Variant("diff-aug s=0.5", "diff-aug", ("--strength", "0.5")),
+    Variant("diff-aug s=0.7", "diff-aug", ("--strength", "0.7")),
+    Variant("diff-gen", "diff-gen"),
+    Variant("da-fusion", "da-fusion", concepts="da-fusion"),
+    # Controls: the VAE round trip of the real images alone, and img2img at a strength so low that
+    # it is one denoising step (1/25) from the real latent.
+    Variant("vae round trip", "vae", concepts=None, control=True),
+    Variant("diff-aug s=0.04", "diff-aug", ("--strength", "0.04"), control=True),
+)
+TABLES = {
+    "5-shot": Table(classes=5, test_per_class=40, epochs=30, variants=PAPER_5SHOT),
+    # The harness end to end in minutes; its figures mean nothing.
+    "smoke": Table(
+        classes=2,
+        shots=2,
+        test_per_class=3,
+        epochs=1,
+        classifier_seeds=2,
+        variants=PAPER_5SHOT,
+        augment_args=(
+            "--concept-steps",
+            "3",
+            "--expansion",
+            "1",
+            "--inference-steps",
+            "2",
+            "--inversion-steps",
+            "2",
+        ),
+    ),
+}
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def diffii(*args: str) -> str:
+    """Run the `diffii` command as a user would, in its own process; its stdout."""
+    cmd = [sys.executable, "-m", "services.cli", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-4000:]}")
+    return done.stdout
+
+
+def dataset(out: Path, table: Table, draw: int) -> Path:
+    data = out / "data" / f"draw{draw}"
+    if not (data / "classes.json").exists():
+        shutil.rmtree(data, ignore_errors=True)
+        diffii(
+            "world", "dataset", str(data), "--classes", str(table.classes), "--shots", str(table.shots),
+            "--seed", str(draw), "--test-per-class", str(table.test_per_class),
+        )  # fmt: skip
+    return data
+
+
+def archive_path(out: Path, draw: int, variant: Variant, seed: int) -> Path:
+    return out / "work" / f"draw{draw}" / f"{variant.label.replace(' ', '_').replace('=', '')}-seed{seed}.zip"
+
+
+def make_archive(path: Path, data: Path, draw: int, variant: Variant, seed: int, table: Table) -> None:
+    work = path.parent
+    work.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
+    if variant.method == "vae":
+        vae_round_trip(data / "train", path)
+    else:
+        args = [
+            "augment", str(data / "train"), "--out", str(path), "--model", "world", "--metaclass", "bird",
+            "--method", variant.method, "--seed", str(seed), "--batch-size", "16", "--quiet",
+            *variant.args, *table.augment_args,
+        ]  # fmt: skip
+        if variant.concepts is not None:
+            # One learned set per draw and concept recipe, learned by the first job seed's run and
+            # reused by the others through --concepts-dir, as a user who learns once and generates
+            # again would: the job seeds vary the generation, not the concepts.
+            args += ["--concepts-dir", str(work / f"concepts-{variant.concepts}")]
+        diffii(*args)
+    say(f"  draw {draw} {variant.label} seed {seed}: {time.monotonic() - began:.0f} s")
+
+
+def vae_round_trip(train: Path, path: Path) -> None:
+    """A pseudo-method's archive: every real image encoded and decoded by the world model's VAE, once."""
+    import torch
+    from PIL import Image
+
+    from diffii_core.images import decode_latents, encode_images, fit_square, png_bytes, to_tensor
+    from diffii_core.models import load_model
+
+    model = load_model("world")
+    classes = sorted(p.name for p in train.iterdir() if p.is_dir())
+    records, files = [], {}
+    for index, name in enumerate(classes):
+        sources = sorted((train / name).iterdir())
+        pixels = torch.stack(
+            [to_tensor(fit_square(Image.open(p).convert("RGB"), model.resolution)) for p in sources]
+        )
+        for source, array in zip(sources, decode_latents(model, encode_images(model, pixels)), strict=True):
+            file_name = f"{name}/{source.stem}.png"
+            files[file_name] = png_bytes(array)
+            records.append({"file_name": file_name, "label_index": index, "source": source.name})
+    job = {
+        "params": {"method": "vae round trip"},
+        "classes": [{"index": i, "name": n} for i, n in enumerate(classes)],
+    }
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, png in files.items():
+            zf.writestr(name, png)
+        zf.writestr("metadata.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        zf.writestr("job.json", json.dumps(job))
+    path.write_bytes(buffer.getvalue())
+
+
+def scratch_backbone(out: Path) -> Path:
+    """The world backbone's architecture with fresh weights: a classifier that has seen no bird."""
+    where = out / "backbone-scratch"
+    if not (where / "config.json").exists():
+        import torch
+        from transformers import AutoConfig, AutoModelForImageClassification
+
+        from diffii_core.world import shipped_backbone
+
+        torch.manual_seed(0)
+        config = AutoConfig.from_pretrained(shipped_backbone())
+        AutoModelForImageClassification.from_config(config).save_pretrained(where)
+    return where
+
+
+def evals_path(out: Path, draw: int, backbone: str) -> Path:
+    return out / "evals" / f"draw{draw}-{backbone}.json"
+
+
+def measured(out: Path, draw: int, backbone: str) -> dict[str, list[float]]:
+    path = evals_path(out, draw, backbone)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def evaluations(out: Path, data: Path, draw: int, table: Table, archives: dict[str, Path], backbone: str):
+    """Accuracies per classifier seed: {"real only": [...], archive name: [...]}; measures the missing."""
+    path = evals_path(out, draw, backbone)
+    done = measured(out, draw, backbone)
+    missing = [a for name, a in archives.items() if name not in done]
+    if not missing and "real only" in done:
+        return done
+    args = [
+        "evaluate", str(data / "train"), str(data / "test"), *map(str, missing), "--json",
+        "--seeds", str(table.classifier_seeds), "--epochs", str(table.epochs),
+    ]  # fmt: skip
+    if backbone != "world":
+        args += ["--backbone", str(scratch_backbone(out))]
+    began = time.monotonic()
+    report = json.loads(diffii(*args))
+    entries = report["entries"]
+    # `evaluate` trains real only with the same classifier seeds each call: it is one row, kept once.
+    done.setdefault("real only", entries[0]["accuracies"])
+    for archive_path, entry in zip(missing, entries[1:], strict=True):
+        done[archive_path.name] = entry["accuracies"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(done, indent=1))
+    seconds = time.monotonic() - began
+    say(f"  draw {draw}: evaluated {len(missing)} archives ({backbone} backbone), {seconds:.0f} s")
+    return done
+
+
+def interval(values: list[float]) -> tuple[float, float]:
+    """(mean, half-width of the 95 % t-interval)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan
+    df = len(values) - 1
+    t = _T975[df - 1] if df <= len(_T975) else 1.96
+    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def summarise(per_draw: dict[int, dict[str, dict[str, Any]]], table: Table) -> dict[str, Any]:
+    """Per-draw gains, the mean gain with its interval over draws, paired differences against Diff-II
+    and how often each method is first."""
+    draws = sorted(per_draw)
+    labels = [v.label for v in table.variants]
+    rows: dict[str, Any] = {}
+    for label in labels:
+        gains = [per_draw[d][label]["gain"] for d in draws]
+        mean, half = interval(gains)
+        rows[label] = {"gains": gains, "mean": mean, "ci95": half}
+        if label != "diff-ii":
+            diffs = [per_draw[d]["diff-ii"]["gain"] - per_draw[d][label]["gain"] for d in draws]
+            rows[label]["diff_ii_minus"] = dict(zip(("mean", "ci95"), interval(diffs), strict=True))
+        spreads = [per_draw[d][label]["seed_spread"] for d in draws]
+        rows[label]["seed_spread"] = statistics.fmean(spreads)
+    methods = [v.label for v in table.variants if not v.control]
+    firsts = dict.fromkeys(methods, 0.0)
+    for d in draws:
+        best = max(per_draw[d][m]["gain"] for m in methods)
+        tied = [m for m in methods if per_draw[d][m]["gain"] >= best - 1e-9]
+        for m in tied:  # a tie shares the draw
+            firsts[m] += 1 / len(tied)
+    real = [per_draw[d]["real only"] for d in draws]
+    return {
+        "draws": draws,
+        "rows": rows,
+        "firsts": firsts,
+        "real_only": dict(zip(("mean", "ci95"), interval(real), strict=True)),
+    }
+
+
+def markdown(name: str, summary: dict[str, Any], table: Table, backbone: str, kind: str) -> str:
+    draws = summary["draws"]
+    real = summary["real_only"]
+    lines = [
+        f"### {name}, {kind} draws {', '.join(map(str, draws))} ({backbone} backbone)",
+        "",
+        f"{table.classes} classes, {table.shots} shots, {table.test_per_class} test images a class; "
+        f"job seeds {', '.join(map(str, table.job_seeds))}; {table.classifier_seeds} classifier seeds, "
+        f"{table.epochs} epochs. Real only: {100 * real['mean']:.2f} ± {100 * real['ci95']:.2f} % "
+        "(mean over draws). Gains in points, 95 % t-interval over draws; the paired difference is "
+        "Diff-II's gain minus the row's on the same draws.",
+        "",
+        "| method | mean gain | per-draw gains | Diff-II minus row | first | job-seed spread |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v in table.variants:
+        row = summary["rows"][v.label]
+        per = " ".join(f"{100 * g:+.1f}" for g in row["gains"])
+        paired = row.get("diff_ii_minus")
+        paired_text = "" if paired is None else f"{100 * paired['mean']:+.2f} ± {100 * paired['ci95']:.2f}"
+        first = "control" if v.control else f"{summary['firsts'][v.label]:.3g}/{len(draws)}"
+        lines.append(
+            f"| {v.label} | {100 * row['mean']:+.2f} ± {100 * row['ci95']:.2f} | {per} | {paired_text} | "
+            f"{first} | {100 * row['seed_spread']:.1f} |"
+        )
+    return "\n".join([*lines, ""])
+
+
+def plot(summary: dict[str, Any], table: Table, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [v.label for v in table.variants]
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    ax.axhline(0, color="#888888", lw=1)
+    for x, label in enumerate(labels):
+        row = summary["rows"][label]
+        gains = [100 * g for g in row["gains"]]
+        jitter = [x + 0.08 * (i - (len(gains) - 1) / 2) / max(1, len(gains)) * 4 for i in range(len(gains))]
+        ax.scatter(jitter, gains, s=14, color="#9bb7d9", zorder=2)
+        ax.errorbar(
+            [x], [100 * row["mean"]], yerr=[100 * row["ci95"]], fmt="o", color="#1f4e8c", capsize=5, zorder=3
+        )
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set_ylabel("gain over real only (points)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--draws", choices=("dev", "report"), required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--table", choices=sorted(TABLES), default="5-shot")
+    parser.add_argument("--only", nargs="*", help="only these draws (a subset of the chosen kind)")
+    parser.add_argument("--variants", nargs="*", help="only these rows (labels), e.g. to add one later")
+    parser.add_argument("--backbone", choices=("world", "scratch"), default="world")
+    parser.add_argument("--generate-only", action="store_true", help="make the archives, evaluate later")
+    args = parser.parse_args()
+    table = TABLES[args.table]
+    if args.variants:
+        unknown = set(args.variants) - {v.label for v in table.variants}
+        if unknown:
+            parser.error(f"no rows {sorted(unknown)}; rows: {[v.label for v in table.variants]}")
+        chosen = tuple(v for v in table.variants if v.label in args.variants)
+        table = Table(**{**table.__dict__, "variants": chosen})
+    pool = DEV_DRAWS if args.draws == "dev" else REPORT_DRAWS
+    draws = [int(d) for d in args.only] if args.only else list(pool)
+    if set(draws) - set(pool):
+        parser.error(f"draws {sorted(set(draws) - set(pool))} are not {args.draws} draws {pool}")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    began = time.monotonic()
+    per_draw: dict[int, dict[str, Any]] = {}
+    for draw in draws:
+        data = dataset(args.out, table, draw)
+        archives: dict[str, tuple[Variant, int, Path]] = {}
+        for seed in table.job_seeds:
+            for v in table.variants:
+                if v.control and seed != table.job_seeds[0]:
+                    continue  # a control is the world's, not the generation's: one seed says it
+                path = archive_path(args.out, draw, v, seed)
+                # OUT/evals is the record: an archive it already holds a figure for is not remade.
+                if path.name not in measured(args.out, draw, args.backbone) and not path.exists():
+                    make_archive(path, data, draw, v, seed, table)
+                archives[path.name] = (v, seed, path)
+        if args.generate_only:
+            continue
+        accs = evaluations(
+            args.out, data, draw, table, {k: p for k, (_, _, p) in archives.items()}, args.backbone
+        )
+        real = statistics.fmean(accs["real only"])
+        result: dict[str, Any] = {"real only": real}
+        for v in table.variants:
+            by_seed = [statistics.fmean(accs[n]) for n, (w, _, _) in archives.items() if w == v]
+            result[v.label] = {
+                "gain": statistics.fmean(by_seed) - real,
+                "by_seed": [a - real for a in by_seed],
+                "seed_spread": max(by_seed) - min(by_seed),
+            }
+        per_draw[draw] = result
+        gains = ", ".join(f"{v.label} {100 * result[v.label]['gain']:+.2f}" for v in table.variants)
+        say(f"draw {draw}: real only {100 * real:.2f}; {gains}")
+    if per_draw:
+        summary = summarise(per_draw, table)
+        stem = f"{args.table}-{args.backbone}".replace(" ", "_")
+        text = markdown(args.table, summary, table, args.backbone, args.draws)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{stem}.md").write_text(text)
+        (args.out / f"{stem}.json").write_text(json.dumps({"per_draw": per_draw, **summary}, indent=1))
+        listed = ", ".join(map(str, summary["draws"]))
+        title = f"{args.table}: gain per draw ({args.draws} draws {listed}), mean and 95 % CI"
+        plot(summary, table, args.out / f"{stem}.png", title)
+        say(text)
+    say(f"draws: {len(draws)} draws, {time.monotonic() - began:.0f} s, written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
