@@ -12,6 +12,9 @@ action is a lifecycle transition (a conditional update), so any number of sweepe
    anywhere, or a same-kind shard sent well after it has already been picked up (the queue is FIFO,
    so it should have gone first).
 3. A cancelling job with no live running shard (its worker died) becomes cancelled.
+
+`release_dead_worker` is the fast path beside it: `diffii up`'s supervisor, which sees its worker
+process exit, releases that worker's running shards at once instead of waiting out their lease.
 """
 
 from __future__ import annotations
@@ -72,6 +75,31 @@ def sweep(
             },
         )
     return report
+
+
+def release_dead_worker(
+    sessions: sessionmaker[Session], instance: str, cause: str, policy: RetryPolicy | None = None
+) -> list[str]:
+    """Release and re-send the running shards of a worker process that is known dead: every task
+    process of it named itself `<host>:<pid>@<instance>` (services/worker/process.py). Returns the
+    released shard ids."""
+    now = utcnow()
+    released: list[str] = []
+    with sessions() as session:
+        rows = session.scalars(
+            select(Shard).where(
+                Shard.status == ShardStatus.running, Shard.worker.endswith(f"@{instance}", autoescape=True)
+            )
+        ).all()
+        session.commit()
+        for shard in rows:
+            if shards.release(session, shard, cause, policy or RetryPolicy(), now):
+                released.append(shard.id)
+        if released:
+            dispatch(session, released)
+    if released:
+        log.info("released the shards of a dead worker", extra={"instance": instance, "released": released})
+    return released
 
 
 def _expired_leases(session: Session, now: datetime, policy: RetryPolicy, report: SweepReport) -> None:
@@ -143,4 +171,4 @@ def _finish_cancels(session: Session, report: SweepReport) -> None:
         session.commit()
 
 
-__all__ = ["SweepReport", "sweep"]
+__all__ = ["SweepReport", "release_dead_worker", "sweep"]
