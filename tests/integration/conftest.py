@@ -51,7 +51,7 @@ JOB_PARAMS: dict[str, Any] = {
 }
 EXPECTED_IMAGES = 24
 # Long enough a learning run to kill a worker in, with a checkpoint to resume from.
-LONG_LEARNING: dict[str, Any] = {"concepts": {"steps": 60, "checkpoint_every": 20}}
+LONG_LEARNING: dict[str, Any] = {"concepts": {"steps": 30, "checkpoint_every": 10}}
 JOB_TIMEOUT = 900.0  # a wait, not a measure: a loaded 2-core machine needs minutes per job
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
