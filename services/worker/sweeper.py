@@ -83,6 +83,8 @@ def release_dead_worker(
     """Release and re-send the running shards of a worker process that is known dead: every task
     process of it named itself `<host>:<pid>@<instance>` (services/worker/process.py). Returns the
     released shard ids."""
+    if not instance:  # a worker not started by a supervisor has no instance: its lease covers it
+        return []
     now = utcnow()
     released: list[str] = []
     with sessions() as session:
