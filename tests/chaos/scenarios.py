@@ -162,14 +162,18 @@ def _images_done(c: Cluster, job_id: str) -> int:
     return -1
 
 
+def _compare(out: Outcome, images: dict[str, bytes], reference: dict[str, bytes]) -> None:
+    """Lost, duplicated and changed images against the undisturbed run's."""
+    out.lost = len(set(reference) - set(images)) if out.completed else 0
+    out.duplicated = len(set(images) - set(reference))
+    out.changed = sum(1 for k in set(images) & set(reference) if images[k] != reference[k])
+
+
 def _judge(
     name: str, s: Stack, c: Cluster, job: dict[str, Any], healed: float, progressed: float | None
 ) -> Outcome:
     out = Outcome(name, completed=int(job.get("status") == "succeeded"))
-    images = c.images(job["id"]) if out.completed else {}
-    out.lost = len(set(s.reference) - set(images)) if out.completed else 0
-    out.duplicated = len(set(images) - set(s.reference))
-    out.changed = sum(1 for k in set(images) & set(s.reference) if images[k] != s.reference[k])
+    _compare(out, c.images(job["id"]) if out.completed else {}, s.reference)
     out.recover_s = None if progressed is None else round(progressed - healed, 1)
     if out.failed:
         out.detail = f"{job.get('status')}: {job.get('message')}\n{c.logs()}"
@@ -335,9 +339,7 @@ def up_worker_sigkill_mid_learning(root: Path) -> Outcome:
         out = Outcome(
             "up_sigkill_mid_learning", completed=int(job["status"] == "succeeded" and "killed" in marks)
         )
-        out.lost = len(set(reference) - set(images)) if out.completed else 0
-        out.duplicated = len(set(images) - set(reference))
-        out.changed = sum(1 for k in set(images) & set(reference) if images[k] != reference[k])
+        _compare(out, images, reference)
         if "running" in marks:
             out.recover_s = round(marks["running"] - marks["killed"], 1)
         if out.failed or "released 1 shard(s)" not in u.text():
