@@ -229,9 +229,8 @@ def learn_concepts(
         step, losses = _resume(ckpt, fingerprint, model, ids, optimizer, scaler, gen, with_lora)
     # Built after a resume restored the generator. No loader workers: they would fetch ahead, drawing
     # views out of turn with the noise, and a resumed run would no longer match an uninterrupted one.
-    loader = DataLoader(
-        images, batch_sampler=ViewSampler(sizes, balanced, cfg.batch_size, gen), collate_fn=_collate
-    )
+    sampler = ViewSampler(sizes, balanced, cfg.batch_size, gen)
+    loader = DataLoader(images, batch_sampler=sampler, collate_fn=_collate, num_workers=0)
     batches = iter(loader)
     parts = 1  # slices each micro-batch runs in: doubled whenever the GPU runs out of memory
     adapted: list[str] = []
