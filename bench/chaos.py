@@ -4,13 +4,15 @@ workers in their own processes), one job each, compared with an undisturbed run.
     PYTHONPATH=. .venv/bin/python bench/chaos.py [--only postgres_restart,s3_down_30s]
 
 Prints per scenario: jobs run, completed, lost, duplicated and changed images, and the seconds from
-healing the fault to the job's next stored image; the last line is
-`chaos: N scenarios, lost=L duplicated=D failed=F`.
+healing the fault to the job's next stored image (for `up_sigkill_mid_learning`, from the kill to the
+learn shard running again); the last line is `chaos: N scenarios, lost=L duplicated=D failed=F`.
+Scenarios that bring their own services (`diffii up`) skip the shared stack when run alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -19,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.chaos.scenarios import SCENARIOS, Outcome, stack  # noqa: E402
+from tests.chaos.scenarios import SCENARIOS, STANDALONE, Outcome, Stack, stack  # noqa: E402
 
 
 def main() -> int:
@@ -31,12 +33,15 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
     outcomes: list[Outcome] = []
-    with tempfile.TemporaryDirectory(prefix="diffii-chaos-") as tmp, stack(Path(tmp)) as s:
-        print(f"reference run: {len(s.reference)} stored objects", flush=True)
+    with tempfile.TemporaryDirectory(prefix="diffii-chaos-") as tmp, contextlib.ExitStack() as hold:
+        s: Stack | None = None
+        if not set(names) <= set(STANDALONE):
+            s = hold.enter_context(stack(Path(tmp)))
+            print(f"reference run: {len(s.reference)} stored objects", flush=True)
         for name in names:
             began = time.monotonic()
             try:
-                outcome = SCENARIOS[name](s)
+                outcome = STANDALONE[name](Path(tmp)) if s is None else SCENARIOS[name](s)
             except Exception as exc:  # a scenario that crashes counts as failed, the others still run
                 outcome = Outcome(name, detail=f"{type(exc).__name__}: {exc}")
             outcomes.append(outcome)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from diffii_core.learning.concepts import Concepts, scope_key
 from diffii_core.methods import REGISTRY, ShareRequest
 from diffii_core.models import LoadedModel
+from diffii_core.oom import generate_in_batches
 from diffii_core.output.generated import GeneratedImage, image_id
 from diffii_core.params import JobParams
 
@@ -52,10 +53,15 @@ def generate_share(
             f"{spec.name} must run inside concepts_applied(model, "
             f"{'its concepts' if spec.needs_concepts else 'None'})"
         )
-    request = ShareRequest(
-        model=model, params=params, class_name=class_name, label_index=label_index,
-        class_names=class_names, source_names=source_names, start=start, stop=stop, concepts=in_scope,
-        pool=pool, references=references, classifier=classifier, batch_size=batch_size,
-        should_stop=should_stop,
-    )  # fmt: skip
-    yield from spec.generate(spec, request)
+
+    def make(first: int, end: int, size: int) -> Iterator[GeneratedImage]:
+        request = ShareRequest(
+            model=model, params=params, class_name=class_name, label_index=label_index,
+            class_names=class_names, source_names=source_names, start=first, stop=end, concepts=in_scope,
+            pool=pool, references=references, classifier=classifier, batch_size=size,
+            should_stop=should_stop,
+        )  # fmt: skip
+        return spec.generate(spec, request)
+
+    # Out of GPU memory, the rest of the share is made in half the batch (oom.py): no image changes.
+    yield from generate_in_batches(make, start, stop, batch_size, f"generating class {class_name!r}")

@@ -17,6 +17,7 @@ from diffii_core.images import encode_images, fit_square, to_tensor
 from diffii_core.inversion.ddim import Schedule, inversion_timesteps, invert, published_inversion_timesteps
 from diffii_core.learning.concepts import Concepts, scope_key
 from diffii_core.models import LoadedModel
+from diffii_core.oom import map_batches
 from diffii_core.params import JobParams
 
 
@@ -60,14 +61,17 @@ def invert_class(
     prompt = concept_prompt(concepts.tokens[class_name], params.metaclass)
     geometry = params.image_geometry
     pixels = torch.stack([to_tensor(fit_square(image, resolution, geometry)) for image in images])
-    latents = encode_images(model, pixels, batch_size)
-    pools = []
-    for start in range(0, latents.shape[0], batch_size):
-        chunk = latents[start : start + batch_size]
-        pools.append(invert_latents(model, chunk, prompt, params))
+
+    def invert_batch(lo: int, hi: int) -> torch.Tensor:
+        pool = invert_latents(model, encode_images(model, pixels[lo:hi], hi - lo), prompt, params)
         if progress is not None:
-            progress(chunk.shape[0])
-    return torch.cat(pools)
+            progress(hi - lo)
+        return pool
+
+    # Out of GPU memory, a batch is halved and run again (oom.py): the pool does not change.
+    return torch.cat(
+        map_batches(invert_batch, pixels.shape[0], batch_size, f"inverting class {class_name!r}")
+    )
 
 
 def save_pool(pool: torch.Tensor, path: Path) -> None:

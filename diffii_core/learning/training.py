@@ -36,6 +36,7 @@ from diffii_core.inversion.ddim import Schedule
 from diffii_core.learning.concepts import ADAPTER, Concepts, disable_adapter, install_adapter
 from diffii_core.methods import REGISTRY
 from diffii_core.models import LoadedModel
+from diffii_core.oom import smaller_batch
 from diffii_core.seeding import derive_seed, generator
 
 if TYPE_CHECKING:
@@ -122,6 +123,7 @@ class _Run:
     params: JobParams
     schedule: Schedule
     precision: str
+    scaler: torch.amp.GradScaler
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "no":
@@ -129,10 +131,16 @@ class _Run:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.model.device.type, dtype=dtype)
 
-    def loss(self, pixels: torch.Tensor, classes: list[int], gen: torch.Generator) -> torch.Tensor:
+    def accumulate(
+        self, pixels: torch.Tensor, classes: list[int], gen: torch.Generator, parts: int, passes: int
+    ) -> float:
+        """Backpropagate the loss of one micro-batch over `passes`, run in `parts` slices (after the GPU
+        ran out of memory). Every random draw is made for the whole micro-batch first, so the slices
+        see the noise, timesteps and posterior samples the whole would have: the gradients sum to the
+        same, the effective batch is unchanged, and later draws stay in step. Returns the loss."""
         model, tpc = self.model, self.params.concepts.tokens_per_class
         with torch.no_grad():
-            dist = model.vae.encode(pixels.to(model.device, model.dtype)).latent_dist
+            dist = self._posterior(pixels.to(model.device, model.dtype), parts)
             latents = dist.sample(generator=gen).float().cpu() * model.scaling_factor
         noise = torch.randn(latents.shape, generator=gen)
         t = torch.randint(0, self.schedule.num_train_timesteps, (latents.shape[0],), generator=gen)
@@ -140,10 +148,32 @@ class _Run:
         noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
         target = self.schedule.target(latents, noise, alpha)
         texts = [concept_prompt(placeholder_tokens(c, tpc), self.params.metaclass) for c in classes]
-        with self.autocast():
-            hidden = model.text_encoder(tokenize(model, texts))[0]
-            pred = model.unet(noisy.to(model.device, model.dtype), t.to(model.device), hidden).sample
-        return F.mse_loss(pred.float(), target.to(model.device))
+        total, n = 0.0, latents.shape[0]
+        for rows in torch.arange(n).tensor_split(min(parts, n)):
+            lo, hi = int(rows[0]), int(rows[-1]) + 1
+            with self.autocast():
+                hidden = model.text_encoder(tokenize(model, texts[lo:hi]))[0]
+                pred = model.unet(
+                    noisy[lo:hi].to(model.device, model.dtype), t[lo:hi].to(model.device), hidden
+                )
+            loss = F.mse_loss(pred.sample.float(), target[lo:hi].to(model.device))
+            if parts > 1:
+                loss = loss * ((hi - lo) / n)
+            loss = loss / passes
+            self.scaler.scale(loss).backward()
+            total += float(loss.detach())
+        return total
+
+    def _posterior(self, pixels: torch.Tensor, parts: int) -> Any:
+        if parts == 1:
+            return self.model.vae.encode(pixels).latent_dist
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        slices = [
+            self.model.vae.encode(x).latent_dist.parameters
+            for x in pixels.tensor_split(min(parts, pixels.shape[0]))
+        ]
+        return DiagonalGaussianDistribution(torch.cat(slices))
 
 
 def learn_concepts(
@@ -186,8 +216,9 @@ def learn_concepts(
     if lora_params:
         groups.append({"params": lora_params, "lr": cfg.lora_learning_rate or cfg.learning_rate})
     optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2)
-    run = _Run(model, params, Schedule.from_config(model.scheduler_config), autocast_mode(cfg, model.device))
-    scaler = torch.amp.GradScaler(model.device.type, enabled=run.precision == "fp16")
+    precision = autocast_mode(cfg, model.device)
+    scaler = torch.amp.GradScaler(model.device.type, enabled=precision == "fp16")
+    run = _Run(model, params, Schedule.from_config(model.scheduler_config), precision, scaler)
     gen = generator(params.seed, "concept-learning")
     balanced = class_balanced(sizes, cfg.sampling)
     images = TrainingImages([(item, c.index) for c in dataset.classes for item in c.images], resolution)
@@ -199,18 +230,35 @@ def learn_concepts(
     # Built after a resume restored the generator. No loader workers: they would fetch ahead, drawing
     # views out of turn with the noise, and a resumed run would no longer match an uninterrupted one.
     sampler = ViewSampler(sizes, balanced, cfg.batch_size, gen)
-    batches = iter(DataLoader(images, batch_sampler=sampler, collate_fn=_collate, num_workers=0))
+    loader = DataLoader(images, batch_sampler=sampler, collate_fn=_collate, num_workers=0)
+    batches = iter(loader)
+    parts = 1  # slices each micro-batch runs in: doubled whenever the GPU runs out of memory
+    adapted: list[str] = []
 
     try:
         while step < cfg.steps:
             if should_stop is not None and should_stop():
                 raise Cancelled("concept learning was stopped")
-            total = 0.0
-            for _ in range(cfg.gradient_accumulation):
-                pixels, classes = next(batches)
-                loss = run.loss(pixels, classes, gen) / cfg.gradient_accumulation
-                scaler.scale(loss).backward()
-                total += float(loss.detach())
+            drawn = gen.get_state()
+            try:
+                total = sum(
+                    run.accumulate(*next(batches), gen, parts, cfg.gradient_accumulation)
+                    for _ in range(cfg.gradient_accumulation)
+                )
+            except torch.OutOfMemoryError:
+                if parts >= cfg.batch_size:
+                    raise  # a single image per pass does not fit: a real failure
+                total = None
+            if total is None:
+                # The step again from its first draw, in slices half as big; outside the except
+                # block, so the failed attempt's tensors are freed before the cache is emptied.
+                optimizer.zero_grad(set_to_none=True)
+                gen.set_state(drawn)
+                batches = iter(loader)  # the sampler draws lazily: it had fetched nothing ahead
+                smaller_batch(-(-cfg.batch_size // parts), "concept learning (micro-batch)")
+                parts *= 2
+                adapted.append(f"step {step + 1}: {_passes(cfg, parts)}")
+                continue
             scaler.unscale_(optimizer)
             if lora_params:  # the published scripts clip the LoRA only, not the token rows
                 torch.nn.utils.clip_grad_norm_(lora_params, cfg.grad_clip)
@@ -255,11 +303,17 @@ def learn_concepts(
             "mixed_precision": run.precision,
             "sampling": "balanced" if balanced else "uniform",
             "effective_batch": str(cfg.batch_size * cfg.gradient_accumulation),
+            **({"out_of_memory": "; ".join(adapted)} if adapted else {}),
             "prediction_type": model.prediction_type,
         },
     )
     model.installed = concepts.fingerprint
     return concepts
+
+
+def _passes(cfg: ConceptParams, parts: int) -> str:
+    micro = -(-cfg.batch_size // parts)
+    return f"micro-batch {micro} x {cfg.gradient_accumulation * parts} accumulated passes per step"
 
 
 def _init_placeholder_rows(model: LoadedModel, ids: list[int], params: JobParams) -> None:

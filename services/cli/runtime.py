@@ -12,11 +12,15 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from services.cli.extras import needs_service
+
+if TYPE_CHECKING:
+    from services.cli.supervisor import Child
 
 _CLI = "from services.cli.main import main; main()"
 
@@ -141,4 +145,29 @@ def up(host: str, port: int, concurrency: int) -> None:
         "api": [sys.executable, "-c", _CLI, "serve", "--host", host, "--port", str(port)],
         "worker": [sys.executable, "-c", _CLI, "worker", "--concurrency", str(concurrency)],
     }
-    Supervisor(commands, env, state_file, lambda line: click.echo(line, err=True)).run(_stop_flag())
+
+    def echo(line: str) -> None:
+        click.echo(line, err=True)
+
+    Supervisor(commands, env, state_file, echo, on_exit=_releaser(echo)).run(_stop_flag())
+
+
+def _releaser(echo: Callable[[str], None]) -> Callable[[Child], None]:
+    """What `diffii up` does when a child exits: a dead worker's running shards go back to the queue
+    now (fenced by worker and attempt), not when their lease runs out."""
+    from services.common.db import make_session_factory
+    from services.worker.settings import WorkerSettings
+    from services.worker.sweeper import release_dead_worker
+
+    settings = WorkerSettings()
+    sessions = make_session_factory(settings)
+
+    def on_exit(child: Child) -> None:
+        if child.name != "worker":
+            return
+        cause = f"its worker process died (exit {child.last_exit}); released by diffii up"
+        released = release_dead_worker(sessions, child.instance, cause, settings.retry_policy())
+        if released:
+            echo(f"diffii up: released {len(released)} shard(s) of the dead worker: {', '.join(released)}")
+
+    return on_exit

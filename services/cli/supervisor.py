@@ -2,8 +2,12 @@
 them behind.
 
 - A child that dies (the OOM killer's SIGKILL on a big job, say) is restarted after a backoff that
-  doubles with each quick death (1 s up to 30 s) and resets once a child has run a minute. The
-  interrupted shard is retried by the sweeper from its lease, so a job's bytes do not change.
+  doubles with each quick death (1 s up to 30 s) and resets once a child has run a minute.
+- Each start gets a fresh instance id (`DIFFII_WORKER_INSTANCE`), which the worker's task processes
+  put in the name they claim shards under. When a child dies, what is left of its process group is
+  killed and `on_exit` hears of it with that id: `diffii up` then releases the dead worker's shards at
+  once (services/worker/sweeper.release_dead_worker), fenced by worker and attempt, instead of
+  waiting out their lease; a job's bytes do not change.
 - Every start, exit and restart is logged and written to a small JSON state file that the API's
   `/readyz` reads (`DIFFII_SUPERVISOR_STATE`), so readiness says when the worker is down.
 - On Linux each child gets PR_SET_PDEATHSIG: the kernel kills it when the supervisor dies, even by
@@ -19,6 +23,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,6 +55,7 @@ class Child:
     backoff: float = BACKOFF_START
     restart_at: float | None = None
     last_exit: int | None = None
+    instance: str = ""  # of the current (or last) start
     history: list[str] = field(default_factory=list)
 
     def state(self) -> dict[str, object]:
@@ -72,16 +78,20 @@ class Supervisor:
         env: dict[str, str],
         state_file: Path,
         echo: Callable[[str], None],
+        on_exit: Callable[[Child], None] | None = None,
     ) -> None:
         self.children = {name: Child(name, argv) for name, argv in commands.items()}
         self.env = env
         self.state_file = state_file
         self.echo = echo
+        self.on_exit = on_exit
 
     def start(self, child: Child) -> None:
+        child.instance = uuid.uuid4().hex
+        env = {**self.env, "DIFFII_WORKER_INSTANCE": child.instance}
         # Own session: Ctrl-C reaches only us, and we stop each child with its grandchildren.
         child.popen = subprocess.Popen(
-            child.argv, env=self.env, start_new_session=True, preexec_fn=_child_preexec(os.getpid())
+            child.argv, env=env, start_new_session=True, preexec_fn=_child_preexec(os.getpid())
         )
         child.started = time.monotonic()
         child.restart_at = None
@@ -104,6 +114,14 @@ class Supervisor:
                 )
                 child.backoff = min(BACKOFF_MAX, child.backoff * 2)
                 self.write_state()
+                # Task processes die with their parent, but only eventually: make sure none is left
+                # writing before its shards go to another process.
+                _signal_group(child.popen, signal.SIGKILL)
+                if self.on_exit is not None:
+                    try:
+                        self.on_exit(child)
+                    except Exception as exc:  # the lease still bounds the recovery; keep supervising
+                        self.echo(f"diffii up: could not release the shards of {child.name}: {exc}")
             elif child.restart_at is not None and now >= child.restart_at:
                 self.start(child)
 

@@ -56,7 +56,8 @@ class WorkerProcess:
         self.settings.ensure_home()
         self.sessions: sessionmaker[Session] = make_session_factory(self.settings)
         self.storage: Storage = make_storage(self.settings)
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        instance = f"@{self.settings.worker_instance}" if self.settings.worker_instance else ""
+        self.name = f"{socket.gethostname()}:{os.getpid()}{instance}"
         assert self.settings.work_dir is not None
         self.work_dir = Path(self.settings.work_dir) / f"p{os.getpid()}"
         self._models: dict[str, LoadedModel] = {}

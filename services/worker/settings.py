@@ -44,6 +44,12 @@ class WorkerSettings(CommonSettings):
     preload_models: list[str] | None = Field(
         None, description="models loaded in every task process at start; default: every listed model"
     )
+    worker_instance: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9_-]*$",
+        description="set by `diffii up`'s supervisor for each worker start, so that it can release the "
+        "shards of a worker it saw die (task processes name themselves <host>:<pid>@<instance>)",
+    )
     work_dir: Path | None = Field(None, description="local scratch (datasets, pools); default {home}/work")
 
     @model_validator(mode="after")

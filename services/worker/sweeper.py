@@ -12,6 +12,9 @@ action is a lifecycle transition (a conditional update), so any number of sweepe
 3. A cancelling job with no live running shard (its worker died) becomes cancelled.
 4. An admission pass: pending shards (a retry whose backoff is over, a shard whose pass was missed
    because its process died) are admitted into the slots that are free.
+
+`release_dead_worker` is the fast path beside it: `diffii up`'s supervisor, which sees its worker
+process exit, releases that worker's running shards at once instead of waiting out their lease.
 """
 
 from __future__ import annotations
@@ -74,6 +77,33 @@ def sweep(
             },
         )
     return report
+
+
+def release_dead_worker(
+    sessions: sessionmaker[Session], instance: str, cause: str, policy: RetryPolicy | None = None
+) -> list[str]:
+    """Release and re-send the running shards of a worker process that is known dead: every task
+    process of it named itself `<host>:<pid>@<instance>` (services/worker/process.py). Returns the
+    released shard ids."""
+    if not instance:  # a worker not started by a supervisor has no instance: its lease covers it
+        return []
+    now = utcnow()
+    released: list[str] = []
+    with sessions() as session:
+        rows = session.scalars(
+            select(Shard).where(
+                Shard.status == ShardStatus.running, Shard.worker.endswith(f"@{instance}", autoescape=True)
+            )
+        ).all()
+        session.commit()
+        for shard in rows:
+            if shards.release(session, shard, cause, policy or RetryPolicy(), now):
+                released.append(shard.id)
+        if released:
+            dispatch(session)  # an admission pass: the released shards go first in their owner's turn
+    if released:
+        log.info("released the shards of a dead worker", extra={"instance": instance, "released": released})
+    return released
 
 
 def _expired_leases(session: Session, now: datetime, policy: RetryPolicy, report: SweepReport) -> None:
@@ -145,4 +175,4 @@ def _finish_cancels(session: Session, report: SweepReport) -> None:
         session.commit()
 
 
-__all__ = ["SweepReport", "sweep"]
+__all__ = ["SweepReport", "release_dead_worker", "sweep"]

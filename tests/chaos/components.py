@@ -87,30 +87,33 @@ class PrivatePostgres:
 class PrivateRedis:
     """A redis-server on a free port with an append-only file, so a restart keeps the queue."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, host: str = "127.0.0.1") -> None:
         self.root = root
+        self.host = host
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         # Dies with this process: a killed test run must not leave a server behind.
         log = (self.root / "redis.log").open("ab")
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.root),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            ["redis-server", "--port", str(self.port), "--bind", self.host, "--dir", str(self.root),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+             # Off the loopback it serves only a namespace of the test's own (tests/integration/hosts.py).
+             "--protected-mode", "yes" if self.host.startswith("127.") else "no"],
             stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
         )  # fmt: skip
         log.close()
         wait_until(self._answers, 30, "private redis start", interval=0.1)
 
     def _answers(self) -> bool:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+        with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=1) as s:
             s.sendall(b"PING\r\n")
             return s.recv(16).startswith(b"+PONG")
         return False
@@ -129,10 +132,12 @@ class PrivateRedis:
 
 
 class TcpProxy:
-    """Forwards a local port to a target; `down()` refuses and cuts every connection, `up()` heals."""
+    """Forwards a local port to a target; `down()` refuses and cuts every connection, `up()` heals.
+    It listens on `host` (a loopback address unless told), the target is on loopback."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, host: str = "127.0.0.1") -> None:
         self.target_port = target_port
+        self.host = host
         self.port = free_port()
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
@@ -142,7 +147,7 @@ class TcpProxy:
     def up(self) -> None:
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
+        listener.bind((self.host, self.port))
         listener.listen(64)
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()

@@ -162,14 +162,18 @@ def _images_done(c: Cluster, job_id: str) -> int:
     return -1
 
 
+def _compare(out: Outcome, images: dict[str, bytes], reference: dict[str, bytes]) -> None:
+    """Lost, duplicated and changed images against the undisturbed run's."""
+    out.lost = len(set(reference) - set(images)) if out.completed else 0
+    out.duplicated = len(set(images) - set(reference))
+    out.changed = sum(1 for k in set(images) & set(reference) if images[k] != reference[k])
+
+
 def _judge(
     name: str, s: Stack, c: Cluster, job: dict[str, Any], healed: float, progressed: float | None
 ) -> Outcome:
     out = Outcome(name, completed=int(job.get("status") == "succeeded"))
-    images = c.images(job["id"]) if out.completed else {}
-    out.lost = len(set(s.reference) - set(images)) if out.completed else 0
-    out.duplicated = len(set(images) - set(s.reference))
-    out.changed = sum(1 for k in set(images) & set(s.reference) if images[k] != s.reference[k])
+    _compare(out, c.images(job["id"]) if out.completed else {}, s.reference)
     out.recover_s = None if progressed is None else round(progressed - healed, 1)
     if out.failed:
         out.detail = f"{job.get('status')}: {job.get('message')}\n{c.logs()}"
@@ -300,6 +304,55 @@ def _wait_for_row(c: Cluster) -> str:
     return found[0]
 
 
+def up_worker_sigkill_mid_learning(root: Path) -> Outcome:
+    """`diffii up` on its embedded defaults and its default 60 s lease: the worker is SIGKILLed while
+    it learns concepts. Its supervisor releases the shard at once; recover_s is from the kill to the
+    learn shard running again. The images must equal those of the same job run undisturbed."""
+    import os
+    import signal
+
+    from tests.integration.conftest import LONG_LEARNING, running_up
+
+    folder = root / f"up-{uuid.uuid4().hex[:6]}"
+    folder.mkdir(parents=True)
+    product_defaults = {
+        "lease_seconds": "60", "heartbeat_seconds": "10", "sweep_seconds": "15",
+        "resend_after_seconds": "60", "retry_base_seconds": "5",
+    }  # fmt: skip
+    with running_up(folder, **product_defaults) as u:
+        key = u.key()
+        dataset_id = u.upload_sample(key, folder)
+        marks: dict[str, float] = {}
+
+        def kill_then_watch(job: dict[str, Any]) -> None:
+            learn = next((s for s in job["progress"]["steps"] or [] if s["kind"] == "learn"), None)
+            if learn is None or learn["status"] != "running":
+                return
+            if "killed" not in marks:
+                os.kill(u.worker_pid(), signal.SIGKILL)
+                marks["killed"] = time.monotonic()
+            elif learn["attempts"] >= 2 and "running" not in marks:
+                marks["running"] = time.monotonic()
+
+        job, images = u.run_job(key, dataset_id, kill_then_watch, LONG_LEARNING)
+        _, reference = u.run_job(key, dataset_id, params=LONG_LEARNING)
+        out = Outcome(
+            "up_sigkill_mid_learning", completed=int(job["status"] == "succeeded" and "killed" in marks)
+        )
+        _compare(out, images, reference)
+        if "running" in marks:
+            out.recover_s = round(marks["running"] - marks["killed"], 1)
+        if out.failed or "released 1 shard(s)" not in u.text():
+            out.completed = 0
+            out.detail = f"{job.get('status')} killed={'killed' in marks}\n{u.text()[-3000:]}"
+        return out
+
+
+# Scenarios that bring their own services (`diffii up`) and need no Stack.
+STANDALONE: dict[str, Callable[[Path], Outcome]] = {
+    "up_sigkill_mid_learning": up_worker_sigkill_mid_learning,
+}
+
 SCENARIOS: dict[str, Callable[[Stack], Outcome]] = {
     "postgres_restart": lambda s: run(s, "postgres_restart", restart_postgres),
     "redis_restart": lambda s: run(s, "redis_restart", restart_redis),
@@ -307,4 +360,5 @@ SCENARIOS: dict[str, Callable[[Stack], Outcome]] = {
     "worker_sigkill": lambda s: run(s, "worker_sigkill", kill_worker),
     "api_restart_while_polling": restart_api_while_a_client_polls,
     "two_sweepers": lambda s: run(s, "two_sweepers", kill_worker, sweepers=2),
+    **{name: (lambda s, f=f: f(s.root)) for name, f in STANDALONE.items()},
 }

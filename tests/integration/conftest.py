@@ -8,6 +8,7 @@ Short leases, heartbeats and sweep intervals make recovery observable in seconds
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,8 @@ JOB_PARAMS: dict[str, Any] = {
     "concepts": {"steps": 10},
 }
 EXPECTED_IMAGES = 24
+# Long enough a learning run to kill a worker in, with a checkpoint to resume from.
+LONG_LEARNING: dict[str, Any] = {"concepts": {"steps": 30, "checkpoint_every": 10}}
 JOB_TIMEOUT = 900.0  # a wait, not a measure: a loaded 2-core machine needs minutes per job
 
 
@@ -317,6 +321,7 @@ class Up:
     url: str
     log: Path
     env: dict[str, str]
+    jobs: list[dict[str, Any]] = field(default_factory=list)  # each run_job's last state
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -335,6 +340,45 @@ class Up:
         state = json.loads((self.home / "supervisor.json").read_text())
         return int(state["children"]["worker"]["pid"])
 
+    def upload_sample(self, key: str, folder: Path) -> str:
+        from diffii_core.sample_data import write_sample_archive
+
+        archive = write_sample_archive(folder / f"sample-{uuid.uuid4().hex[:6]}.zip")
+        with httpx.Client(base_url=self.url, timeout=30) as client, archive.open("rb") as fp:
+            r = client.post("/v1/datasets", headers=auth(key), files={"file": ("s.zip", fp)})
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+    def run_job(
+        self,
+        key: str,
+        dataset_id: str,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """Submit JOB_PARAMS (updated by `params`), poll until it ends (on_progress sees each state);
+        the job's last state and its archive's images (none unless it succeeded)."""
+        body = {**JOB_PARAMS, **(params or {}), "dataset_id": dataset_id}
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            r = client.post("/v1/jobs", headers=auth(key), json=body)
+            assert r.status_code == 202, r.text
+            job_id, seen = r.json()["id"], {}
+
+            def done() -> bool:
+                seen["job"] = client.get(f"/v1/jobs/{job_id}", headers=auth(key)).json()
+                if on_progress is not None:
+                    on_progress(seen["job"])
+                return seen["job"]["status"] in TERMINAL_JOB_STATUSES
+
+            wait_until(done, JOB_TIMEOUT, "the job to end", interval=0.3)
+            self.jobs.append(seen["job"])
+            if seen["job"]["status"] != "succeeded":
+                return seen["job"], {}
+            archive = client.get(f"/v1/jobs/{job_id}/archive", headers=auth(key), follow_redirects=True)
+        with zipfile.ZipFile(io.BytesIO(archive.content)) as zf:
+            images = {name: zf.read(name) for name in zf.namelist() if name.endswith(".png")}
+        return seen["job"], images
+
 
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[Up]:
@@ -344,7 +388,9 @@ def up(tmp_path: Path) -> Iterator[Up]:
 
 
 @contextlib.contextmanager
-def running_up(tmp_path: Path) -> Iterator[Up]:
+def running_up(tmp_path: Path, **settings: str) -> Iterator[Up]:
+    """`diffii up` on its embedded defaults (SQLite, SQLite broker, local objects) in its own process;
+    `settings` are DIFFII_* overrides (lease_seconds="600")."""
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFII_")}
     # Short leases so the killed worker's shard is re-run within seconds.
@@ -352,6 +398,7 @@ def running_up(tmp_path: Path) -> Iterator[Up]:
         DIFFII_HOME=str(home), PYTHONUNBUFFERED="1", DIFFII_LEASE_SECONDS="10", DIFFII_HEARTBEAT_SECONDS="2",
         DIFFII_SWEEP_SECONDS="1", DIFFII_RESEND_AFTER_SECONDS="3", DIFFII_RETRY_BASE_SECONDS="1",
     )  # fmt: skip
+    env.update({f"DIFFII_{k.upper()}": v for k, v in settings.items()})
     port = free_port()
     log = tmp_path / "up.log"
     with log.open("wb") as handle:

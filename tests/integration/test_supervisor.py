@@ -2,50 +2,36 @@
 
 from __future__ import annotations
 
-import io
 import os
 import signal
-import zipfile
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.integration.conftest import EXPECTED_IMAGES, JOB_PARAMS, JOB_TIMEOUT, Up, processes_with_home
-from tests.service_helpers import auth, wait_until
+from tests.integration.conftest import (
+    EXPECTED_IMAGES,
+    LONG_LEARNING,
+    Up,
+    processes_with_home,
+    running_up,
+)
+from tests.service_helpers import wait_until
 
 pytestmark = pytest.mark.integration
 
 
-def _run_job(u: Up, key: str, dataset_id: str, on_progress: Any = None) -> dict[str, bytes]:
-    with httpx.Client(base_url=u.url, timeout=30) as client:
-        job = client.post("/v1/jobs", headers=auth(key), json={**JOB_PARAMS, "dataset_id": dataset_id}).json()
-        seen: dict[str, Any] = {}
-
-        def done() -> bool:
-            seen["job"] = client.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()
-            if on_progress is not None:
-                on_progress(seen["job"])
-            return seen["job"]["status"] in ("succeeded", "failed", "cancelled")
-
-        wait_until(done, JOB_TIMEOUT, "the job to end", interval=0.3)
-        assert seen["job"]["status"] == "succeeded", f"{seen['job']}\n{u.text()[-3000:]}"
-        archive = client.get(f"/v1/jobs/{job['id']}/archive", headers=auth(key), follow_redirects=True)
-    with zipfile.ZipFile(io.BytesIO(archive.content)) as zf:
-        return {name: zf.read(name) for name in zf.namelist() if name.endswith(".png")}
+def _run_job(
+    u: Up, key: str, dataset_id: str, on_progress: Any = None, params: dict[str, Any] | None = None
+) -> dict[str, bytes]:
+    job, images = u.run_job(key, dataset_id, on_progress, params)
+    assert job["status"] == "succeeded", f"{job}\n{u.text()[-3000:]}"
+    return images
 
 
 def test_a_killed_worker_is_restarted_and_the_job_ends_byte_identical(up: Up, tmp_path: Path) -> None:
-    from diffii_core.sample_data import write_sample_archive
-
     key = up.key()
-    archive = write_sample_archive(tmp_path / "sample.zip")
-    with httpx.Client(base_url=up.url, timeout=30) as client, archive.open("rb") as fp:
-        dataset_id = client.post("/v1/datasets", headers=auth(key), files={"file": ("s.zip", fp)}).json()[
-            "id"
-        ]
-
+    dataset_id = up.upload_sample(key, tmp_path)
     killed: list[int] = []
 
     def kill_mid_generation(job: dict[str, Any]) -> None:
@@ -64,6 +50,35 @@ def test_a_killed_worker_is_restarted_and_the_job_ends_byte_identical(up: Up, tm
 
     undisturbed = _run_job(up, key, dataset_id)
     assert len(disturbed) == EXPECTED_IMAGES
+    assert disturbed == undisturbed
+
+
+# A learning run long enough to kill the worker in; little else (12 images, 4 steps).
+SMALL_LONG_LEARNING = {**LONG_LEARNING, "expansion": 1, "inference_steps": 4, "inversion_steps": 4}
+
+
+def test_a_worker_killed_mid_learning_has_its_shard_released_by_the_supervisor(tmp_path: Path) -> None:
+    """With a 10-minute lease, only the supervisor's release can heal the job in time: the learn
+    shard's second attempt says so, and the images equal an undisturbed run's."""
+    with running_up(tmp_path, lease_seconds="600", heartbeat_seconds="5") as u:
+        key = u.key()
+        dataset_id = u.upload_sample(key, tmp_path)
+        killed: list[int] = []
+
+        def kill_mid_learning(job: dict[str, Any]) -> None:
+            learning = [s for s in job["progress"]["steps"] or [] if s["kind"] == "learn"]
+            if not killed and learning and learning[0]["status"] == "running":
+                killed.append(u.worker_pid())
+                os.kill(killed[0], signal.SIGKILL)
+
+        disturbed = _run_job(u, key, dataset_id, kill_mid_learning, SMALL_LONG_LEARNING)
+        assert killed, "the job ended before the worker could be killed"
+        learn = next(s for s in u.jobs[-1]["progress"]["steps"] if s["kind"] == "learn")
+        assert learn["attempts"] == 2, learn
+        assert "released by diffii up" in (learn["error"] or ""), learn  # not "worker ... lost" (the lease)
+        assert "diffii up: released 1 shard(s) of the dead worker" in u.text()
+        undisturbed = _run_job(u, key, dataset_id, params=SMALL_LONG_LEARNING)
+    assert len(disturbed) == EXPECTED_IMAGES // 2
     assert disturbed == undisturbed
 
 

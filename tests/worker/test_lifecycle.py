@@ -245,3 +245,49 @@ def test_an_expired_attempt_that_another_worker_claimed_cannot_resume(sessions: 
         assert leases.heartbeat(s, c, LEASE) == Signal.lost
         with pytest.raises(LeaseLost):
             leases.succeed(s, c, 1.0)
+
+
+def test_a_dead_workers_shards_are_released_at_once_and_fenced(sessions: Any) -> None:
+    """diffii up's supervisor saw the worker process of instance "i1" die: its running shard goes back
+    to the queue with its lease still far off, the other instance's shard stays, and the dead
+    process, were it somehow alive, could neither resume, heartbeat nor finish the released attempt."""
+    from services.worker.sweeper import release_dead_worker
+
+    _, (dead_id, live_id, _) = make_job(sessions)
+    dead = claim(sessions, dead_id, "host:11@i1")
+    live = claim(sessions, live_id, "host:12@i2")
+    assert isinstance(dead, Claim) and isinstance(live, Claim)
+    assert release_dead_worker(sessions, "i1", "died (exit -9)", NO_WAIT) == [dead_id]
+    with sessions() as s:
+        released, kept = s.get(Shard, dead_id), s.get(Shard, live_id)
+        assert released.status == ShardStatus.queued  # sent to the broker again
+        assert released.worker is None and released.attempts == 1 and released.error == "died (exit -9)"
+        assert kept.status == ShardStatus.running and kept.worker == "host:12@i2"
+    with sessions() as s:
+        assert leases.heartbeat(s, dead, LEASE) == Signal.lost  # no resume: the worker is cleared
+        with pytest.raises(LeaseLost):
+            leases.succeed(s, dead, 1.0)
+        s.rollback()
+    second = claim(sessions, dead_id, "host:13@i3")
+    assert isinstance(second, Claim) and second.attempt == 2
+    # A second notice (or one naming a prefix of another instance) releases nothing more.
+    assert release_dead_worker(sessions, "i1", "again", NO_WAIT) == []
+    assert release_dead_worker(sessions, "i", "a prefix", NO_WAIT) == []
+
+
+def test_a_release_leaves_the_last_attempt_and_stopping_jobs_to_the_lease(sessions: Any) -> None:
+    from services.worker.sweeper import release_dead_worker
+
+    _, (shard_id, *_) = make_job(sessions)
+    with sessions() as s:
+        s.execute(Shard.__table__.update().where(Shard.id == shard_id).values(max_attempts=1))
+        s.commit()
+    assert isinstance(claim(sessions, shard_id, "host:11@i1"), Claim)
+    assert release_dead_worker(sessions, "i1", "died", NO_WAIT) == []  # no attempt left: the sweeper fails it
+    job_id, (other, *_) = make_job(sessions)
+    assert isinstance(claim(sessions, other, "host:12@i2"), Claim)
+    with sessions() as s:
+        request_cancel(s, job_id)
+    assert release_dead_worker(sessions, "i2", "died", NO_WAIT) == []  # cancelling: the sweeper stops it
+    with sessions() as s:
+        assert s.get(Shard, shard_id).status == s.get(Shard, other).status == ShardStatus.running

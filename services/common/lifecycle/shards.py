@@ -354,3 +354,23 @@ def expire(session: Session, shard: Shard, job_status: JobStatus, policy: RetryP
             outcome = "failed"
     session.commit()
     return outcome
+
+
+def release(session: Session, shard: Shard, cause: str, policy: RetryPolicy, now: datetime) -> bool:
+    """A running shard whose worker process is known dead (`diffii up`'s supervisor saw it exit):
+    pending again at once, without waiting for its lease; commits. Fenced on the worker and attempt
+    the caller read, and the worker is cleared so that process could never resume or finish it.
+    Only while the shard has attempts and retry budget left and its job is open: anything else (out
+    of retries, a cancelling job) is left to the sweeper's lease expiry, which knows those cases."""
+    policy = RetryPolicy(**{**policy.__dict__, "max_attempts": shard.max_attempts})
+    if policy.next_try(Failure.transient, shard.attempts, as_utc(shard.first_started_at), now) is None:
+        return False
+    jobs.lock(session, shard.job_id)
+    open_job = select(Job.id).where(Job.id == shard.job_id, Job.status.not_in(STOPPING)).exists()
+    fenced = (Shard.id == shard.id, Shard.worker == shard.worker, Shard.attempts == shard.attempts, open_job)
+    moved = move_where(
+        session, fenced, "release", Actor.supervisor,
+        worker=None, lease_expires_at=None, enqueued_at=now, not_before=now, error=cause[:MAX_ERROR_CHARS],
+    )  # fmt: skip
+    session.commit()
+    return bool(moved)

@@ -22,6 +22,7 @@ class Actor(enum.StrEnum):
     sweeper = "sweeper"  # the recovery sweep (expired leases, lost messages, stalled cancels)
     dispatch = "dispatch"  # the admission pass, which alone sends shards to the broker (API, worker, sweeper)
     gc = "gc"  # `diffii admin gc` (retention)
+    supervisor = "supervisor"  # `diffii up`'s process supervisor, which saw a worker process die
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ SHARD_TRANSITIONS: tuple[Transition, ...] = (
     _t((S.running,), "succeed", S.succeeded, A.worker),
     _t((S.running,), "retry", S.pending, A.worker, note="transient error: not_before = now + backoff"),
     _t((S.running,), "expire", S.pending, A.sweeper, note="lease ran out: a lost worker, retried"),
+    _t((S.running,), "release", S.pending, A.supervisor, note="its worker process died: at once, fenced"),
     _t(SENDABLE_SHARD, "resume", S.running, A.worker, note="its expired attempt's worker was alive"),
     _t((S.running,), "fail", S.failed, A.worker, A.sweeper, note="deterministic, or out of retries"),
     _t((S.running,), "stop", S.cancelled, A.worker, A.sweeper, note="its job is cancelling"),
