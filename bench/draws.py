@@ -394,7 +394,9 @@ def main() -> int:
         (args.out / f"{stem}.md").write_text(text)
         (args.out / f"{stem}.json").write_text(json.dumps({"per_draw": per_draw, **summary}, indent=1))
         listed = ", ".join(map(str, summary["draws"]))
-        title = f"{args.table}: gain per draw ({args.draws} draws {listed}), mean and 95 % CI"
+        title = (
+            f"{args.table}, {args.backbone} backbone: gain per {args.draws} draw ({listed}), mean, 95 % CI"
+        )
         plot(summary, table, args.out / f"{stem}.png", title)
         say(text)
     say(f"draws: {len(draws)} draws, {time.monotonic() - began:.0f} s, written to {args.out}")
