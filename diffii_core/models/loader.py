@@ -82,10 +82,6 @@ def load_model(
         raise ModelError(f"model {name!r} is not in the model list (known: {known})")
     source = registry[name]
     dev, dtype = pick_device(device)
-    if dev.type == "cpu":
-        # Small networks on CPU spend most of their time in denormal arithmetic: flushing them is about
-        # 3x faster. Set wherever a model is loaded, so the command and the worker compute alike.
-        torch.set_flush_denormal(True)
     if source in BUILT_IN:
         from diffii_core.models.tiny import TINY_RESOLUTION, build_tiny, scheduler_config, tiny_revision
 

@@ -52,7 +52,6 @@ def evaluate(
     as_json: bool,
 ) -> None:
     """Train a classifier on TRAIN alone and on TRAIN plus each ARCHIVE; report accuracy on TEST."""
-    import torch
     from tqdm import tqdm
 
     from diffii_core.errors import DiffiiError
@@ -61,7 +60,6 @@ def evaluate(
     from diffii_core.evaluate.run import format_table
     from diffii_core.world.datasets import waterbirds_groups
 
-    torch.set_flush_denormal(True)  # this process only: small networks on CPU run about 3x faster
     if backbone is None:
         from diffii_core.world import shipped_backbone
 
