@@ -13,8 +13,10 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 def unavailable() -> str | None:
@@ -49,6 +51,9 @@ def _free_subnet() -> ipaddress.IPv4Network:
     raise RuntimeError("no free 10.x.y.0/24 subnet")
 
 
+_REPO = str(Path(__file__).resolve().parents[2])
+
+
 @dataclass
 class Host:
     name: str  # also its hostname
@@ -56,8 +61,17 @@ class Host:
     address: str
 
     def argv(self, command: list[str], home: str = "/tmp/home") -> list[str]:
-        """`command` run inside this host: its namespaces, hostname, a fresh tmpfs on /tmp, $HOME in it."""
-        setup = f'hostname {self.name} && mount -t tmpfs tmpfs /tmp && mkdir -p {home} && exec "$@"'
+        """`command` run inside this host: its namespaces, hostname, a fresh tmpfs on /tmp, $HOME in it.
+        The code it runs (this checkout and its Python) stays visible even when it lives under /tmp, as
+        a clone in a temporary folder does: each such folder is bound aside, /tmp is replaced, and the
+        folder is bound back; nothing else of the machine's /tmp is."""
+        keep = sorted({p for p in (_REPO, os.path.realpath(sys.prefix)) if p.startswith("/tmp/")})
+        aside = [f"/run/diffii-{self.netns}-{i}" for i in range(len(keep))]
+        before = "".join(
+            f"mkdir -p {a} && mount --bind {k} {a} && " for k, a in zip(keep, aside, strict=True)
+        )
+        after = "".join(f"mkdir -p {k} && mount --bind {a} {k} && " for k, a in zip(keep, aside, strict=True))
+        setup = f'hostname {self.name} && {before}mount -t tmpfs tmpfs /tmp && {after}mkdir -p {home} && exec "$@"'
         return [
             "ip", "netns", "exec", self.netns,
             "unshare", "--mount", "--uts", "--propagation", "private",
