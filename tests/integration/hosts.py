@@ -67,11 +67,11 @@ class Host:
         folder is bound back; nothing else of the machine's /tmp is."""
         keep = sorted({p for p in (_REPO, os.path.realpath(sys.prefix)) if p.startswith("/tmp/")})
         aside = [f"/run/diffii-{self.netns}-{i}" for i in range(len(keep))]
-        before = "".join(
-            f"mkdir -p {a} && mount --bind {k} {a} && " for k, a in zip(keep, aside, strict=True)
-        )
-        after = "".join(f"mkdir -p {k} && mount --bind {a} {k} && " for k, a in zip(keep, aside, strict=True))
-        setup = f'hostname {self.name} && {before}mount -t tmpfs tmpfs /tmp && {after}mkdir -p {home} && exec "$@"'
+        pairs = list(zip(keep, aside, strict=True))
+        before = "".join(f"mkdir -p {a} && mount --bind {k} {a} && " for k, a in pairs)
+        after = "".join(f"mkdir -p {k} && mount --bind {a} {k} && " for k, a in pairs)
+        fresh_tmp = f"{before}mount -t tmpfs tmpfs /tmp && {after}"
+        setup = f'hostname {self.name} && {fresh_tmp}mkdir -p {home} && exec "$@"'
         return [
             "ip", "netns", "exec", self.netns,
             "unshare", "--mount", "--uts", "--propagation", "private",
