@@ -41,9 +41,6 @@ from typing import Any
 DEV_DRAWS = (0, 101, 102, 103, 104, 105)
 REPORT_DRAWS = (201, 202, 203, 204, 205, 206, 207, 208)
 
-# Two-sided 97.5 % quantiles of Student's t for 1..10 degrees of freedom (then the normal's).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
-
 
 @dataclass(frozen=True)
 class Variant:
@@ -239,13 +236,10 @@ def evaluations(out: Path, data: Path, draw: int, table: Table, archives: dict[s
 
 
 def interval(values: list[float]) -> tuple[float, float]:
-    """(mean, half-width of the 95 % t-interval)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, math.nan
-    df = len(values) - 1
-    t = _T975[df - 1] if df <= len(_T975) else 1.96
-    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
+    """(mean, half-width of the 95 % t-interval); no interval from a single draw."""
+    from diffii_core.evaluate.run import ci95
+
+    return statistics.fmean(values), ci95(values) if len(values) > 1 else math.nan
 
 
 def summarise(per_draw: dict[int, dict[str, dict[str, Any]]], table: Table) -> dict[str, Any]:
