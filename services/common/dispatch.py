@@ -112,7 +112,9 @@ def dispatch(session: Session) -> list[str]:
     broker failure: the refused shards are given back and admitted again by a later pass.
     """
     settings = current_settings()
-    admitted = admission.admit(session, capacity(session, settings))
+    admitted = admission.admit(
+        session, capacity(session, settings), window=settings.fair_share_window_seconds
+    )
     sent = send(session, [(a.shard_id, a.kind, a.job_id) for a in admitted], settings)
     refused = [a.shard_id for a in admitted if a.shard_id not in set(sent)]
     if refused:

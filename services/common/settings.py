@@ -90,6 +90,12 @@ class CommonSettings(BaseSettings):
     in_flight_per_slot: int = Field(
         1, ge=1, le=100, description="shards admitted (queued or running) at once per worker task process"
     )
+    fair_share_window_seconds: float = Field(
+        600.0,
+        ge=0,
+        description="free slots go to the owner whose shards used the workers least in this many "
+        "seconds (0: the fewest shards in flight)",
+    )
     worker_slots: int = Field(
         1, ge=1, description="task processes assumed while no worker has reported itself (admission)"
     )

@@ -29,7 +29,9 @@ class WorkerSettings(CommonSettings):
     retry_budget_seconds: float = Field(
         3600.0, gt=0, description="no new attempt of a shard once its first began this long ago"
     )
-    shard_size: int = Field(200, ge=1, description="max images per generate shard (larger classes are split)")
+    shard_size: int = Field(
+        50, ge=1, description="max images per generate shard (larger classes split); fair share's time slice"
+    )
     batch_size: int = Field(8, ge=1, le=256, description="images per denoising batch")
     soft_time_limit: float = Field(6 * 3600, gt=0, description="seconds; the task gets an exception")
     time_limit: float = Field(6 * 3600 + 300, gt=0, description="seconds; the task process is killed")

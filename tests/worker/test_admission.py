@@ -76,6 +76,62 @@ def test_free_slots_go_to_the_least_running_owner_then_least_recent_then_priorit
     assert a_running
 
 
+def _ran(
+    sessions: Any, shard_ids: list[str], seconds: float, ago: float = 0.0, running: bool = False
+) -> None:
+    """The shards ran for `seconds`, ending `ago` seconds before now (or are still running)."""
+    end = utcnow() - timedelta(seconds=ago)
+    with sessions() as s:
+        s.execute(
+            update(Shard)
+            .where(Shard.id.in_(shard_ids))
+            .values(
+                started_at=end - timedelta(seconds=seconds),
+                finished_at=None if running else end,
+                status=ShardStatus.running if running else ShardStatus.succeeded,
+            )
+        )
+        s.commit()
+
+
+def test_an_owner_who_used_the_workers_least_in_the_window_goes_first(sessions: Any) -> None:
+    """Slurm-like fair share: b's one running shard (10 s so far) has cost less than a's finished
+    flood (3 x 60 s), so b's pending shards go first though a has nothing in flight, until b has been
+    charged as much (each shard in flight at the window's mean shard time, 60 s); work older than the
+    window is forgotten, and with no window the owner with fewer shards in flight goes first."""
+    pending = ShardStatus.pending
+    _, a_done = make_job(sessions, generate=3, owner="a")
+    _, a_old = make_job(sessions, generate=1, owner="a")
+    _, b_running = make_job(sessions, generate=1, owner="b")
+    _, a_next = make_job(sessions, generate=2, shard_status=pending, owner="a")
+    _, b_next = make_job(sessions, generate=3, shard_status=pending, owner="b")
+    _ran(sessions, a_done, seconds=60)
+    _ran(sessions, a_old, seconds=500, ago=1000)  # outside a 600 s window
+    _ran(sessions, b_running, seconds=10, running=True)
+    _last_admitted(sessions, "b", timedelta(seconds=1))  # b admitted more recently: not why it wins
+
+    with sessions() as s:
+        used, mean = admission.recent_usage(s, [o.id for o in s.scalars(select(Owner))], utcnow(), 600)
+    assert sorted(round(v) for v in used.values()) == [10, 180] and round(mean) == 60
+    with sessions() as s:
+        chosen = [x.shard_id for x in admission.admit(s, capacity=5, window=600)]
+    # b: 10 s + 60 s in flight = 70 < a's 180: b, then b (130), then a (180 <= 190), then b.
+    assert chosen == [b_next[0], b_next[1], a_next[0], b_next[2]]
+
+
+def test_with_no_window_the_owner_with_fewer_shards_in_flight_goes_first(sessions: Any) -> None:
+    pending = ShardStatus.pending
+    _, a_done = make_job(sessions, generate=3, owner="a")
+    _, b_running = make_job(sessions, generate=1, owner="b")
+    _, a_next = make_job(sessions, generate=1, shard_status=pending, owner="a")
+    make_job(sessions, generate=1, shard_status=pending, owner="b")
+    _ran(sessions, a_done, seconds=60)
+    _ran(sessions, b_running, seconds=10, running=True)
+    with sessions() as s:
+        chosen = [x.shard_id for x in admission.admit(s, capacity=2, window=0)]
+    assert chosen == [a_next[0]]  # a has none in flight, b one; one slot free
+
+
 def test_only_admitted_shards_reach_the_broker_and_never_a_cancelled_jobs(
     sessions: Any, queue: str, redis_url: str
 ) -> None:

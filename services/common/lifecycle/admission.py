@@ -7,9 +7,13 @@ shard ends (in the worker that ran it), a job is submitted or cancelled (in the 
 ticks, always under one database lock, so passes never race each other for the same free slots.
 
 Capacity: at most `slots x in_flight_per_slot` shards are queued or running at once, over every
-owner and kind. Free slots go one at a time to the owner with the fewest shards in flight; among
-owners with as many, to the one admitted least recently (`owners.last_admitted_at`); within an owner
-to the job of the highest `priority`, then the oldest job, then the shard's order in its job.
+owner and kind. Free slots go one at a time to the owner who has used the workers least: worker
+seconds its shards ran within the last `window` seconds, plus each shard it has in flight at the
+window's mean shard time (Slurm's fair-share factor, without the decay curve). So an owner who has
+just arrived goes before one whose flood has kept every worker busy, until it has used as much; with
+`window` 0 only the shards in flight count. Among owners with as much, the one admitted least
+recently (`owners.last_admitted_at`) goes first; within an owner the job of the highest `priority`,
+then the oldest job, then the shard's order in its job.
 
 Shards of a job that is cancelling or has ended are never admitted (cancel closes its pending and
 queued rows; a message already sent is dropped by the worker that claims it).
@@ -70,6 +74,37 @@ def in_flight_by_owner(session: Session) -> dict[str, int]:
     return {owner: int(count) for owner, count in rows}
 
 
+def recent_usage(
+    session: Session, owners: list[str], now: datetime, window: float
+) -> tuple[dict[str, float], float]:
+    """({owner: worker seconds its shards ran within the last `window` seconds}, the mean run time of
+    the shards that ended in it: what a shard in flight is expected to cost; 1 s with none)."""
+    if window <= 0:
+        return {}, 1.0
+    since = now - timedelta(seconds=window)
+    rows = session.execute(
+        select(Job.owner_id, Shard.started_at, Shard.finished_at, Shard.status)
+        .join(Job, Job.id == Shard.job_id)
+        .where(
+            Job.owner_id.in_(owners),
+            Shard.started_at.is_not(None),
+            or_(Shard.finished_at.is_(None), Shard.finished_at >= since),
+        )
+    ).all()
+    used: dict[str, float] = {}
+    ended: list[float] = []
+    for owner, started, finished, status in rows:
+        start, end = as_utc(started), as_utc(finished)
+        if end is None and status != ShardStatus.running:
+            continue  # released or waiting again: it holds no worker now
+        assert start is not None
+        if end is not None:
+            ended.append(max(0.0, (end - start).total_seconds()))
+        seconds = ((end or now) - max(start, since)).total_seconds()
+        used[owner] = used.get(owner, 0.0) + max(0.0, seconds)
+    return used, (sum(ended) / len(ended) if ended else 1.0)
+
+
 def _admissible(now: datetime) -> tuple[object, ...]:
     return (
         Shard.status == ShardStatus.pending,
@@ -92,10 +127,13 @@ def _candidates(session: Session, owner_id: str, now: datetime, limit: int) -> l
     return [Admitted(shard_id, ShardKind(kind), job_id, owner_id) for shard_id, kind, job_id in rows]
 
 
-def admit(session: Session, capacity: int, now: datetime | None = None) -> list[Admitted]:
+def admit(
+    session: Session, capacity: int, now: datetime | None = None, window: float = 0.0
+) -> list[Admitted]:
     """One admission pass (commits): pending -> queued for as many shards as `capacity` (the most
-    shards in flight at once) leaves room for, in fair-share order. Send the returned shards' messages
-    after this returns; give back (`give_back`) the ones the broker refused."""
+    shards in flight at once) leaves room for, in fair-share order over the last `window` seconds'
+    use. Send the returned shards' messages after this returns; give back (`give_back`) the ones the
+    broker refused."""
     now = now or utcnow()
     lock(session)
     running = in_flight_by_owner(session)
@@ -114,19 +152,22 @@ def admit(session: Session, capacity: int, now: datetime | None = None) -> list[
         return []
     last = dict(session.execute(select(Owner.id, Owner.last_admitted_at).where(Owner.id.in_(owners))).all())
     queues = {owner: _candidates(session, owner, now, free) for owner in owners}
+    used, quantum = recent_usage(session, owners, now, window)
     heap = [
-        (running.get(owner, 0), as_utc(last.get(owner)) or NEVER, owner) for owner in owners if queues[owner]
+        (used.get(owner, 0.0) + quantum * running.get(owner, 0), as_utc(last.get(owner)) or NEVER, owner)
+        for owner in owners
+        if queues[owner]
     ]
     heapq.heapify(heap)
     chosen: list[Admitted] = []
     stamp: dict[str, datetime] = {}
     while heap and len(chosen) < free:
-        count, _, owner = heapq.heappop(heap)
+        charged, _, owner = heapq.heappop(heap)
         chosen.append(queues[owner].pop(0))
         # Microseconds apart, so the order of this pass's admissions is the order they were made.
         stamp[owner] = now + timedelta(microseconds=len(chosen))
         if queues[owner]:
-            heapq.heappush(heap, (count + 1, stamp[owner], owner))
+            heapq.heappush(heap, (charged + quantum, stamp[owner], owner))
     if chosen:
         move_where(
             session, (Shard.id.in_([a.shard_id for a in chosen]),), "admit", Actor.dispatch, enqueued_at=now
