@@ -78,8 +78,19 @@ PAPER_5SHOT = (
     Variant("vae round trip", "vae", concepts=None, control=True),
     Variant("diff-aug s=0.04", "diff-aug", ("--strength", "0.04"), control=True),
 )
+# Recipe levers, measured on development draws only: each changes one setting of Diff-II's default and
+# reuses the draw's learned concepts. Diff-Mix at its published strength is the bar to clear.
+LEVERS_5SHOT = (
+    Variant("diff-ii", "diff-ii"),
+    Variant("diff-ii cfg=4", "diff-ii", ("--guidance-scale", "4")),
+    Variant("diff-ii split=0.6", "diff-ii", ("--split-ratio", "0.6")),
+    Variant("diff-ii split=0", "diff-ii", ("--split-ratio", "0")),  # no suffix stage
+    Variant("diff-ii x10", "diff-ii", ("--expansion", "10")),
+    Variant("diff-mix s=0.7", "diff-mix", ("--strength", "0.7")),
+)
 TABLES = {
     "5-shot": Table(classes=5, test_per_class=40, epochs=30, variants=PAPER_5SHOT),
+    "5-shot-levers": Table(classes=5, test_per_class=40, epochs=30, variants=LEVERS_5SHOT),
     # The harness end to end in minutes; its figures mean nothing.
     "smoke": Table(
         classes=2,
@@ -344,6 +355,8 @@ def main() -> int:
             parser.error(f"no rows {sorted(unknown)}; rows: {[v.label for v in table.variants]}")
         chosen = tuple(v for v in table.variants if v.label in args.variants)
         table = Table(**{**table.__dict__, "variants": chosen})
+    if args.table.endswith("-levers") and args.draws != "dev":
+        parser.error("recipe levers are measured on development draws only")
     pool = DEV_DRAWS if args.draws == "dev" else REPORT_DRAWS
     draws = [int(d) for d in args.only] if args.only else list(pool)
     if set(draws) - set(pool):

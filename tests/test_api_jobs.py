@@ -287,6 +287,30 @@ def test_cancel_before_anything_runs_is_immediate(
     assert "cancelled" in again.json()["detail"]
 
 
+def test_a_failed_admission_pass_after_a_cancel_still_answers_the_cancel(
+    api: Any, owner: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel is committed before the admission pass; a pass that fails on the database (here a
+    missing table on the request's own connection, as a deadlock would) leaves the pending shards to
+    the sweeper's pass, and the cancel is still answered."""
+    from sqlalchemy import text
+
+    from services.api.routes import jobs as routes
+
+    job_id = api.post("/v1/jobs", headers=owner["headers"], json={"dataset_id": owner["dataset_id"]}).json()[
+        "id"
+    ]
+
+    def failing_pass(session: Any) -> list[str]:
+        session.execute(text("SELECT * FROM no_such_table"))
+        return []
+
+    monkeypatch.setattr(routes, "dispatch", failing_pass)
+    response = api.post(f"/v1/jobs/{job_id}/cancel", headers=owner["headers"])
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "cancelled"
+
+
 def test_cancel_with_a_running_shard_is_cooperative(
     api: Any, owner: dict[str, Any], pg_session_factory: Any
 ) -> None:
