@@ -210,6 +210,6 @@ class Shard(Base):
     run_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(TZ, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(TZ, nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(TZ, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(TZ, nullable=True, index=True)
 
     job: Mapped[Job] = relationship(back_populates="shards")
