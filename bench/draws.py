@@ -86,10 +86,17 @@ LEVERS_5SHOT = (
     Variant("diff-ii split=0.6", "diff-ii", ("--split-ratio", "0.6")),
     Variant("diff-ii split=0", "diff-ii", ("--split-ratio", "0")),  # no suffix stage
     Variant("diff-ii x10", "diff-ii", ("--expansion", "10")),
+    Variant("diff-ii cfg=4 split=0.6", "diff-ii", ("--guidance-scale", "4", "--split-ratio", "0.6")),
     Variant("diff-mix s=0.7", "diff-mix", ("--strength", "0.7")),
+)
+# A lever the development draws favoured, beside the default, on the report draws: the confirmation.
+CONFIRM_5SHOT = (
+    Variant("diff-ii", "diff-ii"),
+    Variant("diff-ii cfg=4", "diff-ii", ("--guidance-scale", "4")),
 )
 TABLES = {
     "5-shot": Table(classes=5, test_per_class=40, epochs=30, variants=PAPER_5SHOT),
+    "5-shot-confirm": Table(classes=5, test_per_class=40, epochs=30, variants=CONFIRM_5SHOT),
     "5-shot-levers": Table(classes=5, test_per_class=40, epochs=30, variants=LEVERS_5SHOT),
     # The harness end to end in minutes; its figures mean nothing.
     "smoke": Table(

@@ -31,7 +31,8 @@ def archive_by_class(path: Path) -> dict[str, list[Image.Image]]:
         for line in zf.read("metadata.jsonl").decode().splitlines():
             record = json.loads(line)
             name = record["file_name"].split("/", 1)[0]
-            out.setdefault(name, []).append(Image.open(io.BytesIO(zf.read(record["file_name"]))).convert("RGB"))
+            image = Image.open(io.BytesIO(zf.read(record["file_name"]))).convert("RGB")
+            out.setdefault(name, []).append(image)
     return out
 
 
@@ -70,8 +71,8 @@ def main() -> int:
     test = {n: [Image.open(p).convert("RGB") for p in sorted((data / "test" / n).iterdir())] for n in names}
     wanted = args.archives or sorted(p.stem for p in work.glob("*.zip"))
     archives = {stem: archive_by_class(work / f"{stem}.zip") for stem in wanted}
-    print(f"draw {args.draw}: faithful = oracle share with all four attributes (weakest attribute); spread and")
-    print("novelty in units of the class's real test-image spread")
+    print(f"draw {args.draw}: faithful = oracle share with all four attributes (weakest attribute);")
+    print("spread and novelty in units of the class's real test-image spread")
     for name in names:
         species = domain.species_by_name(name)
         real_f = features(real[name])
@@ -94,7 +95,8 @@ def main() -> int:
             novelty = float(torch.cdist(f, real_f).min(1).values.mean())
             print(
                 f"  {stem:28s} n={len(images):3d} faithful {float(every.float().mean()):.2f} "
-                f"({weakest} {right[weakest]:.2f})  spread {spread(f) / scale:.2f}  novelty {novelty / scale:.2f}"
+                f"({weakest} {right[weakest]:.2f})  spread {spread(f) / scale:.2f}  "
+                f"novelty {novelty / scale:.2f}"
             )
     return 0
 
