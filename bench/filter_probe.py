@@ -66,6 +66,11 @@ def main() -> int:
     def probabilities(images: list[Image.Image]) -> torch.Tensor:
         return torch.softmax(((features(to_pixels(images, 32)) - mean) / std) @ weight.T + bias, -1)
 
+    test = load_split(args.out / "data" / f"draw{args.draw}" / "test", 32, "test set")
+    with torch.no_grad():
+        z_test = (features(test.pixels) - mean) / std
+        test_accuracy = float(((z_test @ weight.T + bias).argmax(1) == test.labels).double().mean())
+
     work = args.out / "work" / f"draw{args.draw}"
     first, second = (zipfile.ZipFile(work / f"{args.method}-seed{s}.zip") for s in (0, 1))
     records = [json.loads(line) for line in first.read("metadata.jsonl").decode().splitlines()]
@@ -108,6 +113,7 @@ def main() -> int:
         json.dumps(
             {
                 "draw": args.draw,
+                "classifier_test_accuracy": round(test_accuracy, 3),
                 "images": len(records),
                 "first_draws_passed": passed,
                 "replaced": replaced,
