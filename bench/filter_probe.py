@@ -8,9 +8,9 @@ A probe on one development draw, from two job seeds' archives that `bench/draws.
 Image i's first draw is job seed 0's image i and its redraw job seed 1's; the first the classifier
 assigns to its class is kept, else the one it scores higher, as Real-Filter's redraw loop does. The
 classifier is logistic regression on the world backbone's pooled features of the draw's real training
-images (Real-Filter's own, on VAE features, is right on about a third of the test images of a world
-draw; this one on about nine in ten). It writes OUT/work/drawD/METHOD_filtered-seed0.zip and prints how
-many first draws passed, how many were replaced, and the oracle's faithfulness before and after.
+images. It writes OUT/work/drawD/METHOD_filtered-seed0.zip and prints the classifier's accuracy on the
+draw's test images, how many first draws passed, how many were replaced, and the oracle's faithfulness
+before and after.
 """
 
 from __future__ import annotations
