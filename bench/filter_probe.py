@@ -33,19 +33,16 @@ def main() -> int:
     parser.add_argument("--method", default="diff-ii", help="the archives' stem before -seedN")
     args = parser.parse_args()
 
-    from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
+    from world_features import backbone_features
 
     from diffii_core.evaluate.data import load_split, to_pixels
-    from diffii_core.world import domain, shipped_backbone
+    from diffii_core.world import domain
     from diffii_core.world.oracle import attributes_right, load_oracle, predict, to_batch
 
-    hf_logging.set_verbosity_error()
-    backbone = AutoModel.from_pretrained(shipped_backbone()).eval()
+    pooled = backbone_features()
 
     def features(pixels: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return backbone(pixel_values=pixels).pooler_output.flatten(1).double()
+        return pooled(pixels).double()
 
     train = load_split(args.out / "data" / f"draw{args.draw}" / "train", 32, "training set")
     x = features(train.pixels)

@@ -43,21 +43,17 @@ def main() -> int:
     parser.add_argument("--archives", nargs="*", help="archive names in OUT/work/drawN (default: all)")
     args = parser.parse_args()
 
-    from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
+    from world_features import backbone_features
 
     from diffii_core.evaluate.data import to_pixels
-    from diffii_core.world import domain, shipped_backbone
-    from diffii_core.world.oracle import HEADS, load_oracle, predict, to_batch
+    from diffii_core.world import domain
+    from diffii_core.world.oracle import attribute_accuracy, load_oracle, predict, to_batch
 
-    hf_logging.set_verbosity_error()
-    backbone = AutoModel.from_pretrained(shipped_backbone()).eval()
+    pooled = backbone_features()
     oracle = load_oracle()
 
     def features(images: list[Image.Image]) -> torch.Tensor:
-        with torch.no_grad():
-            f = backbone(pixel_values=to_pixels(images, 32)).pooler_output.flatten(1)
-        return torch.nn.functional.normalize(f, dim=1)
+        return torch.nn.functional.normalize(pooled(to_pixels(images, 32)), dim=1)
 
     def spread(f: torch.Tensor) -> float:
         d = torch.cdist(f, f)
@@ -82,19 +78,13 @@ def main() -> int:
             images = made.get(name, [])
             if not images:
                 continue
-            pred = predict(oracle, to_batch(images))
-            right = {
-                attr: float((pred[attr] == HEADS[attr].index(species.attributes[attr])).float().mean())
-                for attr in domain.ATTRIBUTES
-            }
-            every = torch.ones(len(images), dtype=torch.bool)
-            for attr in domain.ATTRIBUTES:
-                every &= pred[attr] == HEADS[attr].index(species.attributes[attr])
+            right = attribute_accuracy(predict(oracle, to_batch(images)), [species] * len(images))
+            every = right.pop("all")
             weakest = min(right, key=right.get)
             f = features(images)
             novelty = float(torch.cdist(f, real_f).min(1).values.mean())
             print(
-                f"  {stem:28s} n={len(images):3d} faithful {float(every.float().mean()):.2f} "
+                f"  {stem:28s} n={len(images):3d} faithful {every:.2f} "
                 f"({weakest} {right[weakest]:.2f})  spread {spread(f) / scale:.2f}  "
                 f"novelty {novelty / scale:.2f}"
             )
