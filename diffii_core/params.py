@@ -49,7 +49,10 @@ MODEL_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
             "learning_rate": 5e-3,
             "lora_learning_rate": 1e-4,
             "tokens_per_class": 8,
-        }
+        },
+        # Per method, over the field defaults. Diff-II's guidance was chosen on development draws and
+        # confirmed on report draws (docs/results.md); the baselines keep their published 7.5.
+        "methods": {"diff-ii": {"guidance_scale": 4.0}},
     },
 }
 
@@ -144,7 +147,12 @@ class JobParams(BaseModel):
         description="published: diffusers' inverse DDIM timesteps (to t=996 for 200 steps); "
         "to-denoise-start: end exactly where denoising starts",
     )
-    guidance_scale: float = Field(7.5, ge=1.0, le=50.0, description="classifier-free guidance scale")
+    guidance_scale: float = Field(
+        7.5,
+        ge=1.0,
+        le=50.0,
+        description="classifier-free guidance scale; default: 7.5, 4 for diff-ii on world",
+    )
     suffixes: list[Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT)]] | None = Field(
         None, min_length=1, max_length=100, description="prompt suffixes; default: a list for the metaclass"
     )
@@ -180,6 +188,15 @@ class JobParams(BaseModel):
         "number prefix, '_' as spaces",
     )
     filter_attempts: int = Field(4, ge=1, le=32, description="real-filter: draws per image until one passes")
+    fill_pool_to: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="diff-ii: a class with fewer real images than this fills its inversion pool up to this "
+        "many with other classes' images, inverted and denoised under its own concept, and pairs each of "
+        "its own inversions with the pool (0: never; a class of one image then starts from noise, as "
+        "published)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -198,11 +215,14 @@ class JobParams(BaseModel):
         for key in ("inversion_steps", "inversion_schedule"):
             data.setdefault(key, values[key])
         data.setdefault("sampler", method.sampler)
+        model_preset = MODEL_PRESETS.get((model, preset), {}) if isinstance(model, str) else {}
+        for key, value in model_preset.get("methods", {}).get(method_name, {}).items():
+            data.setdefault(key, value)
         concepts = data.get("concepts") or {}
         if isinstance(concepts, ConceptParams):
             concepts = concepts.model_dump(exclude_unset=True)
         if isinstance(concepts, dict):
-            own = MODEL_PRESETS.get((model, preset), {}).get("concepts", {}) if isinstance(model, str) else {}
+            own = model_preset.get("concepts", {})
             mine = {"tokens_per_class": method.tokens_per_class} if method.tokens_per_class else {}
             concepts = {**values["concepts"], **own, **mine, **concepts}
             data["concepts"] = concepts
@@ -246,6 +266,12 @@ class JobParams(BaseModel):
         refs = REGISTRY[self.method].references
         if self.strength is not None and not refs and any(s != 1.0 for s in self.strength):
             raise ValueError(f"{self.method} starts from no real image: strength must be 1 or left out")
+        return self
+
+    @model_validator(mode="after")
+    def _fill_pool_fits_method(self) -> JobParams:
+        if self.fill_pool_to and not REGISTRY[self.method].inversion:
+            raise ValueError(f"{self.method} has no inversion pool: fill_pool_to must be 0 or left out")
         return self
 
     @field_validator("metaclass")

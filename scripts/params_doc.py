@@ -32,6 +32,7 @@ APPLIES: dict[str, Callable[[MethodSpec], bool]] = {
     "suffixes": lambda m: m.inversion,
     "inversion_steps": lambda m: m.inversion,
     "inversion_schedule": lambda m: m.inversion,
+    "fill_pool_to": lambda m: m.inversion,
     "image_geometry": lambda m: m.inversion or m.references,
     "strength": lambda m: m.references,
     "resize_to_source": lambda m: m.references,
@@ -208,6 +209,7 @@ def preset_table() -> list[str]:
         merged = {
             **PRESETS[preset],
             "concepts": {**PRESETS[preset]["concepts"], **values.get("concepts", {})},
+            "methods": values.get("methods", {}),
         }
         columns.append((f"`{preset}` on `{model}`", merged))
     rows = ["| field | " + " | ".join(c for c, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
@@ -217,6 +219,17 @@ def preset_table() -> list[str]:
     for key in concept_keys:
         cells = [_default(v["concepts"].get(key, getattr(base, key))) for _, v in columns]
         rows.append(f"| `concepts.{key}` | " + " | ".join(cells) + " |")
+    # A model's preset may set a field for one method only (Diff-II's guidance on the world model).
+    own = {
+        (method, key)
+        for v in MODEL_PRESETS.values()
+        for method, m in v.get("methods", {}).items()
+        for key in m
+    }
+    for method, key in sorted(own):
+        cells = [_default(v.get("methods", {}).get(method, {}).get(key, JobParams.model_fields[key].default))
+                 for _, v in columns]  # fmt: skip
+        rows.append(f"| `{key}` ({method}) | " + " | ".join(cells) + " |")
     return rows
 
 

@@ -82,6 +82,8 @@ def test_cost_counts_each_term_scaled_by_resolution() -> None:
     # 100 x 2 x 3 concept passes + ceil(2 x 3) + ceil(2 x 5) = 16 images x 10 steps + 8 inversions x 7
     assert job_cost(params, [3, 5]) == 600 + 160 + 56
     assert job_cost(params.model_copy(update={"resolution": 1024}), [3, 5]) == 4 * (600 + 160 + 56)
+    # A pool filled to 4 borrows one image for the class of 3: 9 inversions.
+    assert job_cost(params.model_copy(update={"fill_pool_to": 4}), [3, 5]) == 600 + 160 + 63
     mix = JobParams(**base, method="real-mix")  # no concepts, no inversion pool
     assert job_cost(mix, [3, 5]) == 160
 

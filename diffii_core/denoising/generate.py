@@ -33,6 +33,7 @@ def generate_share(
     class_names: list[str],
     source_names: list[str],
     params: JobParams,
+    own_images: int | None = None,
     start: int,
     stop: int,
     batch_size: int = 8,
@@ -43,7 +44,8 @@ def generate_share(
     """Images [start, stop) of one class by params.method. Call it inside
     `concepts_applied(model, concepts)` (None for the base-model methods). Diff-II needs the class's
     inversion `pool`; img2img methods the class's images as `references` (aligned with source_names);
-    real-filter a `classifier` trained on the real set."""
+    real-filter a `classifier` trained on the real set. `own_images`: how many of `source_names` (and
+    of the pool's rows) are the class's own; the rest are borrowed from other classes (all by default)."""
     spec = REGISTRY[params.method]
     if spec.needs_concepts and concepts is None:
         raise ValueError(f"method {spec.name!r} needs learned concepts")
@@ -58,6 +60,7 @@ def generate_share(
         request = ShareRequest(
             model=model, params=params, class_name=class_name, label_index=label_index,
             class_names=class_names, source_names=source_names, start=first, stop=end, concepts=in_scope,
+            own_images=len(source_names) if own_images is None else own_images,
             pool=pool, references=references, classifier=classifier, batch_size=size,
             should_stop=should_stop,
         )  # fmt: skip

@@ -35,10 +35,14 @@ class ImagePlan:
 
 def plan_diff_ii(
     pool: torch.Tensor, source_names: list[str], suffixes: list[str], params: JobParams, class_name: str,
-    index: int,
+    index: int, own: int | None = None,
 ) -> ImagePlan:  # fmt: skip
     """A random pair of distinct inversions and a random phi on their great circle; a class of one image
-    starts from fresh Gaussian noise (the paper's fallback; the published code crashed)."""
+    starts from fresh Gaussian noise (the paper's fallback; the published code crashed).
+
+    When the pool holds borrowed inversions after its `own` rows (fill_pool_to), the pair is one of the
+    class's own inversions and any other row of the pool, so every image starts near a real image of
+    its class."""
     import torch
 
     from diffii_core.inversion.interpolation import (
@@ -52,14 +56,21 @@ def plan_diff_ii(
     seed = derive_seed(params.seed, "diff-ii", class_name, index)
     gen = torch.Generator().manual_seed(seed)
     n = pool.shape[0]
+    own = n if own is None else own
     if n >= 2:
-        k = int(torch.randint(0, n * (n - 1) // 2, (1,), generator=gen))
-        i, j = pair_from_index(k, n)
+        if own < n:
+            i = int(torch.randint(0, own, (1,), generator=gen))
+            j = int(torch.randint(0, n - 1, (1,), generator=gen))
+            if j >= i:
+                j += 1
+        else:
+            k = int(torch.randint(0, n * (n - 1) // 2, (1,), generator=gen))
+            i, j = pair_from_index(k, n)
         phi = float(torch.rand(1, generator=gen, dtype=torch.float64)) * 2 * math.pi
         theta = angle(pool[i], pool[j])
         latent = circle_interpolate(pool[i], pool[j], phi)
         record = {
-            "init": "interpolation",
+            "init": "interpolation" if j < own else "interpolation with a borrowed image",
             "sources": [source_names[i], source_names[j]],
             "phi": phi,
             "theta": theta,
@@ -96,7 +107,7 @@ def generate(spec: MethodSpec, req: ShareRequest) -> Iterator[GeneratedImage]:
         if req.should_stop is not None and req.should_stop():
             raise Cancelled(f"stopped before image {first} of class {req.class_name!r}")
         plans = [
-            plan_diff_ii(req.pool, req.source_names, suffixes, params, req.class_name, i)
+            plan_diff_ii(req.pool, req.source_names, suffixes, params, req.class_name, i, req.own_images)
             for i in range(first, min(req.stop, first + req.batch_size))
         ]
         latents = torch.stack([p.latent for p in plans])

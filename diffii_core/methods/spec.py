@@ -36,6 +36,7 @@ class ShareRequest:
     stop: int
     concepts: Concepts | None = None
     pool: torch.Tensor | None = None  # Diff-II's inversion pool of the class
+    own_images: int | None = None  # source_names[:own_images] are the class's; the rest are borrowed
     references: Sequence[Image.Image] | None = None  # the class's images, aligned with source_names
     classifier: FeatureClassifier | None = None
     batch_size: int = 8

@@ -70,7 +70,7 @@ def augment(
     # 3. Classifier
     classifier = steps.classifier(spec, model, dataset, params)
 
-    inverting = progress("inverting", dataset.images if spec.inversion else 0)
+    inverting = progress("inverting", sum(p.images + len(p.borrowed) for p in plans) if spec.inversion else 0)
     generating = progress("generating", sum(p.generated for p in plans))
     # A failed or interrupted run leaves no archive (and no part of one) at --out.
     with atomic_write(out) as handle, concepts_applied(model, concepts):
@@ -79,7 +79,9 @@ def augment(
         sheets: dict[str, bytes] = {}
         for cls, plan in zip(dataset.classes, plans, strict=True):
             # 4. Invert
-            pool = steps.invert(spec, model, concepts, cls, params, batch_size=batch_size, progress=inverting)
+            pool = steps.invert(
+                spec, model, concepts, dataset, plan, params, batch_size=batch_size, progress=inverting
+            )
             # 5. Generate
             shown = []
             for image in steps.generate(

@@ -13,8 +13,9 @@ at a time (adding only storage, caching, leases and state around each call).
 from __future__ import annotations
 
 import io
+import random
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from diffii_core.models import LoadedModel
 from diffii_core.output.archive import ArchiveWriter, job_document
 from diffii_core.output.preview import class_sheet
 from diffii_core.params import JobParams, images_for_class
+from diffii_core.seeding import derive_seed
 
 if TYPE_CHECKING:
     import torch
@@ -39,20 +41,23 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ClassPlan:
-    """One class of the job: its real images (`sources`, in dataset order) and how many to make."""
+    """One class of the job: its real images (`sources`, in dataset order), how many to make, and the
+    other classes' images that fill its inversion pool (`borrowed`, Diff-II's fill_pool_to)."""
 
     index: int
     name: str
     images: int
     generated: int
     sources: list[str]
+    borrowed: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def summary(self) -> dict[str, Any]:
-        """The class as job.json lists it."""
-        return {"index": self.index, "name": self.name, "images": self.images, "generated": self.generated}
+        """The class as job.json lists it (with the images it borrowed, where it did)."""
+        listed = {"index": self.index, "name": self.name, "images": self.images, "generated": self.generated}
+        return {**listed, "borrowed": self.borrowed} if self.borrowed else listed
 
 
 # 1. Prepare ------------------------------------------------------------------------------------------
@@ -66,9 +71,22 @@ def prepare(dataset: Dataset, params: JobParams) -> list[ClassPlan]:
             images=len(c.images),
             generated=images_for_class(params, len(c.images)),
             sources=[item.path for item in c.images],
+            borrowed=borrowed(dataset, c, params),
         )
         for c in dataset.classes
     ]
+
+
+def borrowed(dataset: Dataset, cls: ClassInfo, params: JobParams) -> list[str]:
+    """Other classes' images, drawn without replacement by the job seed, that fill a class of fewer than
+    `fill_pool_to` images up to that many: a tail class of one image gets partners to interpolate with
+    instead of fresh noise."""
+    wanted = params.fill_pool_to - len(cls.images)
+    if wanted <= 0:
+        return []
+    others = [item.path for c in dataset.classes if c.index != cls.index for item in c.images]
+    rng = random.Random(derive_seed(params.seed, "fill-pool", cls.name))
+    return rng.sample(others, min(wanted, len(others)))
 
 
 # 2. Concepts -----------------------------------------------------------------------------------------
@@ -126,18 +144,21 @@ def invert(
     spec: MethodSpec,
     model: LoadedModel,
     concepts: Concepts | None,
-    cls: ClassInfo,
+    dataset: Dataset,
+    plan: ClassPlan,
     params: JobParams,
     *,
     batch_size: int,
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor | None:
-    """None unless the method starts from inversions. Call it inside `concepts_applied`."""
+    """None unless the method starts from inversions: the class's own images, then its borrowed ones,
+    all inverted under the class's concept. Call it inside `concepts_applied`."""
     if not spec.inversion:
         return None
     assert concepts is not None  # every inverting method learns concepts (the registry says so)
-    images = [item.open() for item in cls.images]
-    return invert_class(model, concepts, images, cls.name, params, batch_size=batch_size, progress=progress)
+    by_path = {item.path: item for c in dataset.classes for item in c.images}
+    images = [by_path[path].open() for path in plan.sources + plan.borrowed]
+    return invert_class(model, concepts, images, plan.name, params, batch_size=batch_size, progress=progress)
 
 
 # 5. Generate -----------------------------------------------------------------------------------------
@@ -166,8 +187,9 @@ def generate(
     """Images [start, stop) of the class; call it inside `concepts_applied(model, concepts)`."""
     yield from generate_share(
         model, concepts, pool, class_name=plan.name, label_index=plan.index, class_names=class_names,
-        source_names=plan.sources, params=params, start=start, stop=stop, batch_size=batch_size,
-        should_stop=should_stop, references=references, classifier=classifier,
+        source_names=plan.sources + plan.borrowed, own_images=plan.images, params=params, start=start,
+        stop=stop, batch_size=batch_size, should_stop=should_stop, references=references,
+        classifier=classifier,
     )  # fmt: skip
 
 

@@ -61,6 +61,12 @@ JOB_OPTIONS: list[Callable[[F], F]] = [
     click.option("--sampler", type=click.Choice(SAMPLERS), help="denoising sampler [default: the method's]"),
     click.option("--inversion-steps", type=int, help="DDIM inversion steps"),
     click.option("--guidance-scale", type=float, help="classifier-free guidance scale"),
+    click.option(
+        "--fill-pool-to",
+        type=int,
+        help="diff-ii: fill a smaller class's inversion pool to this many with other classes' images "
+        "[default: 0, never]",
+    ),
     click.option("--suffix", "suffixes", multiple=True, help="prompt suffix (repeatable)"),
     click.option(
         "--suffixes-file",

@@ -7,7 +7,8 @@ One unit is one forward (or forward and backward) pass of the model at 512 x 512
             + inversions x inversion steps)            (0 for methods without an inversion pool)
            x (resolution / 512)^2
 
-where images = ceil(expansion x real images) summed per class, inversions = real images, and
+where images = ceil(expansion x real images) summed per class, inversions = real images plus the
+images borrowed to fill small classes' pools (fill_pool_to), and
 resolution is the job's own, or 512 when it names none (the API does not load models, so it cannot
 read a model's native size). A dataset given by `dataset_uri` has no image count before its prepare
 stage; its estimate counts the concept steps only.
@@ -33,6 +34,7 @@ def job_cost(params: JobParams, class_images: Iterable[int]) -> float:
     images = sum(math.ceil(params.expansion * n) for n in counts)
     c = params.concepts
     learn = c.steps * c.batch_size * c.gradient_accumulation if method.needs_concepts else 0
-    invert = real * params.inversion_steps if method.inversion else 0
+    borrowed = sum(max(0, params.fill_pool_to - n) for n in counts)
+    invert = (real + borrowed) * params.inversion_steps if method.inversion else 0
     scale = ((params.resolution or REFERENCE_RESOLUTION) / REFERENCE_RESOLUTION) ** 2
     return (learn + images * params.inference_steps + invert) * scale

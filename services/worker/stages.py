@@ -155,10 +155,12 @@ def class_pool(ctx: ShardContext, job: Job, params: JobParams, model: Any, conce
             ctx.storage.download_file(key, path)
             return load_pool(path)
         dataset = job_dataset(ctx, job)
-        cls = dataset.classes[c.class_index]
-        if cls.name != c.class_name:
-            raise RuntimeError(f"class {c.class_index} is {cls.name!r} in the dataset, not {c.class_name!r}")
-        pool = steps.invert(method(params), model, concepts, cls, params, batch_size=ctx.settings.batch_size)
+        plan = class_plans(job)[c.class_index]
+        if plan.name != c.class_name:
+            raise RuntimeError(f"class {c.class_index} is {plan.name!r} in the dataset, not {c.class_name!r}")
+        pool = steps.invert(
+            method(params), model, concepts, dataset, plan, params, batch_size=ctx.settings.batch_size
+        )
         assert pool is not None  # called only for a method that inverts
         save_pool(pool, path)
         ctx.storage.put_bytes(key, path.read_bytes())

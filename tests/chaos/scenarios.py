@@ -284,7 +284,7 @@ def _cli_params() -> dict[str, Any]:
     return {
         "model": p["model"], "expansion": p["expansion"], "seed": p["seed"],
         "inference_steps": p["inference_steps"], "inversion_steps": p["inversion_steps"],
-        "concept_steps": p["concepts"]["steps"],
+        "concept_steps": p["concepts"]["steps"], "fill_pool_to": p["fill_pool_to"],
     }  # fmt: skip
 
 

@@ -82,3 +82,65 @@ def test_suffixes_come_from_the_user_list(trained, sample, fast_params):
     assert all(g.metadata["split_ratio"] == 1.0 for g in images)
     pairs = [tuple(g.metadata["sources"]) for g in images]
     assert all(a != b for a, b in pairs)  # interpolation pairs are distinct images of the class
+
+
+def test_a_filled_pool_gives_the_one_image_class_borrowed_partners(trained, sample, fast_params):
+    from diffii_core.methods import REGISTRY
+    from diffii_core.pipeline import steps
+
+    model, concepts = trained
+    params = fast_params.model_copy(update={"fill_pool_to": 3})
+    plans = steps.prepare(sample, params)
+    single = next(p for p in plans if p.images == 1)
+    assert len(single.borrowed) == 2 and not any(b.startswith(f"{single.name}/") for b in single.borrowed)
+    assert steps.prepare(sample, params) == plans  # the job seed alone picks them
+    assert all(p.borrowed == [] for p in plans if p.images >= 3)
+
+    pool = steps.invert(REGISTRY["diff-ii"], model, concepts, sample, single, params, batch_size=2)
+    assert pool is not None and pool.shape[0] == 3
+    alone = invert_class(
+        model, concepts, [sample.classes[single.index].images[0].open()], single.name, params
+    )
+    assert torch.equal(pool[:1], alone)  # the class's own inversion comes first, unchanged
+
+    names = [p.name for p in plans]
+
+    def make(batch_size: int) -> list:
+        return list(
+            steps.generate(
+                model, params, single, names, start=0, stop=4, batch_size=batch_size, concepts=concepts,
+                pool=pool,
+            )
+        )  # fmt: skip
+
+    one, four = make(1), make(4)
+    assert [g.png for g in one] == [g.png for g in four] and len({g.png for g in one}) == 4
+    for image in one:
+        own, partner = image.metadata["sources"]
+        assert image.metadata["init"] == "interpolation with a borrowed image"
+        assert own == single.sources[0] and partner in single.borrowed
+
+
+def test_a_filled_pool_leaves_classes_with_enough_images_alone(trained, sample, fast_params):
+    from diffii_core.methods import REGISTRY
+    from diffii_core.pipeline import steps
+
+    model, concepts = trained
+    filled = fast_params.model_copy(update={"fill_pool_to": 3})
+    outputs = []
+    for params in (fast_params, filled):
+        plan = next(p for p in steps.prepare(sample, params) if p.images == 3)
+        pool = steps.invert(REGISTRY["diff-ii"], model, concepts, sample, plan, params, batch_size=4)
+        made = steps.generate(model, params, plan, sample.class_names(), start=0, stop=3, batch_size=3,
+                              concepts=concepts, pool=pool)  # fmt: skip
+        outputs.append([g.png for g in made])
+    assert outputs[0] == outputs[1]
+
+
+def test_fill_pool_to_is_refused_where_there_is_no_inversion_pool():
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="diff-mix has no inversion pool: fill_pool_to"):
+        JobParams(method="diff-mix", fill_pool_to=3)
+    assert JobParams(method="diff-ii", fill_pool_to=3).fill_pool_to == 3

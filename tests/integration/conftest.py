@@ -49,6 +49,8 @@ JOB_PARAMS: dict[str, Any] = {
     "inference_steps": 8,
     "inversion_steps": 8,
     "concepts": {"steps": 10},
+    # The one-image class borrows two images: every service test also covers a filled pool.
+    "fill_pool_to": 3,
 }
 EXPECTED_IMAGES = 24
 # Long enough a learning run to kill a worker in, with a checkpoint to resume from.

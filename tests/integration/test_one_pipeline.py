@@ -30,7 +30,7 @@ def test_diffii_augment_writes_what_the_service_writes(reference_job: ReferenceJ
             sys.executable, "-m", "services.cli", "augment", str(source), "--out", str(out), "--quiet",
             "--model", p["model"], "--expansion", str(p["expansion"]), "--seed", str(p["seed"]),
             "--inference-steps", str(p["inference_steps"]), "--inversion-steps", str(p["inversion_steps"]),
-            "--concept-steps", str(p["concepts"]["steps"]),
+            "--concept-steps", str(p["concepts"]["steps"]), "--fill-pool-to", str(p["fill_pool_to"]),
         ],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
