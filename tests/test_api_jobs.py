@@ -123,6 +123,8 @@ OUT_OF_RANGE: list[tuple[dict[str, Any], list[str]]] = [
     ({"unknown_field": 1}, ["unknown_field"]),
     ({"dataset_uri": "http://example.com/x.zip"}, ["dataset_uri"]),
     ({"dataset_uri": "s3://not-allowed-bucket/x.zip"}, ["dataset_uri"]),
+    ({"fill_pool_to": -1}, ["fill_pool_to"]),
+    ({"fill_pool_to": 65}, ["fill_pool_to"]),
 ]
 
 
@@ -140,6 +142,23 @@ def test_out_of_range_field_is_422_naming_it(
     errors = response.json()["detail"]
     assert any(error["loc"][1 : 1 + len(loc)] == loc for error in errors), errors
     assert all(error["msg"] for error in errors)
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"method": "diff-mix", "fill_pool_to": 3}, "diff-mix has no inversion pool: fill_pool_to"),
+        ({"method": "diff-gen", "strength": 0.5}, "diff-gen starts from no real image: strength"),
+    ],
+)
+def test_a_field_the_method_cannot_use_is_422_saying_why(
+    api: Any, owner: dict[str, Any], change: dict[str, Any], says: str
+) -> None:
+    response = api.post(
+        "/v1/jobs", headers=owner["headers"], json={"dataset_id": owner["dataset_id"], **change}
+    )
+    assert response.status_code == 422, response.text
+    assert says in str(response.json()["detail"])
 
 
 def test_both_or_neither_dataset_is_422(api: Any, owner: dict[str, Any]) -> None:
