@@ -101,8 +101,22 @@ class ConceptParams(BaseModel):
 
 
 # Rules across fields, stated in the JSON schema too (the REST API's OpenAPI document).
-# Methods that start from no real image (the default, diff-ii, among them) take no strength but 1.
+# Methods that start from no real image (the default, diff-ii, among them) take no strength but 1;
+# methods without an inversion pool take no fill_pool_to but 0.
 NO_REFERENCE_METHODS = [name for name, spec in REGISTRY.items() if not spec.references]
+
+
+def _no_pool_to_fill(methods: list[str]) -> dict[str, Any]:
+    """The fill_pool_to rule for the named methods (those of them without an inversion pool)."""
+    without = [m for m in methods if not REGISTRY[m].inversion]
+    if not without:
+        return {}
+    return {
+        "if": {"properties": {"method": {"enum": without}}, "required": ["method"]},
+        "then": {"properties": {"fill_pool_to": {"const": 0}}},
+    }
+
+
 CROSS_FIELD_SCHEMA: dict[str, Any] = {
     "if": {
         "anyOf": [
@@ -111,8 +125,12 @@ CROSS_FIELD_SCHEMA: dict[str, Any] = {
         ]
     },
     "then": {
-        "properties": {"strength": {"anyOf": [{"type": "array", "items": {"const": 1}}, {"type": "null"}]}}
+        "properties": {"strength": {"anyOf": [{"type": "array", "items": {"const": 1}}, {"type": "null"}]}},
+        **_no_pool_to_fill(NO_REFERENCE_METHODS),
     },
+    # One if/then/else, nested rather than two rules under allOf: client generators read a top-level
+    # allOf as a composed type, and they pass over if/then.
+    "else": _no_pool_to_fill([m for m in REGISTRY if m not in NO_REFERENCE_METHODS]),
 }
 # Text with no control character (NUL, newlines, escapes: they would reach prompts and
 # metadata.jsonl), holding at least one character that is not white space.

@@ -5,7 +5,8 @@
   schema would send models and buckets the API refuses.
 - `JobRequest` is a plain object (a generator turns a top-level oneOf into an untyped body): the
   one-dataset rule becomes `required` (uploads only) or a `not` that generators pass over, and the
-  method's rule on `strength` stays an if/then, which they ignore and validators apply.
+  methods' rules on `strength` and `fill_pool_to` stay an if/then/else, which they ignore and
+  validators apply.
 - Maps with constrained keys say so with `propertyNames` (pydantic writes `patternProperties`, which
   would let keys outside the pattern through with any value).
 """

@@ -79,3 +79,18 @@ def test_a_hub_id_with_no_hub_to_reach_fails_with_the_model_name(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert "model 'hub' could not be loaded from some-org/some-sd-model" in done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("name", ["tiny", "world"])
+def test_a_rows_prediction_does_not_depend_on_how_many_rows_share_the_call(name):
+    # CPU kernels switch algorithm with the batch (below and above 16 rows a 1x1 convolution did, on
+    # AVX-512/AMX CPUs); every image's bytes rest on these rows being the same in any batch.
+    model = load_model(name)
+    c = model.unet.config
+    x = torch.randn(
+        32, c.in_channels, c.sample_size, c.sample_size, generator=torch.Generator().manual_seed(0)
+    )
+    hidden = encode_prompts(model, ["a photo of a bird"]).expand(32, -1, -1)
+    full = predict_noise(model, x, 500, hidden)
+    for rows in (1, 3, 8, 15, 16, 20):
+        assert torch.equal(predict_noise(model, x[:rows], 500, hidden[:rows]), full[:rows]), rows
