@@ -4,6 +4,10 @@
     python bench/draws.py --draws dev --out results/draws-dev          # the draws we may choose on
     python bench/draws.py --draws report --out results/draws-report    # the draws we report, never tune on
     python bench/draws.py --draws report --out results/draws-report --backbone scratch
+    python bench/draws.py --draws report --table long-tail --out results/draws-report-long-tail
+
+A table's dataset shape (5-shot, 10-shot, long tail) is recorded in OUT/dataset.json: the same draw seed
+draws another dataset for another shape, so each shape has an OUT of its own.
 
 Each draw is a fresh few-shot dataset of the world's evaluation species (its seed picks the species and
 the images). Every method runs with two or more job seeds per draw; the job seed drives everything a user
