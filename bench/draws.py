@@ -128,10 +128,12 @@ TEN_SHOT = (
 # Long tail: the paper's long-tail split ratio, and pools of tail classes filled
 # with other classes' images instead of fresh noise, against Diff-Mix, whose targets are drawn over all
 # classes. Levers on development draws; the report table carries what they chose beside the published.
+DIFF_II_LONG_TAIL = Variant("diff-ii s=1", "diff-ii", ("--guidance-scale", "4", "--split-ratio", "1"))
+DIFF_II_FILL3 = Variant("diff-ii fill=3", "diff-ii", ("--guidance-scale", "4", "--fill-pool-to", "3"))
 LONG_TAIL_LEVERS = (
     DIFF_II,
-    Variant("diff-ii s=1", "diff-ii", ("--guidance-scale", "4", "--split-ratio", "1")),
-    Variant("diff-ii fill=3", "diff-ii", ("--guidance-scale", "4", "--fill-pool-to", "3")),
+    DIFF_II_LONG_TAIL,
+    DIFF_II_FILL3,
     Variant("diff-ii fill=5", "diff-ii", ("--guidance-scale", "4", "--fill-pool-to", "5")),
     Variant("diff-mix s=0.7", "diff-mix", ("--strength", "0.7")),
 )
@@ -140,8 +142,8 @@ LONG_TAIL_LEVERS = (
 # and Diff-Mix at both published strengths.
 LONG_TAIL_REPORT = (
     DIFF_II,
-    LONG_TAIL_LEVERS[1],
-    LONG_TAIL_LEVERS[2],
+    DIFF_II_LONG_TAIL,
+    DIFF_II_FILL3,
     Variant("diff-mix s=0.5", "diff-mix", ("--strength", "0.5")),
     Variant("diff-mix s=0.7", "diff-mix", ("--strength", "0.7")),
 )

@@ -60,7 +60,7 @@ def generate_share(
         request = ShareRequest(
             model=model, params=params, class_name=class_name, label_index=label_index,
             class_names=class_names, source_names=source_names, start=first, stop=end, concepts=in_scope,
-            own_images=len(source_names) if own_images is None else own_images,
+            own_images=own_images,
             pool=pool, references=references, classifier=classifier, batch_size=size,
             should_stop=should_stop,
         )  # fmt: skip

@@ -157,7 +157,9 @@ def class_pool(ctx: ShardContext, job: Job, params: JobParams, model: Any, conce
         dataset = job_dataset(ctx, job)
         plan = class_plans(job)[c.class_index]
         if plan.name != c.class_name:
-            raise RuntimeError(f"class {c.class_index} is {plan.name!r} in the dataset, not {c.class_name!r}")
+            raise RuntimeError(
+                f"class {c.class_index} is {plan.name!r} in the manifest, not {c.class_name!r}"
+            )
         pool = steps.invert(
             method(params), model, concepts, dataset, plan, params, batch_size=ctx.settings.batch_size
         )

@@ -1,10 +1,14 @@
 """Inversion pools and two-stage generation on the tiny model."""
 
+import pytest
 import torch
+from pydantic import ValidationError
 
 from diffii_core.denoising.generate import generate_share
 from diffii_core.inversion.invert import invert_class, load_pool, save_pool
+from diffii_core.methods import REGISTRY
 from diffii_core.params import JobParams
+from diffii_core.pipeline import steps
 
 
 def _share(model, concepts, pool, cls, params, batch_size, start=0, stop=6):
@@ -85,9 +89,6 @@ def test_suffixes_come_from_the_user_list(trained, sample, fast_params):
 
 
 def test_a_filled_pool_gives_the_one_image_class_borrowed_partners(trained, sample, fast_params):
-    from diffii_core.methods import REGISTRY
-    from diffii_core.pipeline import steps
-
     model, concepts = trained
     params = fast_params.model_copy(update={"fill_pool_to": 3})
     plans = steps.prepare(sample, params)
@@ -122,9 +123,6 @@ def test_a_filled_pool_gives_the_one_image_class_borrowed_partners(trained, samp
 
 
 def test_a_filled_pool_leaves_classes_with_enough_images_alone(trained, sample, fast_params):
-    from diffii_core.methods import REGISTRY
-    from diffii_core.pipeline import steps
-
     model, concepts = trained
     filled = fast_params.model_copy(update={"fill_pool_to": 3})
     outputs = []
@@ -138,9 +136,6 @@ def test_a_filled_pool_leaves_classes_with_enough_images_alone(trained, sample, 
 
 
 def test_fill_pool_to_is_refused_where_there_is_no_inversion_pool():
-    import pytest
-    from pydantic import ValidationError
-
     with pytest.raises(ValidationError, match="diff-mix has no inversion pool: fill_pool_to"):
         JobParams(method="diff-mix", fill_pool_to=3)
     assert JobParams(method="diff-ii", fill_pool_to=3).fill_pool_to == 3
