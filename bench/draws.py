@@ -2,9 +2,9 @@
 `diffii augment --model world` and `diffii evaluate`, each a separate command.
 
     python bench/draws.py --draws dev --out results/draws-dev          # the draws we may choose on
-    python bench/draws.py --draws report --out results/draws-report    # the draws we report, never tune on
-    python bench/draws.py --draws report --out results/draws-report --backbone scratch
-    python bench/draws.py --draws report --table long-tail --out results/draws-report-long-tail
+    python bench/draws.py --draws dev --out results/draws-dev --backbone scratch
+    python bench/draws.py --draws dev --table long-tail --out results/draws-dev-long-tail
+    python bench/draws.py --draws dev --table 5-shot --reference "diff-ii cfg=7.5"   # pair against a row
 
 A table's dataset shape (5-shot, 10-shot, long tail) is recorded in OUT/dataset.json: the same draw seed
 draws another dataset for another shape, so each shape has an OUT of its own.
@@ -17,7 +17,11 @@ generation and the classifier noise together, and the 95 % interval is a t-inter
 
 Development draws and report draws are fixed here, before anything is measured on the report draws:
   DEV_DRAWS     may be looked at while choosing anything (recipe, defaults, this bench's settings);
-  REPORT_DRAWS  are measured once a choice is made and never used to choose.
+  REPORT_DRAWS  per dataset shape (SHAPES): named in one commit, measured only after a later commit
+                has frozen every method's defaults (FROZEN_RECIPE); the bench refuses them before.
+Draws 201-208 were named report draws once, but the world's Diff-II guidance (4) and the 10-shot split
+ratio were chosen with some of them in view (docs/results.md, "When each draw was measured"), so they
+are development draws now.
 
 Resumable: every accuracy measured is kept in OUT/evals (committed under docs/results/draws/), archives
 and datasets under OUT/work and OUT/data (rebuilt when missing); a rerun measures only what OUT/evals
@@ -41,9 +45,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Seed 0 is the single draw the earlier tables were measured on, so it is a development draw.
-DEV_DRAWS = (0, 101, 102, 103, 104, 105)
-REPORT_DRAWS = (201, 202, 203, 204, 205, 206, 207, 208)
+# Seed 0 is the single draw the earlier tables were measured on, so it is a development draw; so are
+# 201-208, which touched choices (see the module docstring).
+DEV_DRAWS = (0, 101, 102, 103, 104, 105, 201, 202, 203, 204, 205, 206, 207, 208)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A kind of dataset, as `diffii world dataset` draws it, with its own development and report draws.
+    Real fine-grained sets have 37 to 200 classes; the world has 54 unseen species, so 50 is its top."""
+
+    classes: int
+    shots: int
+    dev: tuple[int, ...]
+    report: tuple[int, ...]
+    test_per_class: int = 40
+    epochs: int = 30
+    imbalance: float | None = None  # long tail: `shots` for the head class down to shots / imbalance
+
+
+# The fair race's shapes and their draws, named before any of them is measured. Seed ranges do not
+# overlap, so a draw's seed names one dataset whatever the table.
+SHAPES: dict[str, Shape] = {
+    "5-shot-5": Shape(5, 5, dev=(201, 202, 203, 204, 205, 206, 207, 208), report=tuple(range(301, 309))),
+    "5-shot-10": Shape(10, 5, dev=(211, 212, 213, 214), report=tuple(range(311, 319))),
+    "5-shot-20": Shape(20, 5, dev=(221, 222), report=(321, 322, 323, 324)),
+    "5-shot-50": Shape(50, 5, dev=(231, 232), report=(331, 332, 333, 334), test_per_class=20),
+    "10-shot-20": Shape(20, 10, dev=(241, 242), report=(341, 342, 343, 344)),
+    "long-tail-20": Shape(20, 20, dev=(251, 252), report=(351, 352, 353, 354), imbalance=20.0),
+}
+REPORT_DRAWS = tuple(d for shape in SHAPES.values() for d in shape.report)
+# The commit that froze every method's world defaults (diffii_core/params.py) before any report draw
+# was measured; None until then, and the bench refuses report draws while it is None.
+FROZEN_RECIPE: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +181,36 @@ LONG_TAIL_REPORT = (
     Variant("diff-mix s=0.5", "diff-mix", ("--strength", "0.5")),
     Variant("diff-mix s=0.7", "diff-mix", ("--strength", "0.7")),
 )
+
+
+def _race_rows() -> tuple[Variant, ...]:
+    """The fair race's lever sweep: every method gets the same budget on development draws, guidance 4
+    and 7.5 for all, crossed with its own lever at four settings (strength 0.5, 0.7, 0.9 and Diff-Mix's
+    uniform draw over the three for the img2img methods; split ratio 0.1, 0.3, 0.5, 0.7 for Diff-II;
+    DA-Fusion's own strength list and 0.5, 0.7, 0.9 uniform; Diff-Gen, which has no second lever, also
+    at guidance 2.5 and 5.5). Each method's world default becomes its best row here."""
+    strengths = {"0.5": ("0.5",), "0.7": ("0.7",), "0.9": ("0.9",), "u": ("0.5", "0.7", "0.9")}
+    rows: list[Variant] = []
+    for cfg in ("4", "7.5"):
+        for split in ("0.1", "0.3", "0.5", "0.7"):
+            args = ("--guidance-scale", cfg, "--split-ratio", split)
+            rows.append(Variant(f"diff-ii cfg={cfg} split={split}", "diff-ii", args))
+        for method in ("diff-mix", "diff-aug", "real-guidance"):
+            for name, values in strengths.items():
+                args = ("--guidance-scale", cfg, *(a for v in values for a in ("--strength", v)))
+                concepts = None if method == "real-guidance" else "shared"
+                rows.append(Variant(f"{method} s={name} cfg={cfg}", method, args, concepts=concepts))
+        for name, values in {"own": (), "u": ("0.5", "0.7", "0.9")}.items():
+            args = ("--guidance-scale", cfg, *(a for v in values for a in ("--strength", v)))
+            rows.append(Variant(f"da-fusion s={name} cfg={cfg}", "da-fusion", args, concepts="da-fusion"))
+    for cfg in ("2.5", "4", "5.5", "7.5"):
+        rows.append(Variant(f"diff-gen cfg={cfg}", "diff-gen", ("--guidance-scale", cfg)))
+    return tuple(rows)
+
+
+RACE_LEVERS = _race_rows()
+
+
 # 10 classes from 20 images down to 1 (imbalance 20): two classes of one image, one of two.
 LONG_TAIL = {"classes": 10, "shots": 20, "imbalance": 20.0, "test_per_class": 40, "epochs": 30}
 TABLES = {
@@ -156,6 +220,8 @@ TABLES = {
     "5-shot": Table(classes=5, test_per_class=40, epochs=30, variants=PAPER_5SHOT),
     "5-shot-confirm": Table(classes=5, test_per_class=40, epochs=30, variants=CONFIRM_5SHOT),
     "5-shot-levers": Table(classes=5, test_per_class=40, epochs=30, variants=LEVERS_5SHOT),
+    # Dataset shape from --shape; development draws only.
+    "race-levers": Table(classes=5, test_per_class=40, epochs=30, variants=RACE_LEVERS),
     # The harness end to end in minutes; its figures mean nothing.
     "smoke": Table(
         classes=2,
@@ -433,6 +499,10 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="only these draws (a subset of the chosen kind)")
     parser.add_argument("--variants", nargs="*", help="only these rows (labels), e.g. to add one later")
     parser.add_argument("--backbone", choices=("world", "scratch"), default="world")
+    parser.add_argument(
+        "--shape", choices=sorted(SHAPES), help="draw datasets of this shape, from its own draws (SHAPES)"
+    )
+    parser.add_argument("--reference", help="the row the others are paired against (default: the first)")
     parser.add_argument("--generate-only", action="store_true", help="make the archives, evaluate later")
     args = parser.parse_args()
     table = TABLES[args.table]
@@ -442,9 +512,25 @@ def main() -> int:
             parser.error(f"no rows {sorted(unknown)}; rows: {[v.label for v in table.variants]}")
         chosen = tuple(v for v in table.variants if v.label in args.variants)
         table = Table(**{**table.__dict__, "variants": chosen})
+    if args.reference:
+        rows = [v for v in table.variants if v.label == args.reference]
+        if not rows:
+            parser.error(f"no row {args.reference!r}; rows: {[v.label for v in table.variants]}")
+        rest = tuple(v for v in table.variants if v.label != args.reference)
+        table = Table(**{**table.__dict__, "variants": (rows[0], *rest)})
     if args.table.endswith("-levers") and args.draws != "dev":
         parser.error("recipe levers are measured on development draws only")
-    pool = DEV_DRAWS if args.draws == "dev" else REPORT_DRAWS
+    if args.draws == "report" and FROZEN_RECIPE is None:
+        parser.error("report draws are measured only after a commit freezes the recipe (FROZEN_RECIPE)")
+    if args.draws == "report" and not args.shape:
+        parser.error("report draws belong to a dataset shape: name one with --shape")
+    if args.shape:
+        shape = SHAPES[args.shape]
+        dims = {k: v for k, v in shape.__dict__.items() if k not in ("dev", "report")}
+        table = Table(**{**table.__dict__, **dims})
+        pool = shape.dev if args.draws == "dev" else shape.report
+    else:
+        pool = DEV_DRAWS
     draws = [int(d) for d in args.only] if args.only else list(pool)
     if set(draws) - set(pool):
         parser.error(f"draws {sorted(set(draws) - set(pool))} are not {args.draws} draws {pool}")
