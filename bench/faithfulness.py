@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from diffii_core.methods import REGISTRY
+from diffii_core.methods import METHODS
 from diffii_core.params import JobParams
 from diffii_core.pipeline.augment import augment
 from diffii_core.world import domain
@@ -97,7 +97,7 @@ def by_start(data: Path, concepts_dir: Path, params: JobParams) -> dict[str, dic
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--method", default="diff-ii", choices=sorted(REGISTRY))
+    parser.add_argument("--method", default="diff-ii", choices=sorted(METHODS))
     parser.add_argument("--lr", type=float, nargs="+", default=[None], help="token (and LoRA) rate")
     parser.add_argument("--lora-lr", type=float, nargs="+", default=[None], help="LoRA rate apart")
     parser.add_argument("--steps", type=int, nargs="+", default=[None])

@@ -31,7 +31,6 @@ _EXPORTS = {
     "generate_share": "diffii_core.denoising.generate",
     "GeneratedImage": "diffii_core.output.generated",
     "ArchiveWriter": "diffii_core.output.archive",
-    "REGISTRY": "diffii_core.methods",
     "METHODS": "diffii_core.methods",
     "evaluate": "diffii_core.evaluate.run",
     "write_sample_dataset": "diffii_core.sample_data",
@@ -57,7 +56,6 @@ __all__ = [  # noqa: RUF022 - in the order of _EXPORTS
     "generate_share",
     "GeneratedImage",
     "ArchiveWriter",
-    "REGISTRY",
     "METHODS",
     "evaluate",
     "write_sample_dataset",
@@ -76,7 +74,7 @@ if TYPE_CHECKING:
     from diffii_core.inversion.invert import invert_class
     from diffii_core.learning.concepts import Concepts, concepts_applied
     from diffii_core.learning.training import learn_concepts
-    from diffii_core.methods import METHODS, REGISTRY
+    from diffii_core.methods import METHODS
     from diffii_core.models import LoadedModel, load_model
     from diffii_core.output.archive import ArchiveWriter
     from diffii_core.output.generated import GeneratedImage
