@@ -28,7 +28,7 @@ _EXPORTS = {
     "Concepts": "diffii_core.learning.concepts",
     "concepts_applied": "diffii_core.learning.concepts",
     "invert_class": "diffii_core.inversion.invert",
-    "generate_share": "diffii_core.denoising.generate",
+    "generate_share": "diffii_core.pipeline.generate",
     "GeneratedImage": "diffii_core.output.generated",
     "ArchiveWriter": "diffii_core.output.archive",
     "METHODS": "diffii_core.methods",
@@ -68,7 +68,6 @@ __all__ = [  # noqa: RUF022 - in the order of _EXPORTS
 
 if TYPE_CHECKING:
     from diffii_core.dataset import DatasetLimits, load_dataset
-    from diffii_core.denoising.generate import generate_share
     from diffii_core.errors import ArtifactError, Cancelled, DatasetError, DiffiiError, ModelError
     from diffii_core.evaluate.run import evaluate
     from diffii_core.inversion.invert import invert_class
@@ -80,6 +79,7 @@ if TYPE_CHECKING:
     from diffii_core.output.generated import GeneratedImage
     from diffii_core.params import JobParams
     from diffii_core.pipeline.augment import AugmentSummary, augment
+    from diffii_core.pipeline.generate import generate_share
     from diffii_core.sample_data import write_sample_dataset
 
 

@@ -4,11 +4,11 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from diffii_core.denoising.generate import generate_share
 from diffii_core.inversion.invert import invert_class, load_pool, save_pool
 from diffii_core.methods import METHODS
 from diffii_core.params import JobParams
 from diffii_core.pipeline import steps
+from diffii_core.pipeline.generate import generate_share
 
 
 def _share(model, concepts, pool, cls, params, batch_size, start=0, stop=6):

@@ -16,15 +16,15 @@ from PIL import Image
 from pydantic import ValidationError
 
 import diffii_core.pipeline.augment as augment_module
-from diffii_core.denoising.generate import generate_share
-from diffii_core.denoising.img2img import method_strengths, soft_label
 from diffii_core.denoising.sampling import denoise_steps, img2img_timesteps, sampler_timesteps
 from diffii_core.learning.concepts import concepts_applied
 from diffii_core.methods import METHODS
+from diffii_core.methods.img2img import method_strengths, soft_label
 from diffii_core.models import load_model
 from diffii_core.params import ConceptParams, JobParams
 from diffii_core.pipeline import steps
 from diffii_core.pipeline.augment import augment
+from diffii_core.pipeline.generate import generate_share
 
 from .test_augment_cli import FAST, run_cli
 
@@ -247,6 +247,11 @@ def test_images_do_not_depend_on_the_batch_size(method, trained, sample):
         model, params.model_copy(update={"seed": 6}), sample, batch_size=4, stop=5, concepts=concepts
     )
     assert all(a.png != b.png for a, b in zip(one, other, strict=True))
+
+
+def test_concept_methods_need_their_concepts(base_model, sample):
+    with pytest.raises(ValueError, match="needs learned concepts"):  # generate_share's one check
+        _run(base_model, _params("diff-aug"), sample)
 
 
 def test_img2img_methods_need_references(trained, sample):
