@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from diffii_core.dataset.names import control_character
 from diffii_core.methods import METHODS
-from diffii_core.methods.spec import SAMPLERS
+from diffii_core.methods.spec import SAMPLERS, MethodSpec
 
 Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]  # the registry's names, in the API schema too
 Preset = Literal["published", "quick"]
@@ -291,6 +291,11 @@ class JobParams(BaseModel):
         if self.fill_pool_to and not METHODS[self.method].inversion:
             raise ValueError(f"{self.method} has no inversion pool: fill_pool_to must be 0 or left out")
         return self
+
+    @property
+    def spec(self) -> MethodSpec:
+        """The method's registry entry: what it needs before it runs, how it prompts, samples and labels."""
+        return METHODS[self.method]
 
     @field_validator("metaclass")
     @classmethod

@@ -34,7 +34,6 @@ from diffii_core.errors import Cancelled
 from diffii_core.images import to_tensor
 from diffii_core.inversion.ddim import Schedule
 from diffii_core.learning.concepts import ADAPTER, Concepts, disable_adapter, install_adapter
-from diffii_core.methods import METHODS
 from diffii_core.models import LoadedModel
 from diffii_core.oom import smaller_batch
 from diffii_core.seeding import derive_seed, generator
@@ -190,7 +189,7 @@ def learn_concepts(
     if model.in_use is not None:
         raise RuntimeError(f"model {model.name!r} is in use by a job's concepts; learn outside that scope")
     cfg = params.concepts
-    with_lora = METHODS[params.method].concepts != "tokens"
+    with_lora = params.spec.concepts != "tokens"
     resolution = params.resolution or model.resolution
     class_names = [c.name for c in dataset.classes]
     sizes = [len(c.images) for c in dataset.classes]
