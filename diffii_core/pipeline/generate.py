@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from diffii_core.learning.concepts import Concepts, scope_key
-from diffii_core.methods import METHODS, ShareRequest
+from diffii_core.methods import ShareRequest
 from diffii_core.models import LoadedModel
 from diffii_core.oom import generate_in_batches
 from diffii_core.output.generated import GeneratedImage
@@ -47,7 +47,7 @@ def generate_share(
     inversion `pool`; img2img methods the class's images as `references` (aligned with source_names);
     real-filter a `classifier` trained on the real set. `own_images`: how many of `source_names` (and
     of the pool's rows) are the class's own; the rest are borrowed from other classes (all by default)."""
-    spec = METHODS[params.method]
+    spec = params.spec
     if spec.needs_concepts and concepts is None:
         raise ValueError(f"method {spec.name!r} needs learned concepts")
     in_scope = concepts if spec.needs_concepts else None
