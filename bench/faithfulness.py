@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from diffii_core.methods import REGISTRY
+from diffii_core.methods import METHODS
 from diffii_core.params import JobParams
 from diffii_core.pipeline.augment import augment
 from diffii_core.world import domain
@@ -51,7 +51,7 @@ def by_start(data: Path, concepts_dir: Path, params: JobParams) -> dict[str, dic
     from diffii_core.images import decode_latents
     from diffii_core.inversion.invert import invert_class
     from diffii_core.learning.concepts import Concepts, concepts_applied
-    from diffii_core.methods.diff_ii import plan_diff_ii
+    from diffii_core.methods.diff_ii import random_circle_interpolation
     from diffii_core.models import load_model
     from diffii_core.world.check import _pixels
 
@@ -64,7 +64,10 @@ def by_start(data: Path, concepts_dir: Path, params: JobParams) -> dict[str, dic
         for cls in dataset.classes:
             pool = invert_class(model, concepts, [i.open() for i in cls.images], cls.name, params)
             names = [str(i) for i in range(len(pool))]
-            plans = [plan_diff_ii(pool, names, suffixes, params, cls.name, i) for i in range(4 * len(pool))]
+            plans = [
+                random_circle_interpolation(pool, names, suffixes, params, cls.name, i)
+                for i in range(4 * len(pool))
+            ]
             plain = concept_prompt(concepts.tokens[cls.name], params.metaclass)
             hidden = encode_prompts(model, [plain] + [f"{plain} {p.suffix}" for p in plans])
             starts = {
@@ -97,7 +100,7 @@ def by_start(data: Path, concepts_dir: Path, params: JobParams) -> dict[str, dic
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--method", default="diff-ii", choices=sorted(REGISTRY))
+    parser.add_argument("--method", default="diff-ii", choices=sorted(METHODS))
     parser.add_argument("--lr", type=float, nargs="+", default=[None], help="token (and LoRA) rate")
     parser.add_argument("--lora-lr", type=float, nargs="+", default=[None], help="LoRA rate apart")
     parser.add_argument("--steps", type=int, nargs="+", default=[None])

@@ -20,13 +20,13 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from diffii_core.dataset import load_dataset
-from diffii_core.denoising.generate import generate_share
 from diffii_core.inversion.invert import invert_class
 from diffii_core.learning.concepts import concepts_applied
 from diffii_core.learning.training import learn_concepts
 from diffii_core.models import load_model
 from diffii_core.models.tiny import SCHEDULER_CONFIG, TEXT_CONFIG, UNET_CONFIG, VAE_CONFIG, build_tokenizer
 from diffii_core.params import ConceptParams, JobParams
+from diffii_core.pipeline.generate import generate_share
 from diffii_core.sample_data import write_sample_dataset
 
 SD15_UNET = {

@@ -28,10 +28,9 @@ _EXPORTS = {
     "Concepts": "diffii_core.learning.concepts",
     "concepts_applied": "diffii_core.learning.concepts",
     "invert_class": "diffii_core.inversion.invert",
-    "generate_share": "diffii_core.denoising.generate",
+    "generate_share": "diffii_core.pipeline.generate",
     "GeneratedImage": "diffii_core.output.generated",
     "ArchiveWriter": "diffii_core.output.archive",
-    "REGISTRY": "diffii_core.methods",
     "METHODS": "diffii_core.methods",
     "evaluate": "diffii_core.evaluate.run",
     "write_sample_dataset": "diffii_core.sample_data",
@@ -57,7 +56,6 @@ __all__ = [  # noqa: RUF022 - in the order of _EXPORTS
     "generate_share",
     "GeneratedImage",
     "ArchiveWriter",
-    "REGISTRY",
     "METHODS",
     "evaluate",
     "write_sample_dataset",
@@ -70,18 +68,18 @@ __all__ = [  # noqa: RUF022 - in the order of _EXPORTS
 
 if TYPE_CHECKING:
     from diffii_core.dataset import DatasetLimits, load_dataset
-    from diffii_core.denoising.generate import generate_share
     from diffii_core.errors import ArtifactError, Cancelled, DatasetError, DiffiiError, ModelError
     from diffii_core.evaluate.run import evaluate
     from diffii_core.inversion.invert import invert_class
     from diffii_core.learning.concepts import Concepts, concepts_applied
     from diffii_core.learning.training import learn_concepts
-    from diffii_core.methods import METHODS, REGISTRY
+    from diffii_core.methods import METHODS
     from diffii_core.models import LoadedModel, load_model
     from diffii_core.output.archive import ArchiveWriter
     from diffii_core.output.generated import GeneratedImage
     from diffii_core.params import JobParams
     from diffii_core.pipeline.augment import AugmentSummary, augment
+    from diffii_core.pipeline.generate import generate_share
     from diffii_core.sample_data import write_sample_dataset
 
 

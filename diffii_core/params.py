@@ -11,10 +11,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from diffii_core.dataset.names import control_character
-from diffii_core.methods import METHODS, REGISTRY
-from diffii_core.methods.spec import SAMPLERS
+from diffii_core.methods import METHODS
+from diffii_core.methods.spec import SAMPLERS, MethodSpec
 
-Method = Literal[METHODS]  # type: ignore[valid-type]  # the registry's names, in the API schema too
+Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]  # the registry's names, in the API schema too
 Preset = Literal["published", "quick"]
 # Models for trials and tests: the quick preset keeps them fast unless a job asks for "published".
 QUICK_MODELS: frozenset[str] = frozenset({"tiny", "tiny-v", "world"})
@@ -103,12 +103,12 @@ class ConceptParams(BaseModel):
 # Rules across fields, stated in the JSON schema too (the REST API's OpenAPI document).
 # Methods that start from no real image (the default, diff-ii, among them) take no strength but 1;
 # methods without an inversion pool take no fill_pool_to but 0.
-NO_REFERENCE_METHODS = [name for name, spec in REGISTRY.items() if not spec.references]
+NO_REFERENCE_METHODS = [name for name, spec in METHODS.items() if not spec.references]
 
 
 def _no_pool_to_fill(methods: list[str]) -> dict[str, Any]:
     """The fill_pool_to rule for the named methods (those of them without an inversion pool)."""
-    without = [m for m in methods if not REGISTRY[m].inversion]
+    without = [m for m in methods if not METHODS[m].inversion]
     if not without:
         return {}
     return {
@@ -130,7 +130,7 @@ CROSS_FIELD_SCHEMA: dict[str, Any] = {
     },
     # One if/then/else, nested rather than two rules under allOf: client generators read a top-level
     # allOf as a composed type, and they pass over if/then.
-    "else": _no_pool_to_fill([m for m in REGISTRY if m not in NO_REFERENCE_METHODS]),
+    "else": _no_pool_to_fill([m for m in METHODS if m not in NO_REFERENCE_METHODS]),
 }
 # Text with no control character (NUL, newlines, escapes: they would reach prompts and
 # metadata.jsonl), holding at least one character that is not white space.
@@ -227,7 +227,7 @@ class JobParams(BaseModel):
         quick = isinstance(model, str) and model in QUICK_MODELS
         preset = data.setdefault("preset", "quick" if quick else "published")
         values = PRESETS.get(preset) if isinstance(preset, str) else None
-        method = REGISTRY.get(method_name) if isinstance(method_name, str) else None
+        method = METHODS.get(method_name) if isinstance(method_name, str) else None
         if values is None or method is None:
             return data  # the field validators name the bad value
         for key in ("inversion_steps", "inversion_schedule"):
@@ -281,16 +281,21 @@ class JobParams(BaseModel):
 
     @model_validator(mode="after")
     def _strength_fits_method(self) -> JobParams:
-        refs = REGISTRY[self.method].references
+        refs = METHODS[self.method].references
         if self.strength is not None and not refs and any(s != 1.0 for s in self.strength):
             raise ValueError(f"{self.method} starts from no real image: strength must be 1 or left out")
         return self
 
     @model_validator(mode="after")
     def _fill_pool_fits_method(self) -> JobParams:
-        if self.fill_pool_to and not REGISTRY[self.method].inversion:
+        if self.fill_pool_to and not METHODS[self.method].inversion:
             raise ValueError(f"{self.method} has no inversion pool: fill_pool_to must be 0 or left out")
         return self
+
+    @property
+    def spec(self) -> MethodSpec:
+        """The method's registry entry: what it needs before it runs, how it prompts, samples and labels."""
+        return METHODS[self.method]
 
     @field_validator("metaclass")
     @classmethod

@@ -18,7 +18,7 @@ from typing import Any
 import click
 from pydantic import BaseModel
 
-from diffii_core.methods import REGISTRY
+from diffii_core.methods import METHODS
 from diffii_core.methods.spec import MethodSpec
 from diffii_core.params import MODEL_PRESETS, PRESETS, QUICK_MODELS, ConceptParams, JobParams
 from services.cli.options import CONCEPT_FIELDS, job_options
@@ -149,7 +149,7 @@ def method_table() -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     specific = [p for p in APPLIES if p != "concepts" and "." not in p]
-    for name, spec in REGISTRY.items():
+    for name, spec in METHODS.items():
         fields = ", ".join(f"`{p}`" for p in specific if applies(spec, p)) or "–"
         concepts = {"none": "none", "lora+tokens": "LoRA + tokens", "tokens": "tokens only"}[spec.concepts]
         tokens = str(spec.tokens_per_class) if spec.tokens_per_class else "the model's, else 1"
@@ -171,7 +171,7 @@ def defaults_table() -> list[str]:
         "| concept batch x accumulation | learning rate (LoRA) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, spec in REGISTRY.items():
+    for name, spec in METHODS.items():
         if not spec.needs_concepts and not spec.inversion:
             sampler = JobParams.model_validate({"method": name}).sampler
             rows.append(f"| `{name}` | every model | by model | `{sampler}` |{' – |' * 5}")

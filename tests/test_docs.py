@@ -27,7 +27,7 @@ def test_parameters_page_names_every_field_and_method() -> None:
             assert f"| `{name}` |" in page
     for name in params_doc.ConceptParams.model_fields:
         assert f"| `concepts.{name}` |" in page
-    for name in params_doc.REGISTRY:
+    for name in params_doc.METHODS:
         assert f"| `{name}` |" in page
 
 

@@ -1,6 +1,7 @@
-"""Step 3 of Diff-II, denoising: from a start latent to an image, with the prompt the method asks for.
+"""Step 5 of the method, denoise: the samplers and prompts that Diff-II's two-stage denoising
+(`methods/diff_ii.py`) and the baselines' img2img / text-to-image sampler (`methods/img2img.py`) run on.
+The steps are numbered once, in `diffii_core.pipeline.steps` and docs/methods.md.
 
-- `generate.py`          `generate_share(...)`: images [start, stop) of a class by the job's method
 - `sampling.py`          DDIM / DPM-Solver++ on the model's schedule, two-stage prompts, guidance
 - `prompts.py`           concept and class-name prompts, their text embeddings
 - `suffixes.py`          the suffixes of each dataset theme

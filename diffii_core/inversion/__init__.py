@@ -1,5 +1,6 @@
-"""Step 2 of Diff-II, inversion and interpolation: each class's DDIM inversions, and points on the great
-circle through two of them.
+"""Step 3 of the method, invert: each class's DDIM inversions; and the great-circle geometry that step 4
+(random circle interpolation, `methods/diff_ii.py`) draws its start latents from. The steps are numbered
+once, in `diffii_core.pipeline.steps` and docs/methods.md.
 
 - `ddim.py`           the model's schedule and the DDIM step (shared with denoising)
 - `invert.py`         `invert_class(...)`: a class's inversion pool; `save_pool` / `load_pool`

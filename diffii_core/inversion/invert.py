@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -18,7 +19,9 @@ from diffii_core.inversion.ddim import Schedule, inversion_timesteps, invert, pu
 from diffii_core.learning.concepts import Concepts, scope_key
 from diffii_core.models import LoadedModel
 from diffii_core.oom import map_batches
-from diffii_core.params import JobParams
+
+if TYPE_CHECKING:
+    from diffii_core.params import JobParams  # annotations only: params reads the methods' table
 
 
 def schedule_for(model: LoadedModel, params: JobParams) -> list[int]:

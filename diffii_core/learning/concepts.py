@@ -27,6 +27,7 @@ from diffii_core.models import LoadedModel
 ADAPTER = "diffii"
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 FORMAT = 1
+CONCEPTS_FILE = "concepts.json"  # the metadata file that marks a folder as holding our concepts
 BASE = "base"  # scope key of the base model: no LoRA, no concept prompt
 
 
@@ -79,7 +80,7 @@ class Concepts:
         paths = [
             directory / "embeddings.safetensors",
             directory / "lora.safetensors",
-            directory / "concepts.json",
+            directory / CONCEPTS_FILE,
         ]
         save_file({k: v.contiguous() for k, v in self.embeddings.items()}, str(paths[0]))
         save_file({k: v.contiguous() for k, v in self.lora.items()}, str(paths[1]))
@@ -89,7 +90,7 @@ class Concepts:
     @classmethod
     def load(cls, directory: Path) -> Concepts:
         try:
-            meta = json.loads((directory / "concepts.json").read_text(encoding="utf-8"))
+            meta = json.loads((directory / CONCEPTS_FILE).read_text(encoding="utf-8"))
             embeddings = load_file(str(directory / "embeddings.safetensors"))
             lora = load_file(str(directory / "lora.safetensors"))
         except (OSError, ValueError) as exc:

@@ -34,7 +34,6 @@ from diffii_core.errors import Cancelled
 from diffii_core.images import to_tensor
 from diffii_core.inversion.ddim import Schedule
 from diffii_core.learning.concepts import ADAPTER, Concepts, disable_adapter, install_adapter
-from diffii_core.methods import REGISTRY
 from diffii_core.models import LoadedModel
 from diffii_core.oom import smaller_batch
 from diffii_core.seeding import derive_seed, generator
@@ -44,6 +43,283 @@ if TYPE_CHECKING:
 
 CHECKPOINT = "concepts-checkpoint.pt"
 BALANCE_RATIO = 10  # class sizes differing by more than this make "auto" sampling class-balanced
+
+
+def learn_concepts(
+    model: LoadedModel,
+    dataset: Any,
+    params: JobParams,
+    *,
+    checkpoint_dir: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Concepts:
+    """Learn the concepts of every class of `dataset` (a diffii_core Dataset) for params.method:
+
+    1. `set_up_tokens`      each class's placeholder tokens, their rows at the published start
+    2. `build_lora`         the LoRA shared by all classes (none when the method learns tokens only)
+    3. `_Run.start`         AdamW over the rows and the LoRA, autocast and its gradient scaler
+    4. `_resume`            a checkpoint of this same run, when `checkpoint_dir` holds one
+    5. `batch_stream`       training views drawn from the run's generator, decoded batch by batch
+    6. `_Run.optimise`      one optimisation step, repeated `concepts.steps` times; its micro-batch runs
+                            in smaller slices after the GPU ran out of memory
+    7. `_checkpoint`        every `checkpoint_every` steps and at the last
+    8. `learned_concepts`   the rows and the LoRA, read back as `Concepts`
+
+    The model is left holding them; enter `concepts_applied` with the result to use it."""
+    if model.in_use is not None:
+        raise RuntimeError(f"model {model.name!r} is in use by a job's concepts; learn outside that scope")
+    cfg = params.concepts
+    with_lora = params.spec.concepts != "tokens"
+    class_names = [c.name for c in dataset.classes]
+    tokens, ids = set_up_tokens(model, class_names, params)
+    model.installed = None  # the rows and the adapter change from here on
+    run = _Run.start(model, params, ids, build_lora(model, params, with_lora))
+    gen = generator(params.seed, "concept-learning")
+    balanced = class_balanced([len(c.images) for c in dataset.classes], cfg.sampling)
+    fingerprint = _run_fingerprint(model, params, dataset)
+    step, losses = 0, []
+    ckpt = checkpoint_dir / CHECKPOINT if checkpoint_dir else None
+    if ckpt is not None and ckpt.exists():
+        step, losses = _resume(ckpt, fingerprint, model, ids, run.optimizer, run.scaler, gen, with_lora)
+    # Built after a resume restored the generator, which it draws from.
+    loader = batch_stream(dataset, params.resolution or model.resolution, balanced, cfg.batch_size, gen)
+    batches = iter(loader)
+    parts = 1  # slices each micro-batch runs in: doubled whenever the GPU runs out of memory
+    adapted: list[str] = []
+
+    try:
+        while step < cfg.steps:
+            if should_stop is not None and should_stop():
+                raise Cancelled("concept learning was stopped")
+            drawn = gen.get_state()
+            total = run.optimise(batches, gen, parts)
+            if total is None:
+                # The step again from its first draw, in slices half as big.
+                gen.set_state(drawn)
+                batches = iter(loader)  # the sampler draws lazily: it had fetched nothing ahead
+                smaller_batch(-(-cfg.batch_size // parts), "concept learning (micro-batch)")
+                parts *= 2
+                adapted.append(f"step {step + 1}: {_passes(cfg, parts)}")
+                continue
+            step += 1
+            losses.append(total)
+            if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+                _checkpoint(
+                    ckpt, fingerprint, step, losses, model, ids, run.optimizer, run.scaler, gen, with_lora
+                )
+            # After the checkpoint, so a caller that copies it elsewhere copies this step's.
+            if progress is not None:
+                progress(step, cfg.steps)
+    finally:
+        run.freeze()
+
+    recipe = {
+        "placeholder_init": cfg.placeholder_init,
+        "lora_init": "gaussian" if with_lora else "none",
+        "mixed_precision": run.precision,
+        "sampling": "balanced" if balanced else "uniform",
+        "effective_batch": str(cfg.batch_size * cfg.gradient_accumulation),
+        **({"out_of_memory": "; ".join(adapted)} if adapted else {}),
+        "prediction_type": model.prediction_type,
+    }
+    concepts = learned_concepts(model, params, tokens, ids, with_lora, step, losses, recipe)
+    model.installed = concepts.fingerprint
+    return concepts
+
+
+# 1. Tokens -------------------------------------------------------------------------------------------
+
+
+def set_up_tokens(
+    model: LoadedModel, class_names: list[str], params: JobParams
+) -> tuple[dict[str, list[str]], list[int]]:
+    """Each class's placeholder tokens (`<diffii-c{i}-t{k}>`) in the tokenizer, and their embedding rows
+    at the published start; returns the tokens by class and the rows' ids, in class order."""
+    tokens = {
+        name: placeholder_tokens(i, params.concepts.tokens_per_class) for i, name in enumerate(class_names)
+    }
+    ids = ensure_tokens(model, [t for name in class_names for t in tokens[name]])
+    _init_placeholder_rows(model, ids, params)
+    return tokens, ids
+
+
+def _init_placeholder_rows(model: LoadedModel, ids: list[int], params: JobParams) -> None:
+    """The published start: the metaclass word's embedding (the mean of its rows where the tokenizer
+    splits it). "random": rows drawn from the spread of the existing rows, seeded by the job."""
+    weight = model.text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        if params.concepts.placeholder_init == "random":
+            gen = generator(params.seed, "placeholder-init")
+            scale = float(weight[: min(ids)].std())
+            for row in ids:
+                weight[row] = torch.randn(weight.shape[1], generator=gen).to(weight) * scale
+            return
+        word_ids = model.tokenizer(params.metaclass, add_special_tokens=False).input_ids or [0]
+        start = weight[word_ids].mean(0)
+        for row in ids:
+            weight[row] = start
+
+
+# 2. LoRA ---------------------------------------------------------------------------------------------
+
+
+def build_lora(model: LoadedModel, params: JobParams, with_lora: bool) -> list[torch.nn.Parameter]:
+    """The LoRA on every UNet attention projection (A ~ N(0, 1/r), B = 0, seeded by the job), trainable;
+    none, and the adapter off, for a method that learns tokens only (DA-Fusion)."""
+    if not with_lora:
+        disable_adapter(model)
+        return []
+    install_adapter(model, params.concepts.lora_rank, init_seed=derive_seed(params.seed, "lora-init"))
+    lora_params = [p for n, p in model.unet.named_parameters() if "lora_" in n]
+    for p in lora_params:
+        p.requires_grad_(True)
+    return lora_params
+
+
+# 3. and 6. The optimiser and one optimisation step -------------------------------------------------
+
+
+def autocast_mode(cfg: ConceptParams, device: torch.device) -> str:
+    """ "no", "bf16" or "fp16": what `auto` means on this device."""
+    if cfg.mixed_precision != "auto":
+        return cfg.mixed_precision
+    if device.type != "cuda":
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _passes(cfg: ConceptParams, parts: int) -> str:
+    micro = -(-cfg.batch_size // parts)
+    return f"micro-batch {micro} x {cfg.gradient_accumulation * parts} accumulated passes per step"
+
+
+@dataclass
+class _Run:
+    model: LoadedModel
+    params: JobParams
+    schedule: Schedule
+    precision: str
+    scaler: torch.amp.GradScaler
+    optimizer: torch.optim.Optimizer
+    embedding: torch.Tensor  # the text encoder's embedding weight: the placeholder rows train in it
+    lora_params: list[torch.nn.Parameter]
+    original: torch.Tensor  # the embedding before training: every other row is restored to it
+    keep: torch.Tensor  # [rows] True for every row but the placeholders'
+
+    @classmethod
+    def start(
+        cls, model: LoadedModel, params: JobParams, ids: list[int], lora_params: list[torch.nn.Parameter]
+    ) -> _Run:
+        """AdamW over the embedding (one rate) and the LoRA (its own rate, if set): fp32 weights and state,
+        the forward under autocast, with a gradient scaler for fp16."""
+        cfg = params.concepts
+        embedding = model.text_encoder.get_input_embeddings().weight
+        embedding.requires_grad_(True)
+        original = embedding.detach().clone()
+        keep = torch.ones(original.shape[0], dtype=torch.bool)
+        keep[ids] = False
+        groups: list[dict[str, Any]] = [{"params": [embedding]}]
+        if lora_params:
+            groups.append({"params": lora_params, "lr": cfg.lora_learning_rate or cfg.learning_rate})
+        optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2)
+        precision = autocast_mode(cfg, model.device)
+        scaler = torch.amp.GradScaler(model.device.type, enabled=precision == "fp16")
+        schedule = Schedule.from_config(model.scheduler_config)
+        return cls(
+            model, params, schedule, precision, scaler, optimizer, embedding, lora_params, original, keep
+        )
+
+    def optimise(
+        self, batches: Iterator[tuple[torch.Tensor, list[int]]], gen: torch.Generator, parts: int
+    ) -> float | None:
+        """One optimisation step: `gradient_accumulation` micro-batches, the LoRA's gradients clipped, AdamW,
+        then every embedding row but the placeholders restored. Returns the step's loss, or None when the
+        GPU ran out of memory (the gradients cleared; the caller redraws the step in smaller slices)."""
+        cfg = self.params.concepts
+        try:
+            total = sum(
+                self.accumulate(*next(batches), gen, parts, cfg.gradient_accumulation)
+                for _ in range(cfg.gradient_accumulation)
+            )
+        except torch.OutOfMemoryError:
+            if parts >= cfg.batch_size:
+                raise  # a single image per pass does not fit: a real failure
+            total = None
+        if total is None:
+            # Outside the except block, so the failed attempt's tensors are freed before the caller
+            # empties the cache.
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.scaler.unscale_(self.optimizer)
+        if self.lora_params:  # the published scripts clip the LoRA only, not the token rows
+            torch.nn.utils.clip_grad_norm_(self.lora_params, cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            # AdamW's decay and momentum touch every row; only the placeholders may move.
+            self.embedding[self.keep] = self.original[self.keep]
+        return total
+
+    def freeze(self) -> None:
+        """Training is over (or failed): nothing it trained needs gradients any more."""
+        self.embedding.requires_grad_(False)
+        for p in self.lora_params:
+            p.requires_grad_(False)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "no":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.model.device.type, dtype=dtype)
+
+    def accumulate(
+        self, pixels: torch.Tensor, classes: list[int], gen: torch.Generator, parts: int, passes: int
+    ) -> float:
+        """Backpropagate the loss of one micro-batch over `passes`, run in `parts` slices (after the GPU
+        ran out of memory). Every random draw is made for the whole micro-batch first, so the slices
+        see the noise, timesteps and posterior samples the whole would have: the gradients sum to the
+        same, the effective batch is unchanged, and later draws stay in step. Returns the loss."""
+        model, tpc = self.model, self.params.concepts.tokens_per_class
+        with torch.no_grad():
+            dist = self._posterior(pixels.to(model.device, model.dtype), parts)
+            latents = dist.sample(generator=gen).float().cpu() * model.scaling_factor
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, self.schedule.num_train_timesteps, (latents.shape[0],), generator=gen)
+        alpha = self.schedule.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+        noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
+        target = self.schedule.target(latents, noise, alpha)
+        texts = [concept_prompt(placeholder_tokens(c, tpc), self.params.metaclass) for c in classes]
+        total, n = 0.0, latents.shape[0]
+        for rows in torch.arange(n).tensor_split(min(parts, n)):
+            lo, hi = int(rows[0]), int(rows[-1]) + 1
+            with self.autocast():
+                hidden = model.text_encoder(tokenize(model, texts[lo:hi]))[0]
+                pred = model.unet(
+                    noisy[lo:hi].to(model.device, model.dtype), t[lo:hi].to(model.device), hidden
+                )
+            loss = F.mse_loss(pred.sample.float(), target[lo:hi].to(model.device))
+            if parts > 1:
+                loss = loss * ((hi - lo) / n)
+            loss = loss / passes
+            self.scaler.scale(loss).backward()
+            total += float(loss.detach())
+        return total
+
+    def _posterior(self, pixels: torch.Tensor, parts: int) -> Any:
+        if parts == 1:
+            return self.model.vae.encode(pixels).latent_dist
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        slices = [
+            self.model.vae.encode(x).latent_dist.parameters
+            for x in pixels.tensor_split(min(parts, pixels.shape[0]))
+        ]
+        return DiagonalGaussianDistribution(torch.cat(slices))
+
+
+# 5. The batch stream ---------------------------------------------------------------------------------
 
 # (image index, crop top fraction, crop left fraction, flip): everything random about one training view.
 View = tuple[int, float, float, bool]
@@ -108,229 +384,49 @@ def _collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, list[
     return torch.stack([b[0] for b in batch]), [b[1] for b in batch]
 
 
-def autocast_mode(cfg: ConceptParams, device: torch.device) -> str:
-    """ "no", "bf16" or "fp16": what `auto` means on this device."""
-    if cfg.mixed_precision != "auto":
-        return cfg.mixed_precision
-    if device.type != "cuda":
-        return "no"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-@dataclass
-class _Run:
-    model: LoadedModel
-    params: JobParams
-    schedule: Schedule
-    precision: str
-    scaler: torch.amp.GradScaler
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "no":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.model.device.type, dtype=dtype)
-
-    def accumulate(
-        self, pixels: torch.Tensor, classes: list[int], gen: torch.Generator, parts: int, passes: int
-    ) -> float:
-        """Backpropagate the loss of one micro-batch over `passes`, run in `parts` slices (after the GPU
-        ran out of memory). Every random draw is made for the whole micro-batch first, so the slices
-        see the noise, timesteps and posterior samples the whole would have: the gradients sum to the
-        same, the effective batch is unchanged, and later draws stay in step. Returns the loss."""
-        model, tpc = self.model, self.params.concepts.tokens_per_class
-        with torch.no_grad():
-            dist = self._posterior(pixels.to(model.device, model.dtype), parts)
-            latents = dist.sample(generator=gen).float().cpu() * model.scaling_factor
-        noise = torch.randn(latents.shape, generator=gen)
-        t = torch.randint(0, self.schedule.num_train_timesteps, (latents.shape[0],), generator=gen)
-        alpha = self.schedule.alphas_cumprod[t].float().view(-1, 1, 1, 1)
-        noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
-        target = self.schedule.target(latents, noise, alpha)
-        texts = [concept_prompt(placeholder_tokens(c, tpc), self.params.metaclass) for c in classes]
-        total, n = 0.0, latents.shape[0]
-        for rows in torch.arange(n).tensor_split(min(parts, n)):
-            lo, hi = int(rows[0]), int(rows[-1]) + 1
-            with self.autocast():
-                hidden = model.text_encoder(tokenize(model, texts[lo:hi]))[0]
-                pred = model.unet(
-                    noisy[lo:hi].to(model.device, model.dtype), t[lo:hi].to(model.device), hidden
-                )
-            loss = F.mse_loss(pred.sample.float(), target[lo:hi].to(model.device))
-            if parts > 1:
-                loss = loss * ((hi - lo) / n)
-            loss = loss / passes
-            self.scaler.scale(loss).backward()
-            total += float(loss.detach())
-        return total
-
-    def _posterior(self, pixels: torch.Tensor, parts: int) -> Any:
-        if parts == 1:
-            return self.model.vae.encode(pixels).latent_dist
-        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-
-        slices = [
-            self.model.vae.encode(x).latent_dist.parameters
-            for x in pixels.tensor_split(min(parts, pixels.shape[0]))
-        ]
-        return DiagonalGaussianDistribution(torch.cat(slices))
-
-
-def learn_concepts(
-    model: LoadedModel,
-    dataset: Any,
-    params: JobParams,
-    *,
-    checkpoint_dir: Path | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> Concepts:
-    """Learn the concepts of every class of `dataset` (a diffii_core Dataset) for params.method.
-    The model is left holding them; enter `concepts_applied` with the result to use it."""
-    if model.in_use is not None:
-        raise RuntimeError(f"model {model.name!r} is in use by a job's concepts; learn outside that scope")
-    cfg = params.concepts
-    with_lora = REGISTRY[params.method].concepts != "tokens"
-    resolution = params.resolution or model.resolution
-    class_names = [c.name for c in dataset.classes]
-    sizes = [len(c.images) for c in dataset.classes]
-    tokens = {name: placeholder_tokens(i, cfg.tokens_per_class) for i, name in enumerate(class_names)}
-    all_tokens = [t for name in class_names for t in tokens[name]]
-    ids = ensure_tokens(model, all_tokens)
-    embedding = model.text_encoder.get_input_embeddings()
-    _init_placeholder_rows(model, ids, params)
-    model.installed = None  # the rows and the adapter change from here on
-    lora_params: list[torch.nn.Parameter] = []
-    if with_lora:
-        install_adapter(model, cfg.lora_rank, init_seed=derive_seed(params.seed, "lora-init"))
-        lora_params = [p for n, p in model.unet.named_parameters() if "lora_" in n]
-    else:
-        disable_adapter(model)
-    for p in lora_params:
-        p.requires_grad_(True)
-    embedding.weight.requires_grad_(True)
-    original = embedding.weight.detach().clone()
-    keep = torch.ones(original.shape[0], dtype=torch.bool)
-    keep[ids] = False
-    groups: list[dict[str, Any]] = [{"params": [embedding.weight]}]
-    if lora_params:
-        groups.append({"params": lora_params, "lr": cfg.lora_learning_rate or cfg.learning_rate})
-    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2)
-    precision = autocast_mode(cfg, model.device)
-    scaler = torch.amp.GradScaler(model.device.type, enabled=precision == "fp16")
-    run = _Run(model, params, Schedule.from_config(model.scheduler_config), precision, scaler)
-    gen = generator(params.seed, "concept-learning")
-    balanced = class_balanced(sizes, cfg.sampling)
+def batch_stream(
+    dataset: Any, resolution: int, balanced: bool, batch_size: int, gen: torch.Generator
+) -> DataLoader:
+    """Batches of training views, drawn from `gen` as the loop asks for them and decoded per batch. No
+    loader workers: they would fetch ahead, drawing views out of turn with the noise, and a resumed run
+    would no longer match an uninterrupted one."""
     images = TrainingImages([(item, c.index) for c in dataset.classes for item in c.images], resolution)
-    fingerprint = _run_fingerprint(model, params, dataset)
-    step, losses = 0, []
-    ckpt = checkpoint_dir / CHECKPOINT if checkpoint_dir else None
-    if ckpt is not None and ckpt.exists():
-        step, losses = _resume(ckpt, fingerprint, model, ids, optimizer, scaler, gen, with_lora)
-    # Built after a resume restored the generator. No loader workers: they would fetch ahead, drawing
-    # views out of turn with the noise, and a resumed run would no longer match an uninterrupted one.
-    sampler = ViewSampler(sizes, balanced, cfg.batch_size, gen)
-    loader = DataLoader(images, batch_sampler=sampler, collate_fn=_collate, num_workers=0)
-    batches = iter(loader)
-    parts = 1  # slices each micro-batch runs in: doubled whenever the GPU runs out of memory
-    adapted: list[str] = []
+    sampler = ViewSampler([len(c.images) for c in dataset.classes], balanced, batch_size, gen)
+    return DataLoader(images, batch_sampler=sampler, collate_fn=_collate, num_workers=0)
 
-    try:
-        while step < cfg.steps:
-            if should_stop is not None and should_stop():
-                raise Cancelled("concept learning was stopped")
-            drawn = gen.get_state()
-            try:
-                total = sum(
-                    run.accumulate(*next(batches), gen, parts, cfg.gradient_accumulation)
-                    for _ in range(cfg.gradient_accumulation)
-                )
-            except torch.OutOfMemoryError:
-                if parts >= cfg.batch_size:
-                    raise  # a single image per pass does not fit: a real failure
-                total = None
-            if total is None:
-                # The step again from its first draw, in slices half as big; outside the except
-                # block, so the failed attempt's tensors are freed before the cache is emptied.
-                optimizer.zero_grad(set_to_none=True)
-                gen.set_state(drawn)
-                batches = iter(loader)  # the sampler draws lazily: it had fetched nothing ahead
-                smaller_batch(-(-cfg.batch_size // parts), "concept learning (micro-batch)")
-                parts *= 2
-                adapted.append(f"step {step + 1}: {_passes(cfg, parts)}")
-                continue
-            scaler.unscale_(optimizer)
-            if lora_params:  # the published scripts clip the LoRA only, not the token rows
-                torch.nn.utils.clip_grad_norm_(lora_params, cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                # AdamW's decay and momentum touch every row; only the placeholders may move.
-                embedding.weight[keep] = original[keep]
-            step += 1
-            losses.append(total)
-            if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-                _checkpoint(ckpt, fingerprint, step, losses, model, ids, optimizer, scaler, gen, with_lora)
-            # After the checkpoint, so a caller that copies it elsewhere copies this step's.
-            if progress is not None:
-                progress(step, cfg.steps)
-    finally:
-        embedding.weight.requires_grad_(False)
-        for p in lora_params:
-            p.requires_grad_(False)
 
+# 8. The result ---------------------------------------------------------------------------------------
+
+
+def learned_concepts(
+    model: LoadedModel, params: JobParams, tokens: dict[str, list[str]], ids: list[int], with_lora: bool,
+    steps: int, losses: list[float], recipe: dict[str, str],
+) -> Concepts:  # fmt: skip
+    """The trained rows and LoRA, copied off the model in fp32 on the CPU, with what made them."""
+    cfg = params.concepts
     lora = {}
     if with_lora:
         state = get_peft_model_state_dict(model.unet, adapter_name=ADAPTER)
         lora = {k: v.detach().float().cpu().clone() for k, v in state.items()}
-    concepts = Concepts(
-        class_names=class_names,
+    weight = model.text_encoder.get_input_embeddings().weight
+    all_tokens = [t for name in tokens for t in tokens[name]]
+    return Concepts(
+        class_names=list(tokens),
         tokens=tokens,
         embeddings={
-            t: embedding.weight[i].detach().float().cpu().clone()
-            for t, i in zip(all_tokens, ids, strict=True)
+            t: weight[i].detach().float().cpu().clone() for t, i in zip(all_tokens, ids, strict=True)
         },
         lora=lora,
         lora_rank=cfg.lora_rank if with_lora else 0,
         metaclass=params.metaclass,
         model={"name": model.name, "revision": model.revision},
-        steps=step,
+        steps=steps,
         losses=[round(v, 6) for v in losses[-1000:]],
-        recipe={
-            "placeholder_init": cfg.placeholder_init,
-            "lora_init": "gaussian" if with_lora else "none",
-            "mixed_precision": run.precision,
-            "sampling": "balanced" if balanced else "uniform",
-            "effective_batch": str(cfg.batch_size * cfg.gradient_accumulation),
-            **({"out_of_memory": "; ".join(adapted)} if adapted else {}),
-            "prediction_type": model.prediction_type,
-        },
+        recipe=recipe,
     )
-    model.installed = concepts.fingerprint
-    return concepts
 
 
-def _passes(cfg: ConceptParams, parts: int) -> str:
-    micro = -(-cfg.batch_size // parts)
-    return f"micro-batch {micro} x {cfg.gradient_accumulation * parts} accumulated passes per step"
-
-
-def _init_placeholder_rows(model: LoadedModel, ids: list[int], params: JobParams) -> None:
-    """The published start: the metaclass word's embedding (the mean of its rows where the tokenizer
-    splits it). "random": rows drawn from the spread of the existing rows, seeded by the job."""
-    weight = model.text_encoder.get_input_embeddings().weight
-    with torch.no_grad():
-        if params.concepts.placeholder_init == "random":
-            gen = generator(params.seed, "placeholder-init")
-            scale = float(weight[: min(ids)].std())
-            for row in ids:
-                weight[row] = torch.randn(weight.shape[1], generator=gen).to(weight) * scale
-            return
-        word_ids = model.tokenizer(params.metaclass, add_special_tokens=False).input_ids or [0]
-        start = weight[word_ids].mean(0)
-        for row in ids:
-            weight[row] = start
+# 4. and 7. Checkpoints ---------------------------------------------------------------------------
 
 
 def _run_fingerprint(model: LoadedModel, params: JobParams, dataset: Any) -> str:

@@ -18,10 +18,9 @@ from diffii_core.methods import (
 )
 from diffii_core.methods.spec import MethodSpec, ShareRequest
 
-REGISTRY: dict[str, MethodSpec] = {
+METHODS: dict[str, MethodSpec] = {
     m.SPEC.name: m.SPEC
     for m in (diff_ii, diff_mix, diff_aug, diff_gen, real_guidance, real_mix, real_filter, da_fusion)
 }
-METHODS: tuple[str, ...] = tuple(REGISTRY)
 
-__all__ = ["METHODS", "REGISTRY", "MethodSpec", "ShareRequest"]
+__all__ = ["METHODS", "MethodSpec", "ShareRequest"]

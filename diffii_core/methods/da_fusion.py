@@ -1,6 +1,7 @@
 """da-fusion: img2img with textual-inversion tokens only (no LoRA), strength drawn per image from a list."""
 
-from diffii_core.methods.spec import MethodSpec, img2img
+from diffii_core.methods.img2img import img2img
+from diffii_core.methods.spec import MethodSpec
 
 SPEC = MethodSpec(
     name="da-fusion",

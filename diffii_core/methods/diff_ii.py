@@ -1,5 +1,9 @@
-"""diff-ii: a random pair of the class's DDIM inversions, a random point on their great circle, and
-two-stage denoising with the suffixed concept prompt early and the plain one late (DDIM, as published).
+"""diff-ii, the paper's own generation from a class's DDIM inversion pool (step 3, `inversion/`):
+
+4. `random_circle_interpolation`  per image, a random pair of the class's inversions and a random point
+                                  on their great circle (the image's start latent), and its suffix
+5. `two_stage_denoising`          the suffixed concept prompt early, the plain one late (DDIM, as
+                                  published), then decoded
 
 The registry reads `SPEC` wherever a job is checked (the API too), so the engine (torch and the networks)
 is imported only when images are made."""
@@ -19,6 +23,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from diffii_core.models import LoadedModel
     from diffii_core.params import JobParams
 
 
@@ -33,12 +38,60 @@ class ImagePlan:
     record: dict[str, Any] = field(default_factory=dict)  # sources, phi, theta...
 
 
-def plan_diff_ii(
+@dataclass
+class ConceptPrompts:
+    """The class's text states: its plain concept prompt, the unconditional one, one per suffix."""
+
+    plain_text: str
+    plain: torch.Tensor  # [1, 77, d]
+    uncond: torch.Tensor  # [1, 77, d]
+    by_suffix: dict[str, torch.Tensor]  # suffix -> [77, d]
+
+
+def generate(spec: MethodSpec, req: ShareRequest) -> Iterator[GeneratedImage]:
+    """Images [start, stop) of a class: step 4 then step 5 for each batch. `generate_share` checked the
+    concepts; the inversion pool (step 3) is Diff-II's own need."""
+    if req.pool is None:
+        raise ValueError("diff-ii needs the class's inversion pool")
+    suffixes, prompts = concept_prompts(req)
+    for first in range(req.start, req.stop, req.batch_size):
+        if req.should_stop is not None and req.should_stop():
+            raise Cancelled(f"stopped before image {first} of class {req.class_name!r}")
+        plans = [
+            random_circle_interpolation(
+                req.pool, req.source_names, suffixes, req.params, req.class_name, i, req.own_images
+            )
+            for i in range(first, min(req.stop, first + req.batch_size))
+        ]
+        arrays = two_stage_denoising(req.model, plans, prompts, req.params)
+        for plan, array in zip(plans, arrays, strict=True):
+            yield _finish(plan, array, req, prompts.plain_text)
+
+
+def concept_prompts(req: ShareRequest) -> tuple[list[str], ConceptPrompts]:
+    """The job's suffixes and the class's prompts, encoded in one batch (the plain prompt, the empty one,
+    then one per suffix: the text encoder sees the same batch whichever images are made)."""
+    from diffii_core.denoising.prompts import concept_prompt, encode_prompts
+    from diffii_core.denoising.suffixes import suffixes_for
+
+    assert req.concepts is not None  # generate_share refuses a concept method without them
+    params = req.params
+    suffixes = suffixes_for(params.metaclass, params.suffixes)
+    tokens = req.concepts.tokens[req.class_name]
+    plain_text = concept_prompt(tokens, params.metaclass)
+    texts = [plain_text, ""] + [concept_prompt(tokens, params.metaclass, s) for s in suffixes]
+    states = encode_prompts(req.model, texts)
+    by_suffix = dict(zip(suffixes, states[2:], strict=True))
+    return suffixes, ConceptPrompts(plain_text, states[0:1], states[1:2], by_suffix)
+
+
+def random_circle_interpolation(
     pool: torch.Tensor, source_names: list[str], suffixes: list[str], params: JobParams, class_name: str,
     index: int, own: int | None = None,
 ) -> ImagePlan:  # fmt: skip
-    """A random pair of distinct inversions and a random phi on their great circle; a class of one image
-    starts from fresh Gaussian noise (the paper's fallback; the published code crashed).
+    """Step 4, random circle interpolation: a random pair of distinct inversions and a random phi on
+    their great circle; a class of one image starts from fresh Gaussian noise (the paper's fallback; the
+    published code crashed). Also draws the image's suffix for step 5.
 
     When the pool holds borrowed inversions after its `own` rows (fill_pool_to), the pair is one of the
     class's own inversions and any other row of the pool, so every image starts near a real image of
@@ -83,38 +136,21 @@ def plan_diff_ii(
     return ImagePlan(index=index, seed=seed, latent=latent, suffix=suffix, record=record)
 
 
-def generate(spec: MethodSpec, req: ShareRequest) -> Iterator[GeneratedImage]:
+def two_stage_denoising(
+    model: LoadedModel, plans: list[ImagePlan], prompts: ConceptPrompts, params: JobParams
+) -> list[np.ndarray]:
+    """Step 5, two-stage denoising: each start latent under its suffixed prompt while t >= T (1 -
+    split_ratio), then the plain prompt, with classifier-free guidance; decoded to uint8 images."""
     import torch
 
-    from diffii_core.denoising.prompts import concept_prompt, encode_prompts
     from diffii_core.denoising.sampling import sample_two_stage
-    from diffii_core.denoising.suffixes import suffixes_for
     from diffii_core.images import decode_latents
 
-    if req.pool is None:
-        raise ValueError("diff-ii needs the class's inversion pool")
-    if req.concepts is None:
-        raise ValueError("diff-ii needs learned concepts")
-    model, params = req.model, req.params
-    suffixes = suffixes_for(params.metaclass, params.suffixes)
-    tokens = req.concepts.tokens[req.class_name]
-    plain_prompt = concept_prompt(tokens, params.metaclass)
-    texts = [plain_prompt, ""] + [concept_prompt(tokens, params.metaclass, s) for s in suffixes]
-    states = encode_prompts(model, texts)
-    plain, uncond = states[0:1], states[1:2]
-    by_suffix = dict(zip(suffixes, states[2:], strict=True))
-    for first in range(req.start, req.stop, req.batch_size):
-        if req.should_stop is not None and req.should_stop():
-            raise Cancelled(f"stopped before image {first} of class {req.class_name!r}")
-        plans = [
-            plan_diff_ii(req.pool, req.source_names, suffixes, params, req.class_name, i, req.own_images)
-            for i in range(first, min(req.stop, first + req.batch_size))
-        ]
-        latents = torch.stack([p.latent for p in plans])
-        suffixed = torch.stack([by_suffix[p.suffix] if p.suffix else plain[0] for p in plans])
-        out = sample_two_stage(model, latents, plain.expand(len(plans), -1, -1), suffixed, uncond, params)
-        for plan, array in zip(plans, decode_latents(model, out), strict=True):
-            yield _finish(plan, array, req, plain_prompt)
+    latents = torch.stack([p.latent for p in plans])
+    suffixed = torch.stack([prompts.by_suffix[p.suffix] if p.suffix else prompts.plain[0] for p in plans])
+    plain = prompts.plain.expand(len(plans), -1, -1)
+    out = sample_two_stage(model, latents, plain, suffixed, prompts.uncond, params)
+    return list(decode_latents(model, out))
 
 
 def _finish(plan: ImagePlan, array: np.ndarray, req: ShareRequest, plain_prompt: str) -> GeneratedImage:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from diffii_core.errors import Cancelled
+from diffii_core.methods.img2img import check_references, finish, plans_for, prompt_text, render
 from diffii_core.methods.spec import MethodSpec, ShareRequest
 
 if TYPE_CHECKING:
@@ -88,9 +89,7 @@ def fit_real_filter(
 def generate(spec: MethodSpec, req: ShareRequest) -> Iterator[GeneratedImage]:
     from PIL import Image
 
-    from diffii_core.denoising.img2img import check_request, finish, plans_for, prompt_text, render
-
-    check_request(spec, req)
+    check_references(spec, req)
     classifier = req.classifier
     if classifier is None:
         raise ValueError("method 'real-filter' needs a classifier trained on the real set")

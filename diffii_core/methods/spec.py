@@ -43,16 +43,9 @@ class ShareRequest:
     should_stop: Callable[[], bool] | None = None
 
 
-# A method's images for a request; it gets its own registry entry, so one function serves a family.
+# A method's images for a request: step 5 (Diff-II: steps 4 and 5, from its inversion pool). generate_share
+# calls it with the method's own entry, so one function serves a family (`methods.img2img.img2img`).
 Generate = Callable[["MethodSpec", ShareRequest], Iterator["GeneratedImage"]]
-
-
-def img2img(spec: MethodSpec, req: ShareRequest) -> Iterator[GeneratedImage]:
-    """The img2img / text-to-image family's `generate` (SDEdit from a real image, or from noise), imported
-    when images are made: the registry is read where torch is not (the API)."""
-    from diffii_core.denoising.img2img import generate_img2img
-
-    return generate_img2img(spec, req)
 
 
 @dataclass(frozen=True)

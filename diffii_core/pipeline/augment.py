@@ -11,7 +11,7 @@ from pathlib import Path
 from diffii_core.atomic import atomic_write
 from diffii_core.dataset import DatasetLimits, load_dataset
 from diffii_core.learning.concepts import concepts_applied
-from diffii_core.methods import REGISTRY
+from diffii_core.methods import METHODS
 from diffii_core.models import load_model
 from diffii_core.output.archive import ArchiveWriter
 from diffii_core.output.preview import SYNTHETIC_PER_SHEET
@@ -57,18 +57,18 @@ def augment(
     out = Path(out)
     dataset = load_dataset(source, limits or DatasetLimits())
     model = load_model(params.model, registry, device=device)
-    spec = REGISTRY[params.method]
+    spec = METHODS[params.method]
 
     # 1. Prepare: each class's share
     plans = steps.prepare(dataset, params)
     class_names = dataset.class_names()
-    # 2. Concepts
-    concepts = steps.concepts(
+    # 2. Learn the concepts (or load them)
+    concepts = steps.learn_or_load_concepts(
         spec, model, dataset, params, concepts_dir=concepts_dir, checkpoint_dir=work_dir,
         progress=_learning_bar(progress, params.concepts.steps),
     )  # fmt: skip
-    # 3. Classifier
-    classifier = steps.classifier(spec, model, dataset, params)
+    # Real-Filter's classifier: a baseline's preparation for step 5
+    classifier = steps.fit_classifier(spec, model, dataset, params)
 
     inverting = progress("inverting", sum(p.images + len(p.borrowed) for p in plans) if spec.inversion else 0)
     generating = progress("generating", sum(p.generated for p in plans))
@@ -78,25 +78,25 @@ def augment(
         metadata = []
         sheets: dict[str, bytes] = {}
         for cls, plan in zip(dataset.classes, plans, strict=True):
-            # 4. Invert
+            # 3. Invert
             pool = steps.invert(
                 spec, model, concepts, dataset, plan, params, batch_size=batch_size, progress=inverting
             )
-            # 5. Generate
+            # 4. Interpolate and 5. Denoise
             shown = []
+            references = steps.reference_images(spec, cls)
             for image in steps.generate(
                 model, params, plan, class_names, start=0, stop=plan.generated, batch_size=batch_size,
-                concepts=concepts, pool=pool, references=steps.references(spec, cls), classifier=classifier,
+                concepts=concepts, pool=pool, references=references, classifier=classifier,
             ):  # fmt: skip
                 writer.add_image(image.file_name, image.png)
                 metadata.append(image.metadata)
                 if len(shown) < SYNTHETIC_PER_SHEET:
                     shown.append(image.png)
                 generating(1)
-            # 6. Preview
-            sheets[cls.name] = steps.preview(plan, [item.open() for item in cls.images], shown)
+            # 6. Package: the class's preview sheet, then the archive
+            sheets[cls.name] = steps.render_preview(plan, [item.open() for item in cls.images], shown)
         writer.add_previews(sheets)
-        # 7. Package
         skipped = dataset.manifest()["skipped"]
         steps.package(
             writer, metadata, params, {"name": model.name, "revision": model.revision}, plans, skipped

@@ -1,13 +1,16 @@
 """The method's steps, once: `augment` runs them in one process, the service's worker runs them one shard
-at a time (adding only storage, caching, leases and state around each call).
+at a time (adding only storage, caching, leases and state around each call). The numbers are the ones of
+docs/methods.md; the service's stages are prepare = 1, learn = 2, generate = 3-5, package = 6.
 
-1. `prepare`          how many images each class gets, and from which real images
-2. `concepts`         the job's concepts: reused from a folder, imported, or learned
-3. `classifier`       Real-Filter's classifier of the real set
-4. `invert`           Diff-II's inversion pool of a class
-5. `generate`         images [start, stop) of a class
-6. `preview`          a class's preview sheet
-7. `package`          the archive's metadata and job document
+1. prepare      `prepare`                  each class's share: how many images, from which real images
+2. learn        `learn_or_load_concepts`   the job's concepts: learned, or `load_concepts` from a folder
+3. invert       `invert`                   Diff-II's inversion pool of a class
+4. interpolate  (in `generate`)            Diff-II's random circle interpolation (`methods/diff_ii.py`)
+5. denoise      `generate`                 images [start, stop) of a class: Diff-II's two-stage denoising,
+                                           or a baseline's img2img / text-to-image sampler, which may
+                                           need `reference_images` and `fit_classifier` (Real-Filter)
+6. package      `render_preview`,          a class's preview sheet; the archive's metadata and job
+                `package`                  document
 """
 
 from __future__ import annotations
@@ -22,17 +25,19 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from diffii_core.dataset import ClassInfo, Dataset
-from diffii_core.denoising.generate import GeneratedImage, generate_share
+from diffii_core.errors import ArtifactError
 from diffii_core.inversion.invert import invert_class
 from diffii_core.learning.concept_import import import_published, is_published_layout
-from diffii_core.learning.concepts import Concepts
+from diffii_core.learning.concepts import CONCEPTS_FILE, Concepts
 from diffii_core.learning.training import learn_concepts
 from diffii_core.methods import MethodSpec
 from diffii_core.methods.real_filter import FeatureClassifier, fit_real_filter
 from diffii_core.models import LoadedModel
 from diffii_core.output.archive import ArchiveWriter, job_document
+from diffii_core.output.generated import GeneratedImage
 from diffii_core.output.preview import class_sheet
 from diffii_core.params import JobParams, images_for_class
+from diffii_core.pipeline.generate import generate_share
 from diffii_core.seeding import derive_seed
 
 if TYPE_CHECKING:
@@ -89,10 +94,10 @@ def borrowed(dataset: Dataset, cls: ClassInfo, params: JobParams) -> list[str]:
     return rng.sample(others, min(wanted, len(others)))
 
 
-# 2. Concepts -----------------------------------------------------------------------------------------
+# 2. Learn --------------------------------------------------------------------------------------------
 
 
-def concepts(
+def learn_or_load_concepts(
     spec: MethodSpec,
     model: LoadedModel,
     dataset: Dataset,
@@ -103,19 +108,12 @@ def concepts(
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Concepts | None:
-    """None for the methods on the base model. Else the concepts in `concepts_dir` (ours, or the
-    published Diff-Mix layout) when it holds some, or concepts learned now (and saved there)."""
+    """None for the methods on the base model. Else the concepts in `concepts_dir` when it holds some
+    (`load_concepts`), or concepts learned now (and saved there)."""
     if not spec.needs_concepts:
         return None
-    names = dataset.class_names()
-    if concepts_dir is not None and (concepts_dir / "concepts.json").exists():
-        stored = Concepts.load(concepts_dir)
-        stored.check_fits(spec.concepts, names, concepts_dir)
-        return stored
-    if concepts_dir is not None and concepts_dir.is_dir() and is_published_layout(concepts_dir):
-        stored = import_published(concepts_dir, names, params.metaclass, params.class_prompts)
-        stored.check_fits(spec.concepts, names, concepts_dir)
-        return stored
+    if concepts_dir is not None and holds_concepts(concepts_dir):
+        return load_concepts(spec, concepts_dir, dataset.class_names(), params)
     learned = learn_concepts(
         model, dataset, params, checkpoint_dir=checkpoint_dir, progress=progress, should_stop=should_stop
     )
@@ -124,20 +122,27 @@ def concepts(
     return learned
 
 
-# 3. Classifier ---------------------------------------------------------------------------------------
+def holds_concepts(folder: Path) -> bool:
+    """Whether `folder` holds concepts: ours (concepts.json), or the published Diff-Mix layout."""
+    return (folder / CONCEPTS_FILE).exists() or (folder.is_dir() and is_published_layout(folder))
 
 
-def classifier(
-    spec: MethodSpec, model: LoadedModel, dataset: Dataset, params: JobParams
-) -> FeatureClassifier | None:
-    """Deterministic: every process that needs it fits the same one."""
-    if not spec.classifier:
-        return None
-    images = [[item.open() for item in c.images] for c in dataset.classes]
-    return fit_real_filter(model, images, params.resolution or model.resolution, params.image_geometry)
+def load_concepts(spec: MethodSpec, folder: Path, class_names: list[str], params: JobParams) -> Concepts:
+    """The concepts stored in `folder` (ours, or the published Diff-Mix layout), checked to fit the
+    method's kind and the job's classes: every reader of stored concepts comes through here."""
+    if not holds_concepts(folder):
+        raise ArtifactError(
+            f"{folder} holds no learned concepts (no {CONCEPTS_FILE}, no published Diff-Mix layout)"
+        )
+    if (folder / CONCEPTS_FILE).exists():
+        stored = Concepts.load(folder)
+    else:
+        stored = import_published(folder, class_names, params.metaclass, params.class_prompts)
+    stored.check_fits(spec.concepts, class_names, folder)
+    return stored
 
 
-# 4. Invert -------------------------------------------------------------------------------------------
+# 3. Invert -------------------------------------------------------------------------------------------
 
 
 def invert(
@@ -161,12 +166,23 @@ def invert(
     return invert_class(model, concepts, images, plan.name, params, batch_size=batch_size, progress=progress)
 
 
-# 5. Generate -----------------------------------------------------------------------------------------
+# 4. Interpolate and 5. Denoise ----------------------------------------------------------------------
 
 
-def references(spec: MethodSpec, cls: ClassInfo) -> list[Image.Image] | None:
+def reference_images(spec: MethodSpec, cls: ClassInfo) -> list[Image.Image] | None:
     """The class's real images for the img2img methods, None for the others."""
     return [item.open() for item in cls.images] if spec.references else None
+
+
+def fit_classifier(
+    spec: MethodSpec, model: LoadedModel, dataset: Dataset, params: JobParams
+) -> FeatureClassifier | None:
+    """Real-Filter's classifier of the real set (a baseline's preparation for step 5), None for the other
+    methods. Deterministic: every process that needs it fits the same one."""
+    if not spec.classifier:
+        return None
+    images = [[item.open() for item in c.images] for c in dataset.classes]
+    return fit_real_filter(model, images, params.resolution or model.resolution, params.image_geometry)
 
 
 def generate(
@@ -184,7 +200,8 @@ def generate(
     classifier: FeatureClassifier | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[GeneratedImage]:
-    """Images [start, stop) of the class; call it inside `concepts_applied(model, concepts)`."""
+    """Images [start, stop) of the class: Diff-II's steps 4 and 5 from the class's `pool`, a baseline's
+    step 5; call it inside `concepts_applied(model, concepts)`."""
     yield from generate_share(
         model, concepts, pool, class_name=plan.name, label_index=plan.index, class_names=class_names,
         source_names=plan.sources + plan.borrowed, own_images=plan.images, params=params, start=start,
@@ -193,15 +210,12 @@ def generate(
     )  # fmt: skip
 
 
-# 6. Preview ------------------------------------------------------------------------------------------
+# 6. Package -----------------------------------------------------------------------------------------
 
 
-def preview(plan: ClassPlan, real: Sequence[Image.Image], synthetic: Sequence[bytes]) -> bytes:
+def render_preview(plan: ClassPlan, real: Sequence[Image.Image], synthetic: Sequence[bytes]) -> bytes:
     """The class's sheet: its first real images beside the first synthetic PNGs."""
     return class_sheet(plan.name, real, [Image.open(io.BytesIO(png)) for png in synthetic])
-
-
-# 7. Package ------------------------------------------------------------------------------------------
 
 
 def package(

@@ -46,7 +46,7 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 JOB_OPTIONS: list[Callable[[F], F]] = [
     click.option(
         "--method",
-        type=click.Choice(METHODS),
+        type=click.Choice(tuple(METHODS)),
         help="augmentation method [default: diff-ii]",
     ),
     click.option(

@@ -26,9 +26,9 @@ REFERENCE_RESOLUTION = 512
 
 def job_cost(params: JobParams, class_images: Iterable[int]) -> float:
     """The estimate above; `class_images` is the real image count of each class (empty if unknown)."""
-    from diffii_core.methods import REGISTRY
+    from diffii_core.methods import METHODS
 
-    method = REGISTRY[params.method]
+    method = METHODS[params.method]
     counts = list(class_images)
     real = sum(counts)
     images = sum(math.ceil(params.expansion * n) for n in counts)

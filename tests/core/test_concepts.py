@@ -5,15 +5,17 @@ import torch
 import torch.nn.functional as F
 
 from diffii_core.dataset import ClassInfo, Dataset, ImageItem
-from diffii_core.denoising.generate import generate_share
 from diffii_core.denoising.prompts import concept_prompt, encode_prompts
-from diffii_core.errors import Cancelled
+from diffii_core.errors import ArtifactError, Cancelled
 from diffii_core.images import fit_square, to_tensor
 from diffii_core.inversion.invert import invert_class
 from diffii_core.learning.concepts import Concepts, concepts_applied, install_adapter
 from diffii_core.learning.training import ViewSampler, class_balanced, learn_concepts
+from diffii_core.methods import METHODS
 from diffii_core.models import load_model
 from diffii_core.params import ConceptParams, JobParams
+from diffii_core.pipeline import steps
+from diffii_core.pipeline.generate import generate_share
 
 
 def _params(steps: int, **extra) -> JobParams:
@@ -243,12 +245,15 @@ def test_training_decodes_only_the_images_each_batch_needs(sample, fresh_model):
     assert len(opened) == 4 < 2 * counted.images
 
 
-def test_da_fusion_learns_tokens_only_with_its_token_count(sample, fresh_model):
+def test_da_fusion_learns_tokens_only_with_its_token_count(sample, fresh_model, tmp_path):
     params = JobParams(method="da-fusion", seed=1, concepts={"steps": 2, "learning_rate": 1e-3})
     assert params.concepts.tokens_per_class == 4
     concepts = learn_concepts(fresh_model, sample, params)
     assert concepts.kind == "tokens" and concepts.lora == {} and concepts.lora_rank == 0
     assert all(len(t) == 4 for t in concepts.tokens.values())
     assert not any(p.requires_grad for p in fresh_model.unet.parameters())
-    with pytest.raises(Exception, match="tokens; this method needs lora"):
-        concepts.check_fits("lora+tokens", concepts.class_names)
+    concepts.save(tmp_path / "tokens")
+    with pytest.raises(ArtifactError, match="tokens; this method needs lora"):  # the loader checks the fit
+        steps.load_concepts(METHODS["diff-ii"], tmp_path / "tokens", concepts.class_names, params)
+    with pytest.raises(ArtifactError, match="holds no learned concepts"):
+        steps.load_concepts(METHODS["da-fusion"], tmp_path, concepts.class_names, params)

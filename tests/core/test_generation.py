@@ -4,11 +4,11 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from diffii_core.denoising.generate import generate_share
 from diffii_core.inversion.invert import invert_class, load_pool, save_pool
-from diffii_core.methods import REGISTRY
+from diffii_core.methods import METHODS
 from diffii_core.params import JobParams
 from diffii_core.pipeline import steps
+from diffii_core.pipeline.generate import generate_share
 
 
 def _share(model, concepts, pool, cls, params, batch_size, start=0, stop=6):
@@ -97,7 +97,7 @@ def test_a_filled_pool_gives_the_one_image_class_borrowed_partners(trained, samp
     assert steps.prepare(sample, params) == plans  # the job seed alone picks them
     assert all(p.borrowed == [] for p in plans if p.images >= 3)
 
-    pool = steps.invert(REGISTRY["diff-ii"], model, concepts, sample, single, params, batch_size=2)
+    pool = steps.invert(METHODS["diff-ii"], model, concepts, sample, single, params, batch_size=2)
     assert pool is not None and pool.shape[0] == 3
     alone = invert_class(
         model, concepts, [sample.classes[single.index].images[0].open()], single.name, params
@@ -128,7 +128,7 @@ def test_a_filled_pool_leaves_classes_with_enough_images_alone(trained, sample, 
     outputs = []
     for params in (fast_params, filled):
         plan = next(p for p in steps.prepare(sample, params) if p.images == 3)
-        pool = steps.invert(REGISTRY["diff-ii"], model, concepts, sample, plan, params, batch_size=4)
+        pool = steps.invert(METHODS["diff-ii"], model, concepts, sample, plan, params, batch_size=4)
         made = steps.generate(model, params, plan, sample.class_names(), start=0, stop=3, batch_size=3,
                               concepts=concepts, pool=pool)  # fmt: skip
         outputs.append([g.png for g in made])

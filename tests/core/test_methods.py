@@ -16,15 +16,15 @@ from PIL import Image
 from pydantic import ValidationError
 
 import diffii_core.pipeline.augment as augment_module
-from diffii_core.denoising.generate import generate_share
-from diffii_core.denoising.img2img import method_strengths, soft_label
 from diffii_core.denoising.sampling import denoise_steps, img2img_timesteps, sampler_timesteps
 from diffii_core.learning.concepts import concepts_applied
-from diffii_core.methods import REGISTRY
+from diffii_core.methods import METHODS
+from diffii_core.methods.img2img import method_strengths, soft_label
 from diffii_core.models import load_model
 from diffii_core.params import ConceptParams, JobParams
 from diffii_core.pipeline import steps
 from diffii_core.pipeline.augment import augment
+from diffii_core.pipeline.generate import generate_share
 
 from .test_augment_cli import FAST, run_cli
 
@@ -63,7 +63,7 @@ def concepts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("method", BASELINES)
 def test_each_method_writes_counts_labels_and_metadata(method, sample_dir, sample, concepts_dir, tmp_path):
     params = _params(method)
-    kind_dir = concepts_dir / REGISTRY[method].concepts  # DA-Fusion learns tokens only: its own concepts
+    kind_dir = concepts_dir / METHODS[method].concepts  # DA-Fusion learns tokens only: its own concepts
     summary = augment(sample_dir, tmp_path / "out.zip", params, batch_size=3, concepts_dir=kind_dir)
     names, lines, job = _read(tmp_path / "out.zip")
     index = job["class_index"]
@@ -84,7 +84,7 @@ def test_each_method_writes_counts_labels_and_metadata(method, sample_dir, sampl
             assert line["sources"] == [] and line["strength"] == 1.0 and line["init"] == "noise"
         else:
             assert len(line["sources"]) == 1 and line["sources"][0].startswith(line["source_class"] + "/")
-            assert line["strength"] in REGISTRY[method].strengths
+            assert line["strength"] in METHODS[method].strengths
         if method in ("diff-mix", "real-mix"):
             y = line["soft_label"]
             assert len(y) == len(index) and math.isclose(sum(y), 1.0)
@@ -129,14 +129,14 @@ def test_parameters_validate_and_default_per_method():
     assert JobParams(method="da-fusion", strength=0.7).strength == [0.7]
 
     def drawn_from(method: str, **values: object) -> list[float]:
-        return method_strengths(REGISTRY[method], JobParams(method=method, **values))
+        return method_strengths(METHODS[method], JobParams(method=method, **values))
 
     assert drawn_from("da-fusion") == [0.25, 0.5, 0.75, 1.0]
     assert drawn_from("diff-mix") == [0.5] and drawn_from("diff-gen") == [1.0]
     assert drawn_from("diff-mix", strength=[0.3, 0.9]) == [0.3, 0.9]  # the job's own list wins
-    assert not REGISTRY["real-guidance"].needs_concepts and not REGISTRY["real-mix"].needs_concepts
+    assert not METHODS["real-guidance"].needs_concepts and not METHODS["real-mix"].needs_concepts
     assert all(
-        REGISTRY[m].needs_concepts for m in ["diff-ii", "diff-mix", "diff-aug", "diff-gen", "da-fusion"]
+        METHODS[m].needs_concepts for m in ["diff-ii", "diff-mix", "diff-aug", "diff-gen", "da-fusion"]
     )
     for bad in [{"strength": [0.0]}, {"strength": [1.2]}, {"kappa": 0}, {"kappa": 1.5}, {"gamma": 0}]:
         with pytest.raises(ValidationError) as info:
@@ -247,6 +247,11 @@ def test_images_do_not_depend_on_the_batch_size(method, trained, sample):
         model, params.model_copy(update={"seed": 6}), sample, batch_size=4, stop=5, concepts=concepts
     )
     assert all(a.png != b.png for a, b in zip(one, other, strict=True))
+
+
+def test_concept_methods_need_their_concepts(base_model, sample):
+    with pytest.raises(ValueError, match="needs learned concepts"):  # generate_share's one check
+        _run(base_model, _params("diff-aug"), sample)
 
 
 def test_img2img_methods_need_references(trained, sample):

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from diffii_core.denoising.generate import generate_share
 from diffii_core.inversion.invert import invert_class
 from diffii_core.learning.training import learn_concepts
 from diffii_core.models import LoadedModel
 from diffii_core.params import ConceptParams
+from diffii_core.pipeline.generate import generate_share
 
 
 @contextlib.contextmanager

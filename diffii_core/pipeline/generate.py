@@ -1,6 +1,9 @@
-"""Images of one class by the job's method: the one entry point that `augment`, the worker and the
-benchmarks call. It checks that the caller brought what the method's registry entry says it needs and
-that the job's concepts are the ones in scope on the model, then hands over to the method's module."""
+"""Images of one class by the job's method (step 5; Diff-II's steps 4 and 5): the one entry point that
+`augment`, the worker and the benchmarks call, through `steps.generate`. It checks the one capability
+every method's generation shares, learned concepts, and that they are the ones in scope on the model,
+then calls the method's own `generate` (its module in `diffii_core.methods`), which checks the rest of
+what it uses (Diff-II its inversion pool, the img2img methods their references, Real-Filter its
+classifier)."""
 
 from __future__ import annotations
 
@@ -8,10 +11,10 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from diffii_core.learning.concepts import Concepts, scope_key
-from diffii_core.methods import REGISTRY, ShareRequest
+from diffii_core.methods import ShareRequest
 from diffii_core.models import LoadedModel
 from diffii_core.oom import generate_in_batches
-from diffii_core.output.generated import GeneratedImage, image_id
+from diffii_core.output.generated import GeneratedImage
 from diffii_core.params import JobParams
 
 if TYPE_CHECKING:
@@ -19,8 +22,6 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from diffii_core.methods.real_filter import FeatureClassifier
-
-__all__ = ["GeneratedImage", "generate_share", "image_id"]
 
 
 def generate_share(
@@ -46,7 +47,7 @@ def generate_share(
     inversion `pool`; img2img methods the class's images as `references` (aligned with source_names);
     real-filter a `classifier` trained on the real set. `own_images`: how many of `source_names` (and
     of the pool's rows) are the class's own; the rest are borrowed from other classes (all by default)."""
-    spec = REGISTRY[params.method]
+    spec = params.spec
     if spec.needs_concepts and concepts is None:
         raise ValueError(f"method {spec.name!r} needs learned concepts")
     in_scope = concepts if spec.needs_concepts else None

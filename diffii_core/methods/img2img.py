@@ -1,5 +1,7 @@
-"""The seed papers' baselines on one engine: img2img (SDEdit) from a real reference image, or text to
-image, with a learned concept prompt or the readable class name on the base model.
+"""The img2img / text-to-image sampler that the seed papers' baselines share (diff-mix, real-mix,
+diff-aug, real-guidance, real-filter, da-fusion, diff-gen): step 5 of a baseline, in place of Diff-II's
+inversion, interpolation and two-stage denoising. Each of those method modules names `img2img` as its
+`generate`; Real-Filter adds its classifier around `plans_for`, `render` and `finish`.
 
 img2img with strength s: the reference is fitted to the model's square (squashed by default, as the
 published code resizes), encoded by the VAE (posterior mean times the scaling factor), noised with the
@@ -8,28 +10,24 @@ with classifier-free guidance; the output is resized back to the reference's siz
 reference: pure noise, all steps. Each image is planned by its own generator seeded from
 (job seed, method, class, index[, attempt]); prompts are encoded one at a time and the networks never
 see a batch of one, so an image's bytes do not depend on the batch it was made in.
+
+The registry reads the method modules wherever a job is checked (the API too, without torch), so the
+engine (torch, the networks, the samplers) is imported inside the functions that make images.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from PIL import Image
-
-from diffii_core.denoising.prompts import class_prompt_name, concept_prompt, encode_prompts, name_prompt
-from diffii_core.denoising.sampling import denoise_steps, img2img_timesteps, sample_two_stage
 from diffii_core.errors import Cancelled
-from diffii_core.images import decode_latents, encode_images, fit_square, png_bytes, to_tensor
-from diffii_core.inversion.ddim import Schedule
 from diffii_core.output.generated import GeneratedImage, image_id
-from diffii_core.seeding import derive_seed
 
 if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
     from diffii_core.methods.spec import MethodSpec, ShareRequest
     from diffii_core.params import JobParams
 
@@ -68,6 +66,10 @@ def plan_baseline(
     n_references: int, index: int, latent_shape: tuple[int, ...], attempt: int = 0,
 ) -> BaselinePlan:  # fmt: skip
     """Draws, in this order: reference, target class, strength, start noise."""
+    import torch
+
+    from diffii_core.seeding import derive_seed
+
     key = (params.seed, spec.name, class_name, index) + ((attempt,) if attempt else ())
     seed = derive_seed(*key)
     gen = torch.Generator().manual_seed(seed)
@@ -89,6 +91,8 @@ def hard_label(spec: MethodSpec, plan: BaselinePlan, label_index: int, params: J
 
 
 def prompt_text(spec: MethodSpec, req: ShareRequest, target: int) -> str:
+    from diffii_core.denoising.prompts import class_prompt_name, concept_prompt, name_prompt
+
     name = req.class_names[target]
     if spec.prompt == "concept":
         assert req.concepts is not None
@@ -96,17 +100,27 @@ def prompt_text(spec: MethodSpec, req: ShareRequest, target: int) -> str:
     return name_prompt(class_prompt_name(name, req.params.class_prompts), req.params.metaclass)
 
 
-def check_request(spec: MethodSpec, req: ShareRequest) -> None:
+def check_references(spec: MethodSpec, req: ShareRequest) -> None:
+    """The img2img methods start from the class's own images (generate_share checks the concepts)."""
     if spec.references and not req.references:
         raise ValueError(f"method {spec.name!r} needs the class's reference images")
-    if spec.needs_concepts and req.concepts is None:
-        raise ValueError(f"method {spec.name!r} needs learned concepts")
 
 
 def render(
     spec: MethodSpec, req: ShareRequest, plans: list[BaselinePlan], prompts: dict[int, str]
 ) -> list[np.ndarray]:
     """uint8 images for a batch of plans, each at its reference's size when resizing back."""
+    import math
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from diffii_core.denoising.prompts import encode_prompts
+    from diffii_core.denoising.sampling import denoise_steps, img2img_timesteps, sample_two_stage
+    from diffii_core.images import decode_latents, encode_images, fit_square, to_tensor
+    from diffii_core.inversion.ddim import Schedule
+
     model, params = req.model, req.params
     resolution = params.resolution or model.resolution
     config = model.scheduler_config
@@ -165,9 +179,9 @@ def plans_for(
     ]
 
 
-def generate_img2img(spec: MethodSpec, req: ShareRequest) -> Iterator[GeneratedImage]:
-    """Images [start, stop) of one class for an img2img or text-to-image baseline."""
-    check_request(spec, req)
+def img2img(spec: MethodSpec, req: ShareRequest) -> Iterator[GeneratedImage]:
+    """Step 5 of a baseline: images [start, stop) of one class by img2img, or text to image."""
+    check_references(spec, req)
     prompts = {t: prompt_text(spec, req, t) for t in range(len(req.class_names))} if spec.mix else {}
     prompts.setdefault(req.label_index, prompt_text(spec, req, req.label_index))
     for first in range(req.start, req.stop, req.batch_size):
@@ -182,6 +196,9 @@ def finish(
     spec: MethodSpec, req: ShareRequest, plan: BaselinePlan, array: np.ndarray, prompt: str,
     extra: dict | None = None,
 ) -> GeneratedImage:  # fmt: skip
+    from diffii_core.denoising.sampling import denoise_steps
+    from diffii_core.images import png_bytes
+
     params, class_names, label_index = req.params, req.class_names, req.label_index
     label = hard_label(spec, plan, label_index, params)
     # The id keeps the source class's index, so ids stay unique when a mix is filed under its target.
