@@ -95,11 +95,10 @@ def augment(
                 generating(1)
             # 6. Preview
             sheets[cls.name] = steps.preview(plan, [item.open() for item in cls.images], shown)
-        writer.add_previews(sheets)
         # 7. Package
         skipped = dataset.manifest()["skipped"]
         steps.package(
-            writer, metadata, params, {"name": model.name, "revision": model.revision}, plans, skipped
+            writer, sheets, metadata, params, {"name": model.name, "revision": model.revision}, plans, skipped
         )
     return AugmentSummary(
         out=out,

@@ -7,7 +7,7 @@ at a time (adding only storage, caching, leases and state around each call).
 4. `invert`           Diff-II's inversion pool of a class
 5. `generate`         images [start, stop) of a class
 6. `preview`          a class's preview sheet
-7. `package`          the archive's metadata and job document
+7. `package`          the archive's preview page, metadata and job document
 """
 
 from __future__ import annotations
@@ -206,6 +206,7 @@ def preview(plan: ClassPlan, real: Sequence[Image.Image], synthetic: Sequence[by
 
 def package(
     writer: ArchiveWriter,
+    sheets: dict[str, bytes],
     metadata: list[dict[str, Any]],
     params: JobParams,
     model: dict[str, str],
@@ -213,6 +214,7 @@ def package(
     skipped: list[dict[str, str]],
     **extra: Any,
 ) -> None:
-    """metadata.jsonl and job.json; closes the archive. `model`: {"name", "revision"}."""
+    """preview.html, metadata.jsonl and job.json after the images; closes the archive. `sheets`: class
+    name -> preview sheet; `model`: {"name", "revision"}."""
     classes = [p.summary() for p in plans]
-    writer.finish(metadata, job_document(params, model, classes, skipped=skipped, **extra))
+    writer.finish(sheets, metadata, job_document(params, model, classes, skipped=skipped, **extra))
