@@ -32,7 +32,8 @@ from diffii_core.methods.real_filter import FeatureClassifier, fit_real_filter
 from diffii_core.models import LoadedModel
 from diffii_core.output.archive import ArchiveWriter, job_document
 from diffii_core.output.preview import class_sheet
-from diffii_core.params import JobParams, images_for_class
+from diffii_core.params import JobParams
+from diffii_core.planning import class_counts
 from diffii_core.seeding import derive_seed
 
 if TYPE_CHECKING:
@@ -64,29 +65,30 @@ class ClassPlan:
 
 
 def prepare(dataset: Dataset, params: JobParams) -> list[ClassPlan]:
+    """Each class's share, counted by `diffii_core.planning` (which the job's cost counts too)."""
+    counts = class_counts(params, [len(c.images) for c in dataset.classes])
     return [
         ClassPlan(
             index=c.index,
             name=c.name,
-            images=len(c.images),
-            generated=images_for_class(params, len(c.images)),
+            images=count.images,
+            generated=count.generated,
             sources=[item.path for item in c.images],
-            borrowed=borrowed(dataset, c, params),
+            borrowed=borrowed(dataset, c, params, count.borrowed),
         )
-        for c in dataset.classes
+        for c, count in zip(dataset.classes, counts, strict=True)
     ]
 
 
-def borrowed(dataset: Dataset, cls: ClassInfo, params: JobParams) -> list[str]:
-    """Other classes' images, drawn without replacement by the job seed, that fill a class of fewer than
-    `fill_pool_to` images up to that many: a tail class of one image gets partners to interpolate with
-    instead of fresh noise."""
-    wanted = params.fill_pool_to - len(cls.images)
-    if wanted <= 0:
+def borrowed(dataset: Dataset, cls: ClassInfo, params: JobParams, count: int) -> list[str]:
+    """`count` of the other classes' images (`planning.borrowed_count`), drawn without replacement by
+    the job seed, that fill a class of fewer than `fill_pool_to` images: a tail class of one image gets
+    partners to interpolate with instead of fresh noise."""
+    if count <= 0:
         return []
     others = [item.path for c in dataset.classes if c.index != cls.index for item in c.images]
     rng = random.Random(derive_seed(params.seed, "fill-pool", cls.name))
-    return rng.sample(others, min(wanted, len(others)))
+    return rng.sample(others, count)
 
 
 # 2. Concepts -----------------------------------------------------------------------------------------
