@@ -41,7 +41,7 @@ def augment(
     out: str | Path,
     params: JobParams,
     *,
-    registry: Mapping[str, str] | None = None,
+    models: Mapping[str, str] | None = None,
     device: str | None = None,
     batch_size: int = 8,
     limits: DatasetLimits | None = None,
@@ -56,7 +56,7 @@ def augment(
     began = time.monotonic()
     out = Path(out)
     dataset = load_dataset(source, limits or DatasetLimits())
-    model = load_model(params.model, registry, device=device)
+    model = load_model(params.model, models, device=device)
     spec = REGISTRY[params.method]
 
     # 1. Prepare: each class's share
