@@ -93,9 +93,9 @@ def load_model(
         dtype = torch.float32  # the tiny model is a CPU smoke model; fp16 buys nothing there
     else:
         if source == "world":
-            from diffii_core.world import shipped_pipeline
+            from diffii_core.world import shipped_model
 
-            source = str(shipped_pipeline())
+            source = str(shipped_model())
         parts = _load_diffusers(name, source, dtype, cache_dir)
     tokenizer, text_encoder, unet, vae, scheduler_config, revision, resolution = parts
     # The text encoder stays fp32: its placeholder rows are trained, and it is cheap.

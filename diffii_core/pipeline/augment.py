@@ -18,8 +18,8 @@ from diffii_core.output.preview import SYNTHETIC_PER_SHEET
 from diffii_core.params import JobParams
 from diffii_core.pipeline import steps
 
-# progress(stage, total) returns a function that advances that stage's bar by n.
-Progress = Callable[[str, int], Callable[[int], None]]
+# progress(stage, total) opens that stage's bar and returns a function that advances it by n.
+StageBars = Callable[[str, int], Callable[[int], None]]
 
 
 def _no_progress(stage: str, total: int) -> Callable[[int], None]:
@@ -47,7 +47,7 @@ def augment(
     limits: DatasetLimits | None = None,
     work_dir: Path | None = None,
     concepts_dir: Path | None = None,
-    progress: Progress = _no_progress,
+    progress: StageBars = _no_progress,
 ) -> AugmentSummary:
     """Run params.method (Diff-II or a baseline) on a dataset and write the archive to `out`; the file
     appears whole or not at all. What runs before generation is what the method's registry entry needs:
@@ -110,7 +110,7 @@ def augment(
     )
 
 
-def _learning_bar(progress: Progress, total_steps: int) -> Callable[[int, int], None]:
+def _learning_bar(progress: StageBars, total_steps: int) -> Callable[[int, int], None]:
     """The concept-learning bar, opened at the first step: no bar when concepts are reused."""
     bar: list[Callable[[int], None]] = []
 
