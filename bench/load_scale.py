@@ -38,7 +38,7 @@ class Service:
     """An API and N workers (processes) on the given Postgres, Redis and a local object folder."""
 
     def __init__(self, tmp: Path, database_url: str, broker_url: str, extra: dict[str, str]) -> None:
-        from services.common.schema import upgrade_to_head
+        from services.common.migrate import upgrade_to_head
 
         self.tmp = tmp
         upgrade_to_head(database_url)

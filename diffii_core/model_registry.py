@@ -1,7 +1,8 @@
-"""The operator's model list (name -> "tiny" | diffusers directory | hub id), parsed in one place.
+"""The model table (name -> "tiny" | diffusers directory | hub id), built by one rule.
 
-`DIFFII_MODELS` is read by the services' settings and by `diffii augment`; both go through
-:func:`parse_registry`, so a list one of them accepts the other accepts too, with the same errors.
+The built-in models are always there; the operator's `DIFFII_MODELS` is merged over them (adding
+models, or pointing a built-in name elsewhere). The services' settings and `diffii augment` both call
+:func:`model_table`, so the same value gives the same table, with the same errors.
 """
 
 from __future__ import annotations
@@ -11,7 +12,12 @@ from collections.abc import Mapping
 from typing import Any
 
 # "tiny" is built in code (random weights); "world" is the pretrained world model in diffii_core/world.
-DEFAULT_REGISTRY: dict[str, str] = {"tiny": "tiny", "world": "world"}
+BUILTIN_MODELS: dict[str, str] = {"tiny": "tiny", "world": "world"}
+
+
+def model_table(value: str | Mapping[str, Any] | None, *, source: str = "DIFFII_MODELS") -> dict[str, str]:
+    """The built-in models with `value` (DIFFII_MODELS: JSON text or a mapping) merged over them."""
+    return {**BUILTIN_MODELS, **parse_registry(value, source=source)}
 
 
 def parse_registry(value: str | Mapping[str, Any] | None, *, source: str = "DIFFII_MODELS") -> dict[str, str]:

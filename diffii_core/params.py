@@ -5,7 +5,6 @@ Validation errors name the field, so the API's 422 and the CLI's message say wha
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -315,9 +314,3 @@ class JobParams(BaseModel):
         if any(not s.strip() or len(s) > 200 for s in value):
             raise ValueError("each suffix must be 1 to 200 characters of text")
         return [" ".join(s.split()) for s in value]
-
-
-def images_for_class(params: JobParams, n_real: int) -> int:
-    """Output count for a class of n_real images: int(expansion * N_c), as the method specifies."""
-    # The epsilon keeps 0.29 * 100 at 29: binary floats land just under whole numbers.
-    return math.floor(params.expansion * n_real + 1e-9)

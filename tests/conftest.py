@@ -68,7 +68,7 @@ def make_pg_database() -> Iterator[Callable[[], str]]:
 @pytest.fixture(scope="session")
 def pg_url(make_pg_database: Callable[[], str]) -> str:
     """The session's Postgres database, migrated to the newest schema."""
-    from services.common.schema import upgrade_to_head
+    from services.common.migrate import upgrade_to_head
 
     url = make_pg_database()
     upgrade_to_head(url)

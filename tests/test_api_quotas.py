@@ -4,16 +4,20 @@ its value and the request's; overrides per owner beat the settings; `diffii admi
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from diffii_core.dataset import load_dataset
 from diffii_core.params import JobParams
+from diffii_core.pipeline import steps
+from diffii_core.planning import job_cost
+from diffii_core.sample_data import write_sample_dataset
 from services.common import quotas
 from services.common.db import session_scope
-from services.common.job_cost import job_cost
 from services.common.models import Owner
 from tests.dataset_builders import good_members, zip_bytes
 from tests.service_helpers import auth
@@ -62,16 +66,29 @@ def test_active_jobs_over_the_limit_is_429_with_retry_after(limited: Any) -> Non
     )
 
 
-def test_a_job_asking_for_more_work_than_allowed_is_422_naming_its_cost(limited: Any) -> None:
+def planned_cost(params: JobParams, dataset_dir: Path) -> float:
+    """The cost written out from what the planner will run on the dataset (not from job_cost)."""
+    plans = steps.prepare(load_dataset(dataset_dir), params)
+    method, c = params.spec, params.concepts
+    learn = c.steps * c.batch_size * c.gradient_accumulation if method.needs_concepts else 0
+    images = sum(p.generated for p in plans) * params.inference_steps
+    inversions = sum(p.images + len(p.borrowed) for p in plans) * params.inversion_steps
+    scale = ((params.resolution or 512) / 512) ** 2
+    return (learn + images + (inversions if method.inversion else 0)) * scale
+
+
+def test_a_job_asking_for_more_work_than_allowed_is_422_naming_its_cost(limited: Any, tmp_path: Path) -> None:
     client, headers, dataset = limited(max_job_cost=1000)
     ok = client.post("/v1/jobs", headers=headers, json={**SMALL, "dataset_id": dataset["id"]})
     assert ok.status_code == 202, ok.text
-    big = {**SMALL, "concepts": {"steps": 1000, "batch_size": 4}}
+    # 1.5 x 1 image makes 1 (floor), and a pool filled to 10 borrows only the 2 images the other class has.
+    big = {**SMALL, "concepts": {"steps": 1000, "batch_size": 4}, "expansion": 1.5, "fill_pool_to": 10}
     refused = client.post("/v1/jobs", headers=headers, json={**big, "dataset_id": dataset["id"]})
     assert refused.status_code == 422
     body = refused.json()
     assert body["limit"] == "max_job_cost" and body["limit_value"] == 1000
-    expected = job_cost(JobParams(**big), [c["images"] for c in dataset["classes"]])
+    (tmp_path / "data.zip").write_bytes(ARCHIVE)
+    expected = planned_cost(JobParams(**big), tmp_path / "data.zip")
     assert body["requested"] == round(expected, 1) and expected > 4000
     assert "max_job_cost" in body["detail"]
 
@@ -79,13 +96,33 @@ def test_a_job_asking_for_more_work_than_allowed_is_422_naming_its_cost(limited:
 def test_cost_counts_each_term_scaled_by_resolution() -> None:
     base = {"model": "tiny", "expansion": 2, "inference_steps": 10, "inversion_steps": 7}
     params = JobParams(**base, concepts={"steps": 100, "batch_size": 2, "gradient_accumulation": 3})
-    # 100 x 2 x 3 concept passes + ceil(2 x 3) + ceil(2 x 5) = 16 images x 10 steps + 8 inversions x 7
+    # 100 x 2 x 3 concept passes + 2 x 3 + 2 x 5 = 16 images x 10 steps + 8 inversions x 7
     assert job_cost(params, [3, 5]) == 600 + 160 + 56
     assert job_cost(params.model_copy(update={"resolution": 1024}), [3, 5]) == 4 * (600 + 160 + 56)
     # A pool filled to 4 borrows one image for the class of 3: 9 inversions.
     assert job_cost(params.model_copy(update={"fill_pool_to": 4}), [3, 5]) == 600 + 160 + 63
+    # Filled to 100, each class borrows only what the other holds: 8 + 8 inversions.
+    assert job_cost(params.model_copy(update={"fill_pool_to": 100}), [3, 5]) == 600 + 160 + 112
+    # floor(1.5 x 3) + floor(1.5 x 5) = 4 + 7 images, as the planner makes.
+    assert job_cost(params.model_copy(update={"expansion": 1.5}), [3, 5]) == 600 + 110 + 56
     mix = JobParams(**base, method="real-mix")  # no concepts, no inversion pool
     assert job_cost(mix, [3, 5]) == 160
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        {"expansion": 1.5},
+        {"expansion": 0.29, "fill_pool_to": 3},
+        {"expansion": 2.7, "fill_pool_to": 64, "resolution": 256},
+        {"method": "real-mix", "expansion": 1.3},
+    ],
+)
+def test_cost_is_what_the_planner_plans_for_the_sample_data(update: dict[str, Any], tmp_path: Path) -> None:
+    data = write_sample_dataset(tmp_path / "data")
+    params = JobParams(model="tiny", inference_steps=10, inversion_steps=7, **update)
+    counts = [len(c.images) for c in load_dataset(data).classes]
+    assert job_cost(params, counts) == planned_cost(params, data)
 
 
 def test_stored_bytes_over_the_limit_refuses_uploads_413_and_jobs_422(limited: Any) -> None:

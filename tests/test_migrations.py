@@ -11,8 +11,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
 from services.common.db import make_engine
+from services.common.migrate import current_revision, downgrade_to_base, head_revision, upgrade_to_head
 from services.common.models import Base
-from services.common.schema import current_revision, downgrade_to_base, head_revision, upgrade_to_head
 
 MODEL_TABLES = set(Base.metadata.tables)
 

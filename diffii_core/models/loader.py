@@ -14,7 +14,7 @@ import torch
 from diffii_core.denoising.batch_invariance import stabilize
 from diffii_core.errors import ModelError
 from diffii_core.inversion.ddim import Schedule
-from diffii_core.model_registry import DEFAULT_REGISTRY
+from diffii_core.model_registry import BUILTIN_MODELS
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -70,17 +70,18 @@ def pick_device(device: str | None = None) -> tuple[torch.device, torch.dtype]:
 
 def load_model(
     name: str,
-    registry: Mapping[str, str] | None = None,
+    models: Mapping[str, str] | None = None,
     *,
     device: str | None = None,
     cache_dir: str | Path | None = None,
 ) -> LoadedModel:
-    """Load `name` as the registry maps it: "tiny", a diffusers directory or a hub id."""
-    registry = DEFAULT_REGISTRY if registry is None else registry
-    if name not in registry:
-        known = ", ".join(sorted(registry)) or "none"
+    """Load `name` as the model table maps it: "tiny", a diffusers directory or a hub id. `models`:
+    the table (`diffii_core.model_registry.model_table`); None: the built-in models."""
+    models = BUILTIN_MODELS if models is None else models
+    if name not in models:
+        known = ", ".join(sorted(models)) or "none"
         raise ModelError(f"model {name!r} is not in the model list (known: {known})")
-    source = registry[name]
+    source = models[name]
     dev, dtype = pick_device(device)
     if source in BUILT_IN:
         from diffii_core.models.tiny import TINY_RESOLUTION, build_tiny, scheduler_config, tiny_revision
@@ -92,9 +93,9 @@ def load_model(
         dtype = torch.float32  # the tiny model is a CPU smoke model; fp16 buys nothing there
     else:
         if source == "world":
-            from diffii_core.world import shipped_pipeline
+            from diffii_core.world import shipped_model
 
-            source = str(shipped_pipeline())
+            source = str(shipped_model())
         parts = _load_diffusers(name, source, dtype, cache_dir)
     tokenizer, text_encoder, unet, vae, scheduler_config, revision, resolution = parts
     # The text encoder stays fp32: its placeholder rows are trained, and it is cheap.

@@ -1,4 +1,4 @@
-"""The synthetic dataset archive: `<class>/<image id>.png`, `metadata.jsonl`, `job.json`, `preview.html`.
+"""The synthetic dataset archive: `<class>/<image id>.png`, then `preview.html`, `metadata.jsonl`, `job.json`.
 
 Written as a stream (no seeks), so it can go straight into a multipart upload, with fixed timestamps so
 that the same job gives the same archive bytes."""
@@ -37,11 +37,13 @@ class ArchiveWriter:
     def add_image(self, file_name: str, png: bytes) -> None:
         self._write(file_name, png, zipfile.ZIP_STORED)  # PNG is compressed already
 
-    def add_previews(self, sheets: dict[str, bytes]) -> None:
-        """The classes' preview sheets, as one page (`preview.html`)."""
+    def finish(
+        self, sheets: dict[str, bytes], metadata_lines: Iterable[dict[str, Any]], job: dict[str, Any]
+    ) -> None:
+        """Everything after the images, in one fixed order (`preview.html`, `metadata.jsonl`,
+        `job.json`), then close: the order belongs to the writer, so every caller's archive has the same
+        members in the same places. `sheets`: class name -> preview sheet PNG."""
         self._write(PREVIEW_PAGE, preview_page(sheets), zipfile.ZIP_STORED)
-
-    def finish(self, metadata_lines: Iterable[dict[str, Any]], job: dict[str, Any]) -> None:
         lines = "".join(
             json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n" for line in metadata_lines
         )

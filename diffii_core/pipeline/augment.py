@@ -18,8 +18,8 @@ from diffii_core.output.preview import SYNTHETIC_PER_SHEET
 from diffii_core.params import JobParams
 from diffii_core.pipeline import steps
 
-# progress(stage, total) returns a function that advances that stage's bar by n.
-Progress = Callable[[str, int], Callable[[int], None]]
+# progress(stage, total) opens that stage's bar and returns a function that advances it by n.
+StageBars = Callable[[str, int], Callable[[int], None]]
 
 
 def _no_progress(stage: str, total: int) -> Callable[[int], None]:
@@ -41,13 +41,13 @@ def augment(
     out: str | Path,
     params: JobParams,
     *,
-    registry: Mapping[str, str] | None = None,
+    models: Mapping[str, str] | None = None,
     device: str | None = None,
     batch_size: int = 8,
     limits: DatasetLimits | None = None,
     work_dir: Path | None = None,
     concepts_dir: Path | None = None,
-    progress: Progress = _no_progress,
+    progress: StageBars = _no_progress,
 ) -> AugmentSummary:
     """Run params.method (Diff-II or a baseline) on a dataset and write the archive to `out`; the file
     appears whole or not at all. What runs before generation is what the method's registry entry needs:
@@ -56,8 +56,8 @@ def augment(
     began = time.monotonic()
     out = Path(out)
     dataset = load_dataset(source, limits or DatasetLimits())
-    model = load_model(params.model, registry, device=device)
-    spec = METHODS[params.method]
+    model = load_model(params.model, models, device=device)
+    spec = params.spec
 
     # 1. Prepare: each class's share
     plans = steps.prepare(dataset, params)
@@ -96,10 +96,9 @@ def augment(
                 generating(1)
             # 6. Package: the class's preview sheet, then the archive
             sheets[cls.name] = steps.render_preview(plan, [item.open() for item in cls.images], shown)
-        writer.add_previews(sheets)
         skipped = dataset.manifest()["skipped"]
         steps.package(
-            writer, metadata, params, {"name": model.name, "revision": model.revision}, plans, skipped
+            writer, sheets, metadata, params, {"name": model.name, "revision": model.revision}, plans, skipped
         )
     return AugmentSummary(
         out=out,
@@ -111,7 +110,7 @@ def augment(
     )
 
 
-def _learning_bar(progress: Progress, total_steps: int) -> Callable[[int, int], None]:
+def _learning_bar(progress: StageBars, total_steps: int) -> Callable[[int, int], None]:
     """The concept-learning bar, opened at the first step: no bar when concepts are reused."""
     bar: list[Callable[[int], None]] = []
 

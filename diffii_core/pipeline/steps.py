@@ -36,8 +36,9 @@ from diffii_core.models import LoadedModel
 from diffii_core.output.archive import ArchiveWriter, job_document
 from diffii_core.output.generated import GeneratedImage
 from diffii_core.output.preview import class_sheet
-from diffii_core.params import JobParams, images_for_class
+from diffii_core.params import JobParams
 from diffii_core.pipeline.generate import generate_share
+from diffii_core.planning import class_counts
 from diffii_core.seeding import derive_seed
 
 if TYPE_CHECKING:
@@ -69,29 +70,30 @@ class ClassPlan:
 
 
 def prepare(dataset: Dataset, params: JobParams) -> list[ClassPlan]:
+    """Each class's share, counted by `diffii_core.planning` (which the job's cost counts too)."""
+    counts = class_counts(params, [len(c.images) for c in dataset.classes])
     return [
         ClassPlan(
             index=c.index,
             name=c.name,
-            images=len(c.images),
-            generated=images_for_class(params, len(c.images)),
+            images=count.images,
+            generated=count.generated,
             sources=[item.path for item in c.images],
-            borrowed=borrowed(dataset, c, params),
+            borrowed=borrowed(dataset, c, params, count.borrowed),
         )
-        for c in dataset.classes
+        for c, count in zip(dataset.classes, counts, strict=True)
     ]
 
 
-def borrowed(dataset: Dataset, cls: ClassInfo, params: JobParams) -> list[str]:
-    """Other classes' images, drawn without replacement by the job seed, that fill a class of fewer than
-    `fill_pool_to` images up to that many: a tail class of one image gets partners to interpolate with
-    instead of fresh noise."""
-    wanted = params.fill_pool_to - len(cls.images)
-    if wanted <= 0:
+def borrowed(dataset: Dataset, cls: ClassInfo, params: JobParams, count: int) -> list[str]:
+    """`count` of the other classes' images (`planning.borrowed_count`), drawn without replacement by
+    the job seed, that fill a class of fewer than `fill_pool_to` images: a tail class of one image gets
+    partners to interpolate with instead of fresh noise."""
+    if count <= 0:
         return []
     others = [item.path for c in dataset.classes if c.index != cls.index for item in c.images]
     rng = random.Random(derive_seed(params.seed, "fill-pool", cls.name))
-    return rng.sample(others, min(wanted, len(others)))
+    return rng.sample(others, count)
 
 
 # 2. Learn --------------------------------------------------------------------------------------------
@@ -220,6 +222,7 @@ def render_preview(plan: ClassPlan, real: Sequence[Image.Image], synthetic: Sequ
 
 def package(
     writer: ArchiveWriter,
+    sheets: dict[str, bytes],
     metadata: list[dict[str, Any]],
     params: JobParams,
     model: dict[str, str],
@@ -227,6 +230,7 @@ def package(
     skipped: list[dict[str, str]],
     **extra: Any,
 ) -> None:
-    """metadata.jsonl and job.json; closes the archive. `model`: {"name", "revision"}."""
+    """preview.html, metadata.jsonl and job.json after the images; closes the archive. `sheets`: class
+    name -> preview sheet; `model`: {"name", "revision"}."""
     classes = [p.summary() for p in plans]
-    writer.finish(metadata, job_document(params, model, classes, skipped=skipped, **extra))
+    writer.finish(sheets, metadata, job_document(params, model, classes, skipped=skipped, **extra))

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from transformers import ResNetConfig, ResNetForImageClassification
 
 from diffii_core.world import domain
-from diffii_core.world.fit import Progress, cached, fit
+from diffii_core.world.fit import TrainingProgress, cached, fit
 from diffii_core.world.oracle import to_batch
 
 CONFIG = {
@@ -44,7 +44,7 @@ def train_backbone(
     *,
     seed: int = 0,
     batch: int = 64,
-    progress: Progress | None = None,
+    progress: TrainingProgress | None = None,
 ) -> int:
     """Train on a seeded render of the pretraining species; save a transformers model directory."""
     x, y = cached(work_dir / f"backbone-data-{seed}.pt", lambda: _render(seed, 40_000))

@@ -95,7 +95,7 @@ def reconstruct_from_inversion(model: LoadedModel, pixels: torch.Tensor, prompts
 
 
 def diffii_faithfulness(
-    model_registry: dict[str, str], oracle: Oracle, seed: int, say: Say, guidance_scale: float = GUIDANCE
+    models: dict[str, str], oracle: Oracle, seed: int, say: Say, guidance_scale: float = GUIDANCE
 ) -> float:
     """Share of Diff-II images of a 5-shot, 5-class evaluation dataset whose attributes are their class's,
     made with the world's defaults (its quick preset)."""
@@ -116,7 +116,7 @@ def diffii_faithfulness(
             }
         )
         say(f"diffii faithfulness: augment 5 classes x 5 shots, {params.concepts.steps} concept steps")
-        augment(data / "train", Path(tmp) / "out.zip", params, registry=model_registry, batch_size=16)
+        augment(data / "train", Path(tmp) / "out.zip", params, models=models, batch_size=16)
         made = archive_images(Path(tmp) / "out.zip")
     images = [image for class_images in made.values() for image in class_images]
     species = [domain.species_by_name(name) for name, class_images in made.items() for _ in class_images]
@@ -133,8 +133,8 @@ def run_checks(
     guidance_scale: float = GUIDANCE,
 ) -> dict[str, Any]:
     """Every gate's figure, the targets, and which were met."""
-    registry = {"world": str(model_dir) if model_dir else "world"}
-    model = load_model("world", registry, device="cpu")
+    models = {"world": str(model_dir) if model_dir else "world"}
+    model = load_model("world", models, device="cpu")
     oracle = load_oracle()
     pre, held = domain.pretraining_species(), domain.evaluation_species()
     report: dict[str, Any] = {}
@@ -173,7 +173,7 @@ def run_checks(
         attributes_right(predict(oracle, rebuilt), eval_species[:n_inv]).float().mean()
     )
     if faithfulness:
-        report["diffii_faithfulness"] = diffii_faithfulness(registry, oracle, seed, say, guidance_scale)
+        report["diffii_faithfulness"] = diffii_faithfulness(models, oracle, seed, say, guidance_scale)
     report["targets"] = TARGETS
     report["met"] = {k: report[k] >= v for k, v in TARGETS.items() if k in report}
     report["samples"] = samples

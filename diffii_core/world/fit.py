@@ -12,7 +12,9 @@ from torch import nn
 
 from diffii_core.seeding import generator
 
-Progress = Callable[[str, int, int, dict[str, float]], None]
+# progress(leg, step, steps, metrics): what every world training loop reports (the classifiers here,
+# the world model in `train.py`), one type for all of them.
+TrainingProgress = Callable[[str, int, int, dict[str, float]], None]
 
 
 def cached(path: Path, make: Callable[[], Any]) -> Any:
@@ -33,7 +35,7 @@ def fit(
     seed: int,
     name: str,
     batch: int,
-    progress: Progress | None = None,
+    progress: TrainingProgress | None = None,
 ) -> None:
     """`steps` optimiser steps on random batches of indices into a data set of `size` items."""
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)

@@ -21,7 +21,7 @@ from torch import nn
 
 from diffii_core.atomic import atomic_write
 from diffii_core.world import ORACLE_DIR, domain
-from diffii_core.world.fit import Progress, cached, fit
+from diffii_core.world.fit import TrainingProgress, cached, fit
 
 HEADS: dict[str, tuple[str, ...]] = {
     **domain.ATTRIBUTES,
@@ -88,7 +88,7 @@ def train_oracle(
     *,
     seed: int = 0,
     batch: int = 64,
-    progress: Progress | None = None,
+    progress: TrainingProgress | None = None,
 ) -> int:
     """Train on a seeded render of every species; writes `out/oracle.safetensors` and its accuracy."""
     x, y = cached(work_dir / f"oracle-data-{seed}.pt", lambda: render_labelled(seed, 40_000))

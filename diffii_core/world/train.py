@@ -8,7 +8,7 @@ directory with a manifest of the recipe, steps, seed and file hashes.
 
     diffii world train --work-dir world-train --stage vae --steps 3000
     diffii world train --work-dir world-train --stage unet --steps 20000 --max-minutes 120
-    diffii world train --work-dir world-train --stage export --out diffii_core/world/pipeline
+    diffii world train --work-dir world-train --stage export --out diffii_core/world/weights/model
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,8 @@ from transformers import CLIPTextModel
 from diffii_core.atomic import atomic_write
 from diffii_core.seeding import generator
 from diffii_core.world import domain
+from diffii_core.world.fit import TrainingProgress
 from diffii_core.world.model import SCHEDULER_CONFIG, build_fresh, build_tokenizer, save_pipeline
-
-Progress = Callable[[str, int, int, dict[str, float]], None]
 
 
 @dataclass
@@ -106,7 +104,7 @@ def train_vae(
     steps: int,
     *,
     max_seconds: float | None = None,
-    progress: Progress | None = None,
+    progress: TrainingProgress | None = None,
 ) -> int:
     """Train the autoencoder to `steps` (resuming); returns the step reached."""
     ckpt_path = work_dir / "vae.pt"
@@ -257,7 +255,7 @@ def train_unet(
     steps: int,
     *,
     max_seconds: float | None = None,
-    progress: Progress | None = None,
+    progress: TrainingProgress | None = None,
 ) -> int:
     """Train the text encoder and UNet jointly to `steps` (resuming); returns the step reached."""
     tokenizer = build_tokenizer()

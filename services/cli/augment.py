@@ -11,20 +11,20 @@ import click
 from services.cli.options import job_body, job_options
 
 
-def _registry(model_paths: tuple[str, ...]) -> dict[str, str]:
-    """The built-in models, DIFFII_MODELS (JSON name -> directory or hub id), then --model-path."""
-    from diffii_core.model_registry import DEFAULT_REGISTRY, parse_registry
+def _models(model_paths: tuple[str, ...]) -> dict[str, str]:
+    """The services' model table (built-ins, DIFFII_MODELS merged over them), then --model-path."""
+    from diffii_core.model_registry import model_table
 
     try:
-        registry = {**DEFAULT_REGISTRY, **parse_registry(os.environ.get("DIFFII_MODELS"))}
+        models = model_table(os.environ.get("DIFFII_MODELS"))
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     for item in model_paths:
         name, sep, where = item.partition("=")
         if not sep or not name or not where:
             raise click.BadParameter(f"{item!r} is not NAME=PATH_OR_HUB_ID", param_hint="--model-path")
-        registry[name] = where
-    return registry
+        models[name] = where
+    return models
 
 
 def _params(options: dict[str, Any]):
@@ -87,7 +87,7 @@ def augment(
 ) -> None:
     """Expand DATASET (a folder, .zip or .tar(.gz) in ImageFolder layout) into a synthetic archive."""
     params = _params(options)
-    registry = _registry(model_paths)
+    models = _models(model_paths)
     from tqdm import tqdm
 
     from diffii_core.errors import DiffiiError
@@ -105,7 +105,7 @@ def augment(
             dataset,
             out,
             params,
-            registry=registry,
+            models=models,
             device=device,
             batch_size=batch_size,
             work_dir=work_dir,

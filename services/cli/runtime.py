@@ -28,7 +28,7 @@ _CLI = "from services.cli.main import main; main()"
 def _upgrade_embedded_schema(settings: Any) -> None:
     """The embedded default needs no setup step: bring the SQLite schema up to date."""
     if settings.uses_embedded_sqlite:
-        from services.common.schema import upgrade_to_head
+        from services.common.migrate import upgrade_to_head
 
         settings.ensure_home()
         upgrade_to_head(settings.database_url)
@@ -129,7 +129,7 @@ def up(host: str, port: int, concurrency: int) -> None:
     objects under $DIFFII_HOME/objects. DIFFII_DATABASE_URL, DIFFII_BROKER_URL and DIFFII_S3_* choose
     real Postgres, Redis and S3 instead.
     """
-    from services.common.schema import upgrade_to_head
+    from services.common.migrate import upgrade_to_head
     from services.common.settings import CommonSettings
 
     settings = CommonSettings()

@@ -29,7 +29,7 @@ def serve(host: str | None, port: int | None, workers: int, log_level: str) -> N
     settings = ApiSettings(**overrides)
     if settings.uses_embedded_sqlite:
         # The embedded default must work with no setup step: bring the SQLite schema up to date.
-        from services.common.schema import upgrade_to_head
+        from services.common.migrate import upgrade_to_head
 
         settings.ensure_home()
         upgrade_to_head(settings.database_url)
@@ -64,7 +64,7 @@ def migrate(url: str | None, revision: str) -> None:
     """Create or upgrade the state database schema (Alembic)."""
     from alembic import command
 
-    from services.common.schema import alembic_config, current_revision
+    from services.common.migrate import alembic_config, current_revision
     from services.common.settings import CommonSettings
 
     if url is None:
@@ -214,7 +214,7 @@ def ensure_storage_command() -> None:
 def _require_schema(url: str) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from services.common.schema import current_revision, head_revision
+    from services.common.migrate import current_revision, head_revision
 
     try:
         current = current_revision(url)

@@ -1,7 +1,7 @@
 """Per-owner quotas: defaults in settings, overrides per owner (`owner_quotas`, `diffii admin quota`).
 
 - max_active_jobs: jobs queued or running (not ended) at once; over it, 429 with Retry-After.
-- max_job_cost: the work one job may ask for (services/common/job_cost.py); over it, 422.
+- max_job_cost: the work one job may ask for (diffii_core.planning.job_cost); over it, 422.
 - max_stored_bytes: bytes of the owner's uploaded datasets and kept archives; an upload that would
   pass it is 413, a job submitted while the owner is at or over it is 422.
 

@@ -7,12 +7,12 @@ are the embedded ones: everything lives under DIFFII_HOME, so `diffii up` needs 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from diffii_core.model_registry import DEFAULT_REGISTRY
+from diffii_core.model_registry import BUILTIN_MODELS, model_table
 
 if TYPE_CHECKING:
     from diffii_core.dataset import DatasetLimits
@@ -43,7 +43,12 @@ class CommonSettings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_addressing_style: Literal["auto", "path", "virtual"] = "path"
 
-    models: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_REGISTRY))
+    # NoDecode: the raw DIFFII_MODELS text goes to model_table, the rule `diffii augment` applies too
+    # (an empty value is the built-ins, a bad one is refused with the same message).
+    models: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=lambda: dict(BUILTIN_MODELS),
+        description="the built-in models with DIFFII_MODELS merged over them (diffii_core.model_registry)",
+    )
     model_cache_dir: Path | None = None
     allowed_dataset_buckets: list[str] = Field(
         default_factory=list, description="buckets a job's dataset_uri may name (s3://bucket/key)"
@@ -57,9 +62,7 @@ class CommonSettings(BaseSettings):
     @field_validator("models", mode="before")
     @classmethod
     def _parse_models(cls, value: Any) -> dict[str, str]:
-        from diffii_core.model_registry import parse_registry
-
-        return parse_registry(value)
+        return model_table(value)
 
     @field_validator("dataset_limits")
     @classmethod

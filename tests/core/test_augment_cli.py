@@ -42,6 +42,7 @@ def test_archive_has_int_expansion_times_n_images_per_class_and_full_metadata(ar
             assert len(pngs) == int(1.5 * len(cls.images))
             assert Image.open(io.BytesIO(zf.read(pngs[0]))).size == (64, 64)
     assert sorted(line["file_name"] for line in lines) == sorted(n for n in names if n.endswith(".png"))
+    assert names[-3:] == ["preview.html", "metadata.jsonl", "job.json"]  # the writer's order
     fields = {
         "file_name",
         "label",

@@ -20,7 +20,7 @@ KNOWN: dict[tuple[str, str], str] = {
     # model: the loader belongs to the model-registry work, so its imports move with it.
     ("diffii_core.models", "diffii_core.denoising"): "models/loader.py: denoising.batch_invariance",
     ("diffii_core.models", "diffii_core.inversion"): "models/loader.py: inversion.ddim.Schedule",
-    ("diffii_core.models", "diffii_core.world"): "models/loader.py: world.shipped_pipeline",
+    ("diffii_core.models", "diffii_core.world"): "models/loader.py: world.shipped_model",
     # inversion/ddim.py holds the noise schedule that training and the samplers share; moving it below
     # both packages changes the loader's import too.
     ("diffii_core.denoising", "diffii_core.inversion"): "denoising/sampling.py: inversion.ddim",

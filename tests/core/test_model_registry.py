@@ -1,11 +1,13 @@
-"""The model list is parsed by one function, for the services' settings and `diffii augment` alike."""
+"""The model table is built by one rule, for the services' settings and `diffii augment` alike: the built-in
+models, with DIFFII_MODELS merged over them."""
 
 from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
 
-from diffii_core.model_registry import parse_registry
+from diffii_core.model_registry import BUILTIN_MODELS, model_table, parse_registry
+from services.cli.augment import _models
 from services.cli.main import cli
 from services.common.settings import CommonSettings
 
@@ -43,8 +45,24 @@ def test_services_and_the_cli_refuse_the_same_bad_registry(monkeypatch: pytest.M
     assert not (tmp_path / "o.zip").exists()
 
 
-def test_the_services_read_the_registry_from_the_environment(
-    monkeypatch: pytest.MonkeyPatch, tmp_path
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        "",
+        '{"sd15": "/models/sd15"}',
+        '{"tiny": "tiny", "sd15": "/models/sd15"}',
+        '{"world": "/models/my-world"}',  # a built-in name pointed elsewhere
+    ],
+)
+def test_the_settings_and_the_command_build_the_same_table(
+    raw: str | None, monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
-    monkeypatch.setenv("DIFFII_MODELS", '{"tiny": "tiny", "sd15": "/models/sd15"}')
-    assert CommonSettings(_env_file=None, home=tmp_path).models == {"tiny": "tiny", "sd15": "/models/sd15"}
+    if raw is None:
+        monkeypatch.delenv("DIFFII_MODELS", raising=False)
+    else:
+        monkeypatch.setenv("DIFFII_MODELS", raw)
+    table = CommonSettings(_env_file=None, home=tmp_path).models
+    assert table == _models(()) == model_table(raw)
+    assert set(BUILTIN_MODELS) <= set(table)  # the built-ins are always there
+    assert table == {**BUILTIN_MODELS, **parse_registry(raw)}

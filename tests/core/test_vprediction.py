@@ -19,11 +19,11 @@ from diffii_core.params import ConceptParams, JobParams
 from diffii_core.pipeline.augment import augment
 
 V_CONFIG = scheduler_config("v_prediction")
-REGISTRY = {"tiny-v": "tiny-v"}
+MODELS = {"tiny-v": "tiny-v"}
 
 
 def test_the_v_tiny_reads_its_schedule_from_the_config():
-    model = load_model("tiny-v", REGISTRY)
+    model = load_model("tiny-v", MODELS)
     assert model.prediction_type == "v_prediction"
     assert model.scheduler_config["rescale_betas_zero_snr"] is True
     schedule = Schedule.from_config(model.scheduler_config)
@@ -70,7 +70,7 @@ def test_both_samplers_reach_the_clean_latent_with_an_exact_v_predictor(sampler)
 
 
 def test_training_a_v_model_targets_the_velocity(sample):
-    model = load_model("tiny-v", REGISTRY)
+    model = load_model("tiny-v", MODELS)
     params = JobParams(model="tiny-v", seed=2, concepts=ConceptParams(steps=2, lora_rank=4))
     concepts = learn_concepts(model, sample, params)
     assert concepts.recipe["prediction_type"] == "v_prediction"
@@ -85,7 +85,7 @@ def test_a_v_model_runs_the_methods_end_to_end(method, sample_dir, tmp_path):
         model="tiny-v", method=method, seed=4, expansion=1, inference_steps=4, inversion_steps=4,
         concepts=ConceptParams(steps=2, lora_rank=4),
     )  # fmt: skip
-    augment(sample_dir, tmp_path / "v.zip", params, registry=REGISTRY, batch_size=4)
+    augment(sample_dir, tmp_path / "v.zip", params, models=MODELS, batch_size=4)
     with zipfile.ZipFile(tmp_path / "v.zip") as zf:
         pngs = [n for n in zf.namelist() if n.endswith(".png")]
         pixels = [Image.open(io.BytesIO(zf.read(n))).convert("L") for n in pngs]

@@ -220,7 +220,7 @@ def make_cluster(
 ) -> Iterator[Cluster]:
     """A fresh database, queue and bucket; every process started in it is stopped at the end."""
     from services.common.db import dispose, make_session_factory
-    from services.common.schema import upgrade_to_head
+    from services.common.migrate import upgrade_to_head
     from services.common.storage_s3 import S3Storage
     from tests.service_helpers import s3_storage_kwargs
 

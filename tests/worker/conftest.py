@@ -17,8 +17,8 @@ from services.common import dispatch
 from services.common.db import dispose, make_session_factory
 from services.common.lifecycle import shards as leases
 from services.common.lifecycle.shards import Claim
+from services.common.migrate import upgrade_to_head
 from services.common.models import Job, JobStatus, Owner, Shard, ShardKind, ShardStatus, utcnow
-from services.common.schema import upgrade_to_head
 
 LEASE = 30.0
 

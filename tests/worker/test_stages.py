@@ -19,8 +19,8 @@ from diffii_core.sample_data import write_sample_archive
 from services.common import dispatch, keys
 from services.common.db import dispose
 from services.common.lifecycle.jobs import request_cancel
+from services.common.migrate import upgrade_to_head
 from services.common.models import Dataset, Job, JobStatus, Owner, Shard, ShardKind, ShardStatus
-from services.common.schema import upgrade_to_head
 from services.worker.process import WorkerProcess
 from services.worker.runner import run_shard
 from services.worker.settings import WorkerSettings

@@ -14,6 +14,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from diffii_core.planning import job_cost
 from services.api.deps import CredentialsDep, OwnerDep, SessionDep, SettingsDep, StorageDep, as_owner
 from services.api.jobs_view import job_out, shards_of
 from services.api.pagination import CURSOR_PATTERN, decode_cursor, encode_cursor
@@ -32,7 +33,6 @@ from services.api.schemas import (
 from services.api.settings import ApiSettings
 from services.common import keys, quotas
 from services.common.dispatch import dispatch
-from services.common.job_cost import job_cost
 from services.common.lifecycle import jobs as lifecycle
 from services.common.lifecycle.shards import new_shard
 from services.common.lifecycle.table import Actor
