@@ -36,6 +36,7 @@ from services.common.job_cost import job_cost
 from services.common.lifecycle import jobs as lifecycle
 from services.common.lifecycle.shards import new_shard
 from services.common.lifecycle.table import Actor
+from services.common.manifest import JobManifest
 from services.common.models import Dataset, Job, JobStatus, ShardKind
 from services.common.statuses import TERMINAL_JOB_STATUSES
 from services.common.storage import Storage
@@ -302,12 +303,12 @@ def get_archive(
 
 
 def _stored_previews(storage: Storage, job: Job) -> list[PreviewOut]:
-    classes = (job.manifest or {}).get("classes", [])
+    manifest = JobManifest.read(job.manifest)
     stored = set(storage.list(keys.preview_prefix(job.id)))
     return [
-        PreviewOut(index=c["index"], name=c["name"], url=f"/v1/jobs/{job.id}/preview/{c['index']}")
-        for c in classes
-        if keys.preview(job.id, c["index"]) in stored
+        PreviewOut(index=c.index, name=c.name, url=f"/v1/jobs/{job.id}/preview/{c.index}")
+        for c in (manifest.classes if manifest else [])
+        if keys.preview(job.id, c.index) in stored
     ]
 
 
@@ -371,10 +372,11 @@ def get_preview(
     from services.common.storage import ObjectNotFound
 
     job = owned_job(session, owner_id, job_id)
-    classes = (job.manifest or {}).get("classes", [])
-    if job.manifest is not None and class_index >= len(classes):
+    manifest = JobManifest.read(job.manifest)
+    if manifest is not None and class_index >= len(manifest.classes):
         raise HTTPException(
-            status.HTTP_404_NOT_FOUND, f"job {job.id} has {len(classes)} classes; no class {class_index}"
+            status.HTTP_404_NOT_FOUND,
+            f"job {job.id} has {len(manifest.classes)} classes; no class {class_index}",
         )
     try:
         png = storage.get_bytes(keys.preview(job.id, class_index))
