@@ -38,7 +38,7 @@ import httpx
 from load_scale import SIM_PARAMS, Service
 from processes import ROOT  # noqa: F401 - puts this tree on sys.path before load_scale's imports
 
-TERMINAL = ("succeeded", "failed", "cancelled")
+from services.common.statuses import TERMINAL_JOB_STATUSES
 
 
 def timeline(database_url: str, job_id: str) -> list[str]:
@@ -119,7 +119,7 @@ class Owner:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job = self.client.get(f"/v1/jobs/{job_id}").json()
-            if job["status"] in TERMINAL:
+            if job["status"] in TERMINAL_JOB_STATUSES:
                 return job, time.monotonic()
             time.sleep(0.2)
         raise SystemExit(f"job {job_id} did not end within {timeout:g} s")

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from services.common.pdeathsig import die_with_parent
+from services.common.statuses import TERMINAL_JOB_STATUSES
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = "from services.cli.main import main; main()"
@@ -112,7 +113,7 @@ class Service:
         with httpx.Client(base_url=self.url, headers=headers, timeout=60) as client:
             while time.monotonic() < deadline:
                 job = client.get(f"/v1/jobs/{job_id}").json()
-                if job["status"] in ("succeeded", "failed", "cancelled"):
+                if job["status"] in TERMINAL_JOB_STATUSES:
                     return job
                 time.sleep(0.5)
         raise SystemExit(f"job {job_id} did not end within {timeout:g}s")

@@ -37,6 +37,7 @@ import httpx
 from processes import CLI, ROOT, create_key, free_port, wait_http
 
 from services.common.pdeathsig import die_with_parent  # processes put this tree on sys.path
+from services.common.statuses import TERMINAL_JOB_STATUSES
 
 SIZES = {
     # expansion, concept steps, inference steps, inversion steps
@@ -99,7 +100,7 @@ def run_service(dataset: Path, out: Path, opts: dict[str, object], env: dict[str
             submitted = time.monotonic()
             job = client.post("/v1/jobs", json={**body, "dataset_id": dataset_id}).json()
             first_running = None
-            while job["status"] not in ("succeeded", "failed", "cancelled"):
+            while job["status"] not in TERMINAL_JOB_STATUSES:
                 time.sleep(0.1)
                 job = client.get(f"/v1/jobs/{job['id']}").json()
                 if first_running is None and job["status"] != "queued":

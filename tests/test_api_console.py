@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from services.api.console_site import FILES
+from services.common.statuses import TERMINAL_JOB_STATUSES
 
 
 def test_home_redirects_to_the_console(api: Any) -> None:
@@ -54,3 +55,12 @@ def test_the_served_job_body_is_where_the_console_reads_it(api: Any) -> None:
     ]
     assert methods, body
     assert doc["components"]["schemas"]["JobStatus"]["enum"]  # the list's status filter
+
+
+def test_the_served_job_status_names_exactly_the_terminal_statuses(api: Any) -> None:
+    """app.js reads which statuses a job never leaves from the schema, and keeps no list of its own."""
+    status = api.get("/openapi.json").json()["components"]["schemas"]["JobStatus"]
+    assert status["x-terminal"] == [s.value for s in TERMINAL_JOB_STATUSES]
+    assert set(status["x-terminal"]) == {"succeeded", "failed", "cancelled"} <= set(status["enum"])
+    app = (Path(FILES) / "app.js").read_text()
+    assert '"succeeded", "failed", "cancelled"' not in app and '"x-terminal"' in app

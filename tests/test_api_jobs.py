@@ -522,9 +522,12 @@ def test_previews_are_409_until_stored_then_served_to_the_owner_only(
     early = client.get(f"/v1/jobs/{job_id}/preview", headers=headers)
     assert early.status_code == 409 and "queued" in early.json()["detail"]
 
-    classes = [{"index": 0, "name": "cat"}, {"index": 1, "name": "dog"}]
+    classes = [
+        {"index": i, "name": name, "images": 1, "generated": 1, "sources": [f"{name}/1.png"]}
+        for i, name in enumerate(("cat", "dog"))
+    ]
     with session_scope(pg_session_factory) as session:
-        session.get(Job, job_id).manifest = {"classes": classes}
+        session.get(Job, job_id).manifest = {"classes": classes, "images": 2}
     storage = make_storage(settings)
     storage.put_bytes(f"jobs/{job_id}/preview/1.png", b"\x89PNG dog sheet", "image/png")
 
@@ -562,7 +565,8 @@ def test_a_preview_409_names_the_jobs_state_and_packaging_serves_drawn_sheets(
     ]
     with session_scope(pg_session_factory) as session:
         job = session.get(Job, job_id)
-        job.status, job.manifest = state, {"classes": [{"index": 0, "name": "cat"}]}
+        cat = {"index": 0, "name": "cat", "images": 1, "generated": 1, "sources": ["cat/1.png"]}
+        job.status, job.manifest = state, {"classes": [cat], "images": 1}
     for path in (f"/v1/jobs/{job_id}/preview", f"/v1/jobs/{job_id}/preview/0"):
         refused = api.get(path, headers=owner["headers"])
         assert refused.status_code == 409

@@ -248,7 +248,11 @@ def test_preview_of_a_job_writes_its_sheets(
 
     with session_scope(pg_session_factory) as session:
         session.get(Job, job_id).manifest = {
-            "classes": [{"index": 0, "name": "cat/ey"}, {"index": 1, "name": "b"}]
+            "classes": [
+                {"index": i, "name": name, "images": 1, "generated": 1, "sources": ["x.png"]}
+                for i, name in enumerate(("cat/ey", "b"))
+            ],
+            "images": 2,
         }
     storage = make_storage(live_api[1])
     for index in (0, 1):

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.api.schemas import ClassOut, DatasetReportOut, JobOut, ProgressOut, ShardOut, SkippedOut
+from services.common.manifest import JobManifest
 from services.common.models import Job, Shard, ShardKind, ShardStatus
 from services.common.timeutil import as_utc
 
@@ -47,14 +48,15 @@ def _progress(job: Job, shards: list[Shard], with_detail: bool) -> ProgressOut:
     )
 
 
-def _dataset_report(manifest: dict | None) -> DatasetReportOut | None:
-    if not manifest or "classes" not in manifest:
+def _dataset_report(stored: dict | None) -> DatasetReportOut | None:
+    manifest = JobManifest.read(stored)
+    if manifest is None:
         return None
-    classes = [ClassOut(name=c["name"], images=c["images"]) for c in manifest["classes"]]
+    classes = [ClassOut(name=c.name, images=c.images) for c in manifest.classes]
     return DatasetReportOut(
         classes=classes,
         images=sum(c.images for c in classes),
-        skipped=[SkippedOut(path=s["path"], reason=s["reason"]) for s in manifest.get("skipped", [])],
+        skipped=[SkippedOut(path=s.path, reason=s.reason) for s in manifest.skipped],
     )
 
 

@@ -7,20 +7,22 @@
   one-dataset rule becomes `required` (uploads only) or a `not` that generators pass over, and the
   methods' rules on `strength` and `fill_pool_to` stay an if/then/else, which they ignore and
   validators apply.
+- The JobStatus enum names its terminal statuses (`x-terminal`), the ones a job never leaves: the
+  console reads them there rather than keeping a list of its own.
 - Maps with constrained keys say so with `propertyNames` (pydantic writes `patternProperties`, which
   would let keys outside the pattern through with any value).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from services.api.schemas import PRINTED
 from services.api.settings import ApiSettings
+from services.common.dataset_uri import s3_uri_pattern
+from services.common.statuses import TERMINAL_JOB_STATUSES
 
 
 def install(app: FastAPI, settings: ApiSettings) -> None:
@@ -30,6 +32,7 @@ def install(app: FastAPI, settings: ApiSettings) -> None:
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
             _server_specific(doc, settings)
+            _terminal_statuses(doc)
             _plain_maps(doc)
             app.openapi_schema = doc
         return app.openapi_schema
@@ -45,14 +48,20 @@ def _server_specific(doc: dict[str, Any], settings: ApiSettings) -> None:
     props["model"]["enum"] = sorted(settings.models)
     _object_of(props["class_prompts"])["maxProperties"] = settings.make_dataset_limits().max_classes
     if settings.allowed_dataset_buckets:
-        buckets = "|".join(re.escape(b) for b in sorted(settings.allowed_dataset_buckets))
-        props["dataset_uri"]["pattern"] = f"^s3://({buckets})/{PRINTED}+$"
+        props["dataset_uri"]["pattern"] = s3_uri_pattern(settings.allowed_dataset_buckets)
         both = {"required": ["dataset_id", "dataset_uri"]}
         neither = {"not": {"anyOf": [{"required": ["dataset_id"]}, {"required": ["dataset_uri"]}]}}
         request["not"] = {"anyOf": [both, neither]}  # exactly one of the two
     else:  # no bucket allowed: only uploaded datasets
         del props["dataset_uri"]
         request["required"] = ["dataset_id"]
+
+
+def _terminal_statuses(doc: dict[str, Any]) -> None:
+    """`x-terminal` on the JobStatus enum: the statuses a job never leaves (the console reads them)."""
+    status = doc.get("components", {}).get("schemas", {}).get("JobStatus")
+    if status is not None:
+        status["x-terminal"] = [s.value for s in TERMINAL_JOB_STATUSES]
 
 
 def _object_of(schema: dict[str, Any]) -> dict[str, Any]:

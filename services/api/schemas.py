@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -10,12 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic.json_schema import SkipJsonSchema
 
 from diffii_core.params import CROSS_FIELD_SCHEMA, ConceptParams, JobParams
+from services.common.dataset_uri import S3_URI_PATTERN, parse_s3_uri
 from services.common.models import JobStatus, ShardKind, ShardStatus
 
 ID_PATTERN = r"^[0-9A-Za-z_-]{1,64}$"  # the service's ids are 32 hex digits
-BUCKET = r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]"
-PRINTED = r"[^\x00-\x1f\x7f-\x9f]"  # no control character
-S3_URI = re.compile(rf"^s3://(?P<bucket>{BUCKET})/(?P<key>{PRINTED}+)$")
 
 
 class ClassOut(BaseModel):
@@ -78,9 +75,9 @@ class JobRequest(JobParams):
     dataset_id: Annotated[str, Field(pattern=ID_PATTERN)] | SkipJsonSchema[None] = Field(
         None, description="id returned by POST /v1/datasets"
     )
-    dataset_uri: (
-        Annotated[str, Field(max_length=2048, pattern=rf"^s3://{BUCKET}/{PRINTED}+$")] | SkipJsonSchema[None]
-    ) = Field(None, description="s3://bucket/key of an archive in a bucket the operator allowed")
+    dataset_uri: Annotated[str, Field(max_length=2048, pattern=S3_URI_PATTERN)] | SkipJsonSchema[None] = (
+        Field(None, description="s3://bucket/key of an archive in a bucket the operator allowed")
+    )
     concepts: ConceptRequest = Field(default_factory=ConceptRequest)
     seed: int | None = Field(  # type: ignore[assignment]
         None, ge=0, le=2**63 - 1, description="job seed; omitted: the server picks one and reports it"
@@ -102,7 +99,7 @@ class JobRequest(JobParams):
     @field_validator("dataset_uri")
     @classmethod
     def _s3_uri(cls, value: str | None) -> str | None:
-        if value is not None and not S3_URI.match(value):
+        if value is not None and parse_s3_uri(value) is None:
             raise ValueError("dataset_uri must look like s3://bucket/key")
         return value
 

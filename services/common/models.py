@@ -29,10 +29,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from services.common.statuses import TERMINAL_JOB_STATUSES, JobStatus
+from services.common.statuses import JobStatus
 from services.common.timeutil import utcnow
 
-__all__ = ["TERMINAL_JOB_STATUSES", "JobStatus"]  # re-exported: the statuses live apart from SQL
+__all__ = ["JobStatus"]  # re-exported: the column's type (the statuses live apart from SQL)
 
 
 def new_id() -> str:

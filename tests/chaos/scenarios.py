@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from services.common.pdeathsig import die_with_parent
+from services.common.statuses import TERMINAL_JOB_STATUSES
 from tests.chaos.components import PrivatePostgres, PrivateRedis, TcpProxy
 from tests.integration.conftest import CLI, JOB_PARAMS, ROOT, Cluster, make_cluster
 from tests.service_helpers import free_port, s3_storage_kwargs, wait_until
@@ -135,7 +136,7 @@ def _job(c: Cluster, key: str, job_id: str) -> dict[str, Any] | None:
 def _wait(
     c: Cluster, key: str, job_id: str, until: Callable[[dict[str, Any]], bool] | None = None
 ) -> dict[str, Any]:
-    until = until or (lambda j: j["status"] in ("succeeded", "failed", "cancelled"))
+    until = until or (lambda j: j["status"] in TERMINAL_JOB_STATUSES)
     seen: dict[str, Any] = {"id": job_id}
 
     def check() -> bool:
@@ -199,7 +200,7 @@ def run(s: Stack, name: str, fault: Callable[[Stack, Cluster], Any], *, sweepers
         def moved(job: dict[str, Any]) -> bool:
             if not progressed and (job["status"] == "succeeded" or _images_done(c, job_id) > before):
                 progressed.append(time.monotonic())
-            return job["status"] in ("succeeded", "failed", "cancelled")
+            return job["status"] in TERMINAL_JOB_STATUSES
 
         job = _wait(c, key, job_id, moved)
         return _judge(name, s, c, job, healed, progressed[0] if progressed else None)

@@ -18,7 +18,7 @@ from services.common.lifecycle.jobs import request_cancel
 from services.common.lifecycle.retry import RetryPolicy
 from services.common.lifecycle.shards import Claim, LeaseLost, Signal
 from services.common.models import Job, JobStatus, Shard, ShardKind, ShardStatus, utcnow
-from services.worker.stages import split_ranges
+from services.worker.shard_plan import split_ranges
 from services.worker.sweeper import sweep
 from tests.worker.conftest import LEASE, claim, make_job
 

@@ -13,7 +13,6 @@ import {
 const view = document.getElementById("view");
 const nav = document.getElementById("nav");
 const connection = document.getElementById("connection");
-const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const STAGES = ["prepare", "learn", "generate", "package"];
 const RUNNING_POLL_MS = 3000;
 const IDLE_POLL_MS = 15000;
@@ -188,6 +187,17 @@ async function schema() {
     openapi = await (await check(response)).json();
   }
   return openapi;
+}
+
+// The statuses a job never leaves, as the API's schema lists them (`x-terminal` on JobStatus).
+let TERMINAL = new Set();
+async function loadTerminal() {
+  try {
+    const doc = await schema();
+    TERMINAL = new Set(doc.components?.schemas?.JobStatus?.["x-terminal"] ?? []);
+  } catch {
+    // Left as it was: the page that needs the schema says why the API did not answer.
+  }
 }
 
 async function jobStatuses() {
@@ -552,6 +562,9 @@ async function route() {
   const signedIn = Boolean(session.key);
   nav.hidden = !signedIn;
   if (!signedIn) return signInPage();
+  const count = routeCount;
+  await loadTerminal();
+  if (!stillShown(count)) return;
   const path = location.hash.replace(/^#/, "").split("?")[0] || "/jobs";
   const job = path.match(/^\/jobs\/([0-9A-Za-z_-]{1,64})$/);
   try {

@@ -20,7 +20,6 @@ from services.api.jobs_view import job_out, shards_of
 from services.api.pagination import CURSOR_PATTERN, decode_cursor, encode_cursor
 from services.api.schemas import (
     ID_PATTERN,
-    S3_URI,
     UNAUTHORIZED,
     JobOut,
     JobPage,
@@ -32,11 +31,14 @@ from services.api.schemas import (
 )
 from services.api.settings import ApiSettings
 from services.common import keys, quotas
+from services.common.dataset_uri import parse_s3_uri
 from services.common.dispatch import dispatch
 from services.common.lifecycle import jobs as lifecycle
 from services.common.lifecycle.shards import new_shard
 from services.common.lifecycle.table import Actor
-from services.common.models import TERMINAL_JOB_STATUSES, Dataset, Job, JobStatus, ShardKind
+from services.common.manifest import JobManifest
+from services.common.models import Dataset, Job, JobStatus, ShardKind
+from services.common.statuses import TERMINAL_JOB_STATUSES
 from services.common.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -79,10 +81,10 @@ def _check_request(session: Session, body: JobRequest, owner_id: str, settings: 
             f"{len(body.class_prompts):,} class prompts, over the limit of {max_classes:,} (max_classes)",
         )
     if body.dataset_uri is not None:
-        match = S3_URI.match(body.dataset_uri)
-        assert match is not None  # the schema already checked the shape
-        if match["bucket"] not in settings.allowed_dataset_buckets:
-            raise _field_error("dataset_uri", f"bucket {match['bucket']!r} is not one this server may read")
+        uri = parse_s3_uri(body.dataset_uri)
+        assert uri is not None  # the schema already checked the shape
+        if uri.bucket not in settings.allowed_dataset_buckets:
+            raise _field_error("dataset_uri", f"bucket {uri.bucket!r} is not one this server may read")
     if body.dataset_id is not None:
         # A share lock until the job is committed: a concurrent DELETE of the dataset waits, then
         # sees the job (retention.delete_dataset).
@@ -301,12 +303,12 @@ def get_archive(
 
 
 def _stored_previews(storage: Storage, job: Job) -> list[PreviewOut]:
-    classes = (job.manifest or {}).get("classes", [])
+    manifest = JobManifest.read(job.manifest)
     stored = set(storage.list(keys.preview_prefix(job.id)))
     return [
-        PreviewOut(index=c["index"], name=c["name"], url=f"/v1/jobs/{job.id}/preview/{c['index']}")
-        for c in classes
-        if keys.preview(job.id, c["index"]) in stored
+        PreviewOut(index=c.index, name=c.name, url=f"/v1/jobs/{job.id}/preview/{c.index}")
+        for c in (manifest.classes if manifest else [])
+        if keys.preview(job.id, c.index) in stored
     ]
 
 
@@ -370,10 +372,11 @@ def get_preview(
     from services.common.storage import ObjectNotFound
 
     job = owned_job(session, owner_id, job_id)
-    classes = (job.manifest or {}).get("classes", [])
-    if job.manifest is not None and class_index >= len(classes):
+    manifest = JobManifest.read(job.manifest)
+    if manifest is not None and class_index >= len(manifest.classes):
         raise HTTPException(
-            status.HTTP_404_NOT_FOUND, f"job {job.id} has {len(classes)} classes; no class {class_index}"
+            status.HTTP_404_NOT_FOUND,
+            f"job {job.id} has {len(manifest.classes)} classes; no class {class_index}",
         )
     try:
         png = storage.get_bytes(keys.preview(job.id, class_index))

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from services.common.lifecycle.moves import move_where
 from services.common.lifecycle.table import JOB_TRANSITIONS, OPEN_SHARD, Actor, lookup
 from services.common.models import Job, JobStatus, Shard, ShardStatus
+from services.common.statuses import TERMINAL_JOB_STATUSES
 from services.common.timeutil import utcnow
 
 CANCEL_MESSAGE = "cancelled at the user's request"
@@ -51,7 +52,7 @@ def move(
     """Apply a transition of the table to the job if it is in one of the event's source states."""
     sources, to = lookup(JOB_TRANSITIONS, event, actor, target)
     now = utcnow()
-    if to in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled):
+    if to in TERMINAL_JOB_STATUSES:
         values.setdefault("finished_at", now)
     result = session.execute(
         update(Job)

@@ -21,7 +21,8 @@ from services.common.lifecycle import jobs
 from services.common.lifecycle.moves import move_where
 from services.common.lifecycle.retry import Failure, RetryPolicy, classify
 from services.common.lifecycle.table import SENDABLE_SHARD, SHARD_TRANSITIONS, Actor, lookup
-from services.common.models import TERMINAL_JOB_STATUSES, Job, JobStatus, Shard, ShardKind, ShardStatus
+from services.common.models import Job, JobStatus, Shard, ShardKind, ShardStatus
+from services.common.statuses import TERMINAL_JOB_STATUSES
 from services.common.timeutil import as_utc, utcnow
 
 MAX_ERROR_CHARS = 2000
