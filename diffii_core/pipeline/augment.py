@@ -11,7 +11,6 @@ from pathlib import Path
 from diffii_core.atomic import atomic_write
 from diffii_core.dataset import DatasetLimits, load_dataset
 from diffii_core.learning.concepts import concepts_applied
-from diffii_core.methods import METHODS
 from diffii_core.models import load_model
 from diffii_core.output.archive import ArchiveWriter
 from diffii_core.output.preview import SYNTHETIC_PER_SHEET

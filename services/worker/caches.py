@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from diffii_core.dataset import Dataset, load_dataset
-from diffii_core.errors import ArtifactError
 from diffii_core.inversion.invert import load_pool, save_pool
 from diffii_core.learning.concepts import Concepts
 from diffii_core.models import LoadedModel
@@ -22,7 +21,7 @@ from diffii_core.pipeline.steps import ClassPlan
 from services.common import keys
 from services.common.models import Job
 from services.worker.context import ShardContext
-from services.worker.job import method
+from services.worker.job import job_manifest
 from services.worker.sources import fetch_source
 
 
@@ -34,9 +33,9 @@ def job_dataset(ctx: ShardContext, job: Job) -> Dataset:
     return ctx.process.datasets.get_or(job.id, load)
 
 
-def job_concepts(ctx: ShardContext, job: Job, params: JobParams, model: LoadedModel) -> Concepts | None:
+def job_concepts(ctx: ShardContext, job: Job, params: JobParams) -> Concepts | None:
     """The concepts the learn stage stored, checked against the job's classes and method."""
-    spec = method(params)
+    spec = params.spec
     if not spec.needs_concepts:  # then the job has no learn stage, and nothing is stored to fetch
         return None
 
@@ -45,11 +44,8 @@ def job_concepts(ctx: ShardContext, job: Job, params: JobParams, model: LoadedMo
         folder.mkdir(parents=True, exist_ok=True)
         for key in ctx.storage.list(keys.concepts_prefix(job.id)):
             ctx.storage.download_file(key, folder / key.rsplit("/", 1)[-1])
-        if not (folder / "concepts.json").exists():  # never learn them here: a retryable failure
-            raise ArtifactError(f"job {job.id}'s learned concepts are missing from storage")
-        concepts = steps.concepts(spec, model, job_dataset(ctx, job), params, concepts_dir=folder)
-        assert concepts is not None
-        return concepts
+        # Never learned here: missing concepts are an ArtifactError, a retryable failure.
+        return steps.load_concepts(spec, folder, [c.name for c in job_manifest(job).classes], params)
 
     return ctx.process.concepts.get_or(job.id, load)
 
@@ -58,7 +54,7 @@ def job_classifier(ctx: ShardContext, job: Job, params: JobParams, model: Loaded
     """Real-Filter's classifier of the real set: deterministic, so each process fits its own once."""
 
     def fit() -> Any:
-        return steps.classifier(method(params), model, job_dataset(ctx, job), params)
+        return steps.fit_classifier(params.spec, model, job_dataset(ctx, job), params)
 
     return ctx.process.pools.get_or((job.id, "classifier"), fit)
 
@@ -85,7 +81,7 @@ def class_pool(
             return load_pool(path)
         dataset = job_dataset(ctx, job)
         pool = steps.invert(
-            method(params), model, concepts, dataset, plan, params, batch_size=ctx.settings.batch_size
+            params.spec, model, concepts, dataset, plan, params, batch_size=ctx.settings.batch_size
         )
         if pool is not None:  # None: the method does not start from inversions
             save_pool(pool, path)

@@ -1,8 +1,7 @@
-"""A job row as the library reads it: its parameters, its method and its classes' plans."""
+"""A job row as the library reads it: its parameters and its classes' plans."""
 
 from __future__ import annotations
 
-from diffii_core.methods import REGISTRY, MethodSpec
 from diffii_core.params import JobParams
 from services.common.manifest import JobManifest
 from services.common.models import Job
@@ -10,10 +9,6 @@ from services.common.models import Job
 
 def job_params(job: Job) -> JobParams:
     return JobParams.model_validate(job.params)
-
-
-def method(params: JobParams) -> MethodSpec:
-    return REGISTRY[params.method]
 
 
 def job_manifest(job: Job) -> JobManifest:

@@ -49,7 +49,7 @@ def store_previews(ctx: ShardContext, job: Job, plans: list[ClassPlan]) -> dict[
             for i in range(min(plan.generated, SYNTHETIC_PER_SHEET))
         ]
         real = [item.open() for item in dataset.classes[plan.index].images[:REAL_PER_SHEET]]
-        sheet = steps.preview(plan, real, synthetic)
+        sheet = steps.render_preview(plan, real, synthetic)
         ctx.storage.put_bytes(keys.preview(job.id, plan.index), sheet, "image/png")
         sheets[plan.name] = sheet
     return sheets
@@ -65,7 +65,6 @@ def write_archive(
     with ctx.storage.open_writer(keys.archive(job.id)) as raw:
         handle = SizeCounter(raw)
         writer = ArchiveWriter(handle)  # type: ignore[arg-type]
-        writer.add_previews(sheets)
         metadata = []
         for plan in plans:
             for index in range(plan.generated):
@@ -79,5 +78,5 @@ def write_archive(
                 metadata.append(meta)
                 written += 1
         model = {"name": params.model, "revision": job.model_revision or ""}
-        steps.package(writer, metadata, params, model, plans, skipped, job_id=job.id)
+        steps.package(writer, sheets, metadata, params, model, plans, skipped, job_id=job.id)
     return written, handle.size

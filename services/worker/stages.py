@@ -28,7 +28,7 @@ from services.common.models import Job, JobStatus, ShardKind
 from services.worker import checkpoints
 from services.worker.caches import class_pool, job_classifier, job_concepts, job_dataset
 from services.worker.context import ShardContext, StopRequested
-from services.worker.job import job_manifest, job_params, method
+from services.worker.job import job_manifest, job_params
 from services.worker.packaging import write_archive
 from services.worker.shard_plan import job_shards
 
@@ -51,7 +51,7 @@ def prepare(ctx: ShardContext) -> list[str]:
     )
     settings = ctx.settings
     rows, status, first = job_shards(
-        job.id, manifest.classes, learns=method(params).needs_concepts, shard_size=settings.shard_size,
+        job.id, manifest.classes, learns=params.spec.needs_concepts, shard_size=settings.shard_size,
         max_attempts=settings.max_attempts, seed=params.seed,
     )  # fmt: skip
     with ctx.session() as s:
@@ -82,8 +82,8 @@ def learn(ctx: ShardContext) -> list[str]:
     dataset = job_dataset(ctx, job)
 
     folder = checkpoints.restore(ctx, job.id)
-    concepts = steps.concepts(
-        method(params), model, dataset, params, checkpoint_dir=folder,
+    concepts = steps.learn_or_load_concepts(
+        params.spec, model, dataset, params, checkpoint_dir=folder,
         progress=checkpoints.uploader(ctx, job.id, folder, params.concepts.checkpoint_every),
         should_stop=ctx.should_stop,
     )  # fmt: skip
@@ -130,12 +130,12 @@ def generate(ctx: ShardContext) -> list[str]:
     ctx.beat()
     if missing:
         model = ctx.process.model(params.model)
-        concepts = job_concepts(ctx, job, params, model)
-        spec = method(params)
+        concepts = job_concepts(ctx, job, params)
+        spec = params.spec
         with concepts_applied(model, concepts):
             # Each is None where the job's method does not use it (the step decides).
             pool = class_pool(ctx, job, params, model, concepts, plan)
-            references = steps.references(spec, job_dataset(ctx, job).classes[c.class_index])
+            references = steps.reference_images(spec, job_dataset(ctx, job).classes[c.class_index])
             classifier = job_classifier(ctx, job, params, model)
             batch = ctx.settings.batch_size
             for start, stop in _missing_runs(missing):
