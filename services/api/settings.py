@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, SecretStr
 
 from services.common.settings import CommonSettings
 from services.common.signing import load_or_create_secret
+
+if TYPE_CHECKING:
+    from services.api.http_limits import HttpLimits
 
 
 class ApiSettings(CommonSettings):
@@ -35,12 +39,58 @@ class ApiSettings(CommonSettings):
     )
     readiness_timeout: float = Field(3.0, gt=0, le=60, description="seconds per /readyz dependency check")
 
+    # Bounded requests, enforced by the HTTP server (services/api/http_limits.py).
+    max_request_line_bytes: int = Field(
+        8192, ge=256, le=1024**2, description="longest request line (method, target, version); over: 414"
+    )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, le=16 * 1024**2, description="largest request head (line and headers); over: 431"
+    )
+    max_headers: int = Field(100, ge=8, le=10_000, description="most header lines in a request; over: 431")
+    header_timeout: float = Field(
+        10.0, gt=0, le=600, description="seconds a client has to send a whole request head; then 408, closed"
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, le=3600, description="window (seconds) over which a request body must keep min_body_rate"
+    )
+    min_body_rate: int = Field(
+        1024,
+        ge=1,
+        description="bytes a second a body must bring while the API waits for it; else 408",
+    )
+    keep_alive_timeout: float = Field(
+        5.0, gt=0, le=600, description="seconds an idle kept-alive connection stays open between requests"
+    )
+
     @property
     def public_url(self) -> str:
         if self.public_base_url:
             return self.public_base_url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return f"http://{host}:{self.port}"
+
+    def http_limits(self) -> HttpLimits:
+        from services.api.http_limits import HttpLimits
+
+        return HttpLimits(
+            max_request_line_bytes=self.max_request_line_bytes,
+            max_header_bytes=self.max_header_bytes,
+            max_headers=self.max_headers,
+            header_timeout=self.header_timeout,
+            body_timeout=self.body_timeout,
+            min_body_rate=self.min_body_rate,
+        )
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """What `diffii serve` passes uvicorn: the bounded protocol and its idle timeout."""
+        from services.api.http_limits import PROTOCOL
+
+        return {
+            "http": PROTOCOL,
+            "timeout_keep_alive": self.keep_alive_timeout,
+            # h11's own cap on an incomplete head, never below ours (ours answers 431 first).
+            "h11_max_incomplete_event_size": self.max_header_bytes + 1024,
+        }
 
     def signing_secret_value(self) -> str:
         if self.signing_secret is not None:

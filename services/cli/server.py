@@ -45,12 +45,20 @@ def serve(host: str | None, port: int | None, workers: int, log_level: str) -> N
             workers=workers,
             log_level=log_level,
             proxy_headers=True,
+            **settings.uvicorn_options(),
         )
         return
+    from services.api import http_limits
     from services.api.app import create_app
 
+    http_limits.configure(settings.http_limits())
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=log_level, proxy_headers=True
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        proxy_headers=True,
+        **settings.uvicorn_options(),
     )
 
 
