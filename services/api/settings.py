@@ -58,6 +58,23 @@ class ApiSettings(CommonSettings):
         ge=1,
         description="bytes a second a body must bring while the API waits for it; else 408",
     )
+    # Guards in front of the routes (services/api/guards.py) and /metrics (routes/health.py).
+    rate_limit_per_second: float = Field(
+        50.0, ge=0, description="requests a second per API key on /v1 (token bucket); 0 turns it off"
+    )
+    rate_limit_burst: int = Field(100, ge=1, description="requests a key may send at once (bucket size)")
+    rate_limit_redis_url: str | None = Field(
+        None,
+        description="Redis holding the buckets, shared by every API process; default: the broker "
+        "URL when it is redis://, else a bucket per process",
+    )
+    metrics_key: SecretStr | None = Field(
+        None, description="bearer key /metrics asks for; unset: /metrics answers loopback clients only"
+    )
+    metrics_open: bool = Field(False, description="serve /metrics to anyone (a network that keeps it inside)")
+    metrics_cache_seconds: float = Field(
+        10.0, ge=0, le=600, description="seconds /metrics reuses its database figures (0: query every scrape)"
+    )
     keep_alive_timeout: float = Field(
         5.0, gt=0, le=600, description="seconds an idle kept-alive connection stays open between requests"
     )
