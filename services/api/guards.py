@@ -11,8 +11,9 @@ is, headers that keep `/v1` answers out of caches and sniffers, and redirects re
 - HEAD: answered as the GET of the same URL without its body.
 - `/v1` answers: `X-Content-Type-Options: nosniff`, and `Cache-Control: no-store` unless the route
   chose its own (the preview sheets).
-- Redirects built from the Host header (Starlette's trailing-slash and static-folder redirects)
-  are rewritten relative (`Location: /console/`), so a forged Host cannot send a client elsewhere.
+- Redirects built from the Host header (Starlette's trailing-slash and static-folder redirects, not
+  the routes' own, which come from settings) are rewritten relative (`Location: /console/`), so a
+  forged Host cannot send a client elsewhere.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections import OrderedDict
 from typing import Any
 from urllib.parse import parse_qsl
 
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
@@ -181,7 +183,9 @@ class Guards:
 
         async def send_guarded(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [_relative(h, origin) for h in message.get("headers", [])]
+                headers = message.get("headers", [])
+                if not isinstance(scope.get("route"), APIRoute):  # the routes' own links stay as built
+                    headers = [_relative(h, origin) for h in headers]
                 if v1:
                     names = {name.lower() for name, _ in headers}
                     if b"x-content-type-options" not in names:
