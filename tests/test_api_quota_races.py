@@ -92,3 +92,22 @@ def test_parallel_submissions_pass_the_active_jobs_quota_exactly_three_times(
     assert invalid.status_code == 422, invalid.text
     empty = httpx.post(f"{server}/v1/jobs", headers=headers, json={**job, "expansion": 0.01}, timeout=30)
     assert empty.status_code == 422, empty.text
+
+
+def test_parallel_uploads_on_the_embedded_sqlite_pass_the_quota_exactly_twice(tmp_path: Path) -> None:
+    """The embedded default: SQLite's single writer (BEGIN IMMEDIATE) is the owner's lock."""
+    from services.common.auth import create_key
+    from services.common.db import dispose, make_session_factory, session_scope
+
+    home = tmp_path / "home"
+    limit = str(2 * len(ARCHIVE) + len(ARCHIVE) // 2)
+    with served_api(home, max_stored_bytes=limit) as server:  # `diffii serve` migrates the SQLite file
+        factory = make_session_factory(f"sqlite:///{home / 'diffii.db'}")
+        try:
+            with session_scope(factory) as session:
+                headers = auth(create_key(session, "sqlite-racer").key)
+        finally:
+            dispose(factory)
+        answers = _all_at_once(PARALLEL, _upload(server, headers))
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [201] * 2 + [413] * (PARALLEL - 2), [a.text for a in answers]

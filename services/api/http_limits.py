@@ -24,9 +24,12 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+if TYPE_CHECKING:
+    from services.api.settings import ApiSettings
 
 log = logging.getLogger("services.api.http_limits")
 
@@ -41,6 +44,27 @@ class HttpLimits:
     header_timeout: float
     body_timeout: float
     min_body_rate: int
+
+
+def limits_from(settings: ApiSettings) -> HttpLimits:
+    return HttpLimits(
+        max_request_line_bytes=settings.max_request_line_bytes,
+        max_header_bytes=settings.max_header_bytes,
+        max_headers=settings.max_headers,
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        min_body_rate=settings.min_body_rate,
+    )
+
+
+def uvicorn_options(settings: ApiSettings) -> dict[str, Any]:
+    """What `diffii serve` passes uvicorn: the bounded protocol and its idle timeout."""
+    return {
+        "http": PROTOCOL,
+        "timeout_keep_alive": settings.keep_alive_timeout,
+        # h11's own cap on an incomplete head, never below ours (ours answers 431 first).
+        "h11_max_incomplete_event_size": settings.max_header_bytes + 1024,
+    }
 
 
 _configured: HttpLimits | None = None
@@ -58,7 +82,7 @@ def current() -> HttpLimits:
     if _configured is None:
         from services.api.settings import ApiSettings
 
-        _configured = ApiSettings().http_limits()
+        _configured = limits_from(ApiSettings())
     return _configured
 
 

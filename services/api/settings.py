@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, SecretStr
 
 from services.common.settings import CommonSettings
 from services.common.signing import load_or_create_secret
-
-if TYPE_CHECKING:
-    from services.api.http_limits import HttpLimits
 
 
 class ApiSettings(CommonSettings):
@@ -39,7 +35,7 @@ class ApiSettings(CommonSettings):
     )
     readiness_timeout: float = Field(3.0, gt=0, le=60, description="seconds per /readyz dependency check")
 
-    # Bounded requests, enforced by the HTTP server (services/api/http_limits.py).
+    # Bounded requests, enforced by the HTTP server (services/api/http_limits.py reads these).
     max_request_line_bytes: int = Field(
         8192, ge=256, le=1024**2, description="longest request line (method, target, version); over: 414"
     )
@@ -85,29 +81,6 @@ class ApiSettings(CommonSettings):
             return self.public_base_url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return f"http://{host}:{self.port}"
-
-    def http_limits(self) -> HttpLimits:
-        from services.api.http_limits import HttpLimits
-
-        return HttpLimits(
-            max_request_line_bytes=self.max_request_line_bytes,
-            max_header_bytes=self.max_header_bytes,
-            max_headers=self.max_headers,
-            header_timeout=self.header_timeout,
-            body_timeout=self.body_timeout,
-            min_body_rate=self.min_body_rate,
-        )
-
-    def uvicorn_options(self) -> dict[str, Any]:
-        """What `diffii serve` passes uvicorn: the bounded protocol and its idle timeout."""
-        from services.api.http_limits import PROTOCOL
-
-        return {
-            "http": PROTOCOL,
-            "timeout_keep_alive": self.keep_alive_timeout,
-            # h11's own cap on an incomplete head, never below ours (ours answers 431 first).
-            "h11_max_incomplete_event_size": self.max_header_bytes + 1024,
-        }
 
     def signing_secret_value(self) -> str:
         if self.signing_secret is not None:
