@@ -49,7 +49,9 @@ class Service:
             DIFFII_HOME=str(tmp / "home"), DIFFII_DATABASE_URL=database_url, DIFFII_BROKER_URL=broker_url,
             DIFFII_QUEUE=queue, DIFFII_QUEUES=f'["{queue}"]', DIFFII_STORAGE="local",
             DIFFII_STORAGE_DIR=str(tmp / "objects"), DIFFII_SIGNING_SECRET="bench", PYTHONPATH=str(ROOT),
-            DIFFII_SWEEP_SECONDS="2", **extra,
+            DIFFII_SWEEP_SECONDS="2",
+            DIFFII_RATE_LIMIT_PER_SECOND="0",  # one key polls at the offered rate: measure the server
+            **extra,
         )  # fmt: skip
         self.procs: list[subprocess.Popen[bytes]] = []
         self.url = ""

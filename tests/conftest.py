@@ -179,6 +179,8 @@ def api_settings_factory(pg_url: str, redis_url: str, tmp_path: Path) -> Callabl
             # No worker consumes these tests' messages: room for every job's shard in flight, so a
             # submitted job is admitted at once (admission order has tests of its own).
             "worker_slots": 10_000,
+            # Tests send requests as fast as they can; the rate limit has tests of its own.
+            "rate_limit_per_second": 0,
         }
         values.update(overrides)
         # _env_file=None and explicit values: the developer's DIFFII_* environment must not leak in.

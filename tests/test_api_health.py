@@ -50,7 +50,10 @@ def test_readyz_reports_a_missing_bucket(
     assert response.json()["detail"] == "not ready: storage failed"
 
 
-def test_metrics_expose_requests_by_route_and_state_gauges(api: Any, make_api_key: Any) -> None:
+def test_metrics_expose_requests_by_route_and_state_gauges(
+    api_client_factory: Callable[..., Any], make_api_key: Any
+) -> None:
+    api, _ = api_client_factory(metrics_key="metrics-key")
     key = make_api_key()
     ds = api.post(
         "/v1/datasets", headers=auth(key), files={"file": ("b.zip", zip_bytes(good_members()))}
@@ -60,7 +63,7 @@ def test_metrics_expose_requests_by_route_and_state_gauges(api: Any, make_api_ke
     api.get("/v1/jobs/does-not-exist", headers=auth(key))
     api.get("/no/such/route")
 
-    response = api.get("/metrics")
+    response = api.get("/metrics", headers=auth("metrics-key"))
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
@@ -78,7 +81,7 @@ def test_metrics_expose_requests_by_route_and_state_gauges(api: Any, make_api_ke
 
 
 def test_metrics_survive_a_down_database(api_client_factory: Callable[..., Any]) -> None:
-    client, _ = api_client_factory(database_url=DOWN_POSTGRES.format(port=free_port()))
+    client, _ = api_client_factory(database_url=DOWN_POSTGRES.format(port=free_port()), metrics_open=True)
     response = client.get("/metrics")
     assert response.status_code == 200
     assert "diffii_state_db_up 0.0" in response.text

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
-from services.api import console_site, openapi, redaction
+from services.api import console_site, docs_site, guards, openapi, redaction
 from services.api.metrics import (
     DEFAULT_METRIC_SOURCES,
     DatabaseCollector,
@@ -59,7 +59,8 @@ def create_app(
         title="diffii",
         version="0.1.0",
         description=DESCRIPTION,
-        docs_url="/docs",
+        docs_url=None,  # docs_site: local assets under the console's policy
+        redoc_url=None,
         lifespan=lifespan,
         # operationId = the endpoint's name (create_job, list_datasets...): what a generated
         # client names its functions.
@@ -74,15 +75,18 @@ def create_app(
     dispatch.configure(settings)
 
     registry = CollectorRegistry()
-    registry.register(DatabaseCollector(app.state.session_factory, metric_sources or DEFAULT_METRIC_SOURCES))
+    sources = metric_sources or DEFAULT_METRIC_SOURCES
+    registry.register(DatabaseCollector(app.state.session_factory, sources, settings.metrics_cache_seconds))
     app.state.metrics_registry = registry
-    app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
     app.add_middleware(BodyLimit, limit=settings.max_json_bytes, exempt=_streams_its_body)
+    guards.install(app, settings)  # rate limit, no key in a URL, HEAD, /v1 headers, relative redirects
+    app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
 
     for module in (datasets, jobs, objects, health):
         app.include_router(module.router)
     openapi.install(app, settings)
     console_site.install(app)
+    docs_site.install(app)
 
     app.add_exception_handler(RequestValidationError, validation_problem)
 

@@ -10,6 +10,7 @@ families; e.g. the worker can publish its figures in the shards table or Redis a
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -119,11 +120,26 @@ DEFAULT_METRIC_SOURCES: list[MetricSource] = [
 class DatabaseCollector(Collector):
     """Queries the state database at scrape time; a DB outage shows as diffii_state_db_up 0, not a 500."""
 
-    def __init__(self, session_factory: sessionmaker[Session], sources: list[MetricSource]) -> None:
+    def __init__(
+        self, session_factory: sessionmaker[Session], sources: list[MetricSource], cache_seconds: float = 0
+    ) -> None:
         self.session_factory = session_factory
         self.sources = sources
+        # A scrape within cache_seconds of the last reuses its figures: a scraper (or anyone allowed
+        # to call /metrics) in a loop costs the database nothing more.
+        self.cache_seconds = cache_seconds
+        self._cached: tuple[float, list[Metric]] | None = None
+        self._lock = threading.Lock()
 
     def collect(self) -> Iterable[Metric]:
+        with self._lock:  # concurrent scrapes wait for one query instead of each running it
+            cached = self._cached
+            if cached is None or time.monotonic() - cached[0] >= self.cache_seconds:
+                cached = (time.monotonic(), list(self._query()))
+                self._cached = cached
+        return iter(cached[1])
+
+    def _query(self) -> Iterable[Metric]:
         families: list[Metric] = []
         up = 1
         try:

@@ -17,6 +17,10 @@ SECRET_PARAMS = (
     "x-amz-credential",
     "x-amz-security-token",
     "awsaccesskeyid",
+    # API keys sent in a URL: refused (services/api/guards.py), and never logged whole.
+    "api_key",
+    "apikey",
+    "access_token",
 )
 _SECRET_VALUE = re.compile(rf"([?&](?:{'|'.join(SECRET_PARAMS)})=)[^&#\s\"']*", re.IGNORECASE)
 REDACTED = "REDACTED"

@@ -23,6 +23,7 @@ def serve(host: str | None, port: int | None, workers: int, log_level: str) -> N
     """Run the REST API (uvicorn). Settings come from DIFFII_* environment variables."""
     import uvicorn
 
+    from services.api import http_limits
     from services.api.settings import ApiSettings
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
@@ -45,12 +46,19 @@ def serve(host: str | None, port: int | None, workers: int, log_level: str) -> N
             workers=workers,
             log_level=log_level,
             proxy_headers=True,
+            **http_limits.uvicorn_options(settings),
         )
         return
     from services.api.app import create_app
 
+    http_limits.configure(http_limits.limits_from(settings))
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=log_level, proxy_headers=True
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        proxy_headers=True,
+        **http_limits.uvicorn_options(settings),
     )
 
 

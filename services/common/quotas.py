@@ -6,6 +6,13 @@
   pass it is 413, a job submitted while the owner is at or over it is 422.
 
 A refusal raises QuotaExceeded, which says which limit, its value and the request's.
+
+Each check runs in the transaction of the write it guards, after `lock_owner`: the owner's row
+locked (Postgres `SELECT ... FOR UPDATE`; SQLite's BEGIN IMMEDIATE, services/common/db.py, already
+makes every transaction the only writer). Two racing requests of one owner run one after the other,
+so the second counts what the first wrote: no pair can both take the last slot or the last bytes.
+Where several limits are over at once, the request's own (422, 413) are named before the owner's
+active-jobs count (429): retrying after Retry-After could never make an invalid request valid.
 """
 
 from __future__ import annotations
@@ -93,22 +100,29 @@ def stored_bytes(session: Session, owner_id: str) -> int:
     return int(datasets) + int(archives)
 
 
-def check_job(session: Session, owner_id: str, cost: float, limit: Limits, retry_after: int) -> None:
-    """A new job: one more active job, its cost, and the owner's storage. Takes the owner's row lock
-    until the caller commits, so two racing submissions cannot both take the last active slot."""
+def lock_owner(session: Session, owner_id: str) -> None:
+    """Hold the owner's row until the transaction ends: its quota checks and writes are serial."""
     session.execute(select(Owner.id).where(Owner.id == owner_id).with_for_update())
-    active = active_jobs(session, owner_id)
-    if active + 1 > limit.max_active_jobs:
-        raise QuotaExceeded("max_active_jobs", limit.max_active_jobs, active + 1, 429, retry_after)
+
+
+def check_job(session: Session, owner_id: str, cost: float, limit: Limits, retry_after: int) -> None:
+    """A new job: its cost, the owner's storage, one more active job. Takes the owner's lock until
+    the caller commits (the job's insert), so two racing submissions cannot both take the last slot."""
+    lock_owner(session, owner_id)
     if cost > limit.max_job_cost:
         raise QuotaExceeded("max_job_cost", limit.max_job_cost, round(cost, 1), 422)
     stored = stored_bytes(session, owner_id)
     if stored >= limit.max_stored_bytes:
         raise QuotaExceeded("max_stored_bytes", limit.max_stored_bytes, stored, 422)
+    active = active_jobs(session, owner_id)
+    if active + 1 > limit.max_active_jobs:
+        raise QuotaExceeded("max_active_jobs", limit.max_active_jobs, active + 1, 429, retry_after)
 
 
 def check_upload(session: Session, owner_id: str, size: int, limit: Limits) -> None:
-    """An upload of `size` bytes on top of what the owner stores."""
+    """An upload of `size` bytes on top of what the owner stores. Takes the owner's lock until the
+    caller commits: check the final size in the transaction that inserts the dataset."""
+    lock_owner(session, owner_id)
     total = stored_bytes(session, owner_id) + size
     if total > limit.max_stored_bytes:
         raise QuotaExceeded("max_stored_bytes", limit.max_stored_bytes, total, 413)

@@ -126,7 +126,7 @@ async def upload_dataset(
     await run_in_threadpool(check_quota, 1)  # already full: refused before the body is read
     with new_temp_dir() as tmp:
         received = await receive_file(request, Path(tmp), settings.upload_cap)
-        await run_in_threadpool(check_quota, received.size)
+        await run_in_threadpool(check_quota, received.size)  # before storing; insert() checks again
         named = Path(tmp) / "named"
         named.mkdir()
         source = received.path.rename(named / _display_name(received.filename))
@@ -152,7 +152,11 @@ async def upload_dataset(
             )
 
             def insert() -> None:
+                # The quota's last word: checked under the owner's lock in the insert's transaction,
+                # so parallel uploads cannot all pass a check that saw none of the others.
                 with session_scope(request.app.state.session_factory) as session:
+                    limit = quotas.limits(session, owner_id, settings.default_limits())
+                    quotas.check_upload(session, owner_id, received.size, limit)
                     session.add(row)
 
             await run_in_threadpool(insert)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures
+import hmac
 from collections.abc import Callable
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -97,7 +98,39 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body)
 
 
-@router.get("/metrics", response_class=Response)
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def _may_read_metrics(request: Request, settings: ApiSettings) -> None:
+    """/metrics: with DIFFII_METRICS_KEY, for that bearer key; else loopback clients only, unless
+    DIFFII_METRICS_OPEN."""
+    if settings.metrics_key is not None:
+        sent = request.headers.get("authorization", "")
+        expected = f"Bearer {settings.metrics_key.get_secret_value()}"
+        if not hmac.compare_digest(sent.encode(), expected.encode()):
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "/metrics needs 'Authorization: Bearer <DIFFII_METRICS_KEY>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return
+    client = request.client.host if request.client else ""
+    if not settings.metrics_open and client not in LOOPBACK:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            "/metrics answers loopback clients only; set DIFFII_METRICS_KEY (or DIFFII_METRICS_OPEN)",
+        )
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        401: {"description": "DIFFII_METRICS_KEY is set and this is not it"},
+        403: {"description": "no DIFFII_METRICS_KEY: /metrics answers loopback clients only"},
+    },
+)
 def metrics(request: Request) -> Response:
-    """Prometheus exposition format."""
+    """Prometheus exposition format; the database figures are reused for DIFFII_METRICS_CACHE_SECONDS."""
+    _may_read_metrics(request, request.app.state.settings)
     return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)

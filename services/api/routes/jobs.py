@@ -14,7 +14,8 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from diffii_core.planning import job_cost
+from diffii_core.params import JobParams
+from diffii_core.planning import images_for_class, job_cost
 from services.api.deps import CredentialsDep, OwnerDep, SessionDep, SettingsDep, StorageDep, as_owner
 from services.api.jobs_view import job_out, shards_of
 from services.api.pagination import CURSOR_PATTERN, decode_cursor, encode_cursor
@@ -97,6 +98,18 @@ def _check_request(session: Session, body: JobRequest, owner_id: str, settings: 
     return []
 
 
+def _refuse_empty(params: JobParams, class_images: list[int]) -> None:
+    """422 for a job whose expansion makes no image in any class (the planner's own count)."""
+    if class_images and not any(images_for_class(params, n) for n in class_images):
+        largest = max(class_images)
+        raise _field_error(
+            "expansion",
+            f"this job would make no image: expansion {params.expansion:g} x {largest} real images "
+            f"(the largest class) rounds down to 0; an expansion of at least {1 / max(largest, 1):.4g} "
+            "makes one",
+        )
+
+
 def _replay(session: Session, job: Job, request_hash: str, response: Response) -> JobOut:
     if job.request_hash != request_hash:
         raise HTTPException(
@@ -177,6 +190,7 @@ def create_job(
     class_images = _check_request(session, body, owner_id, settings)
     seed = body.seed if body.seed is not None else secrets.randbits(63)
     params = body.job_params(seed)
+    _refuse_empty(params, class_images)
     limits = quotas.limits(session, owner_id, settings.default_limits())
     quotas.check_job(session, owner_id, job_cost(params, class_images), limits, settings.quota_retry_after)
     job = Job(
