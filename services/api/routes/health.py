@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from services.api.schemas import HealthOut, NotReadyOut, ReadyOut
 from services.api.settings import ApiSettings
 
 router = APIRouter(tags=["health"])
@@ -51,13 +52,17 @@ def check_supervised_children(settings: ApiSettings) -> None:
         )
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=HealthOut)
 def healthz() -> dict[str, str]:
     """The process is up and serving (no dependency is checked)."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "a dependency is down; the body says which"}})
+@router.get(
+    "/readyz",
+    response_model=ReadyOut,
+    responses={503: {"model": NotReadyOut, "description": "a dependency is down; the body says which"}},
+)
 def readyz(request: Request) -> JSONResponse:
     """Ready when the database, the broker and the object store all answer."""
     settings: ApiSettings = request.app.state.settings
@@ -97,7 +102,14 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body)
 
 
-@router.get("/metrics", response_class=Response)
+METRICS_TEXT = {"text/plain": {"schema": {"type": "string", "description": "Prometheus text format 0.0.4"}}}
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"description": "every metric, in Prometheus' text format", "content": METRICS_TEXT}},
+)
 def metrics(request: Request) -> Response:
     """Prometheus exposition format."""
     return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
