@@ -162,7 +162,9 @@ class JobRequest(JobParams):
 SeedOut = Annotated[
     int,
     PlainSerializer(str, return_type=str, when_used="json"),
-    WithJsonSchema({"type": "string", "pattern": SEED_DIGITS, "description": SEED_TEXT}, mode="serialization"),
+    WithJsonSchema(
+        {"type": "string", "pattern": SEED_DIGITS, "description": SEED_TEXT}, mode="serialization"
+    ),
 ]
 
 

@@ -299,7 +299,9 @@ def get_archive(
 def _archive_url(job: Job, settings: ApiSettings, storage: Storage) -> str:
     if job.archive_key is None:
         raise _not_there(job, "archive was", "without an archive", "the archive is not ready")
-    return storage.presigned_url(job.archive_key, expires=settings.presign_ttl, filename=f"diffii-{job.id}.zip")
+    return storage.presigned_url(
+        job.archive_key, expires=settings.presign_ttl, filename=f"diffii-{job.id}.zip"
+    )
 
 
 @router.get(
