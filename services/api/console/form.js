@@ -88,9 +88,12 @@ function unwrap(doc, schema) {
   return s;
 }
 
+// A bound past 2**53 reached the page rounded (JSON.parse): the seed's 2**63 - 1 is named instead.
+const exact = (n) => (n === 2 ** 63 ? "2^63 − 1" : n);
+
 function bound(value, exclusive, open, closed) {
-  if (exclusive !== undefined) return [exclusive, open];
-  if (value !== undefined) return [value, closed];
+  if (exclusive !== undefined) return [exact(exclusive), open];
+  if (value !== undefined) return [exact(value), closed];
   return null;
 }
 
