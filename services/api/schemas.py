@@ -92,7 +92,18 @@ def _at_most(limit: int) -> str:
 # Seeds are 63-bit; JavaScript's numbers hold 53 bits, so a seed goes out as its decimal digits and
 # may come in that way too (docs/service.md).
 SEED_DIGITS = _at_most(MAX_SEED)
+ANY_DIGITS = re.compile(r"^[0-9]{1,30}$")
 SEED_TEXT = "decimal digits of an integer from 0 to 2**63 - 1 (exact in JavaScript, whose numbers are not)"
+SEED_IN = WithJsonSchema(
+    {
+        "anyOf": [
+            {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
+            {"type": "string", "pattern": SEED_DIGITS, "description": SEED_TEXT},
+            {"type": "null"},
+        ]
+    },
+    mode="validation",
+)
 
 
 class ConceptRequest(ConceptParams):
@@ -114,12 +125,10 @@ class JobRequest(JobParams):
         Annotated[str, Field(max_length=2048, pattern=rf"^s3://{BUCKET}/{PRINTED}+$")] | SkipJsonSchema[None]
     ) = Field(None, description="s3://bucket/key of an archive in a bucket the operator allowed")
     concepts: ConceptRequest = Field(default_factory=ConceptRequest)
-    seed: (  # type: ignore[assignment]
-        Annotated[int, Field(ge=0, le=MAX_SEED)]
-        | Annotated[str, Field(pattern=SEED_DIGITS, description=SEED_TEXT)]
-        | None
-    ) = Field(
+    seed: Annotated[int | None, SEED_IN] = Field(  # type: ignore[assignment]
         None,
+        ge=0,
+        le=MAX_SEED,
         description="job seed, an integer or its decimal digits as a string; omitted: the server picks "
         "one and reports it",
     )
@@ -139,13 +148,9 @@ class JobRequest(JobParams):
 
     @field_validator("seed", mode="before")
     @classmethod
-    def _integral_seed(cls, value: Any) -> Any:
-        return int(value) if isinstance(value, float) and value.is_integer() and value >= 0 else value
-
-    @field_validator("seed")
-    @classmethod
-    def _seed_as_integer(cls, value: int | str | None) -> int | None:
-        return int(value) if isinstance(value, str) else value  # the pattern kept it within range
+    def _seed_digits(cls, value: Any) -> Any:
+        """Decimal digits (a JavaScript client's exact seed) are the integer; the range is checked next."""
+        return int(value) if isinstance(value, str) and ANY_DIGITS.match(value) else value
 
     @field_validator("dataset_uri")
     @classmethod
