@@ -11,9 +11,11 @@ threads busy-wait between parallel regions. Beside one other busy process on two
   processes inherit it.
 - `thread_count()` is the CPUs the process may use (affinity, then the cgroup v2 `cpu.max` or v1
   `cpu.cfs_quota_us` quota of its cgroup and every parent, rounded up), shared among `share`
-  processes (a worker's task processes), less the cores other processes keep busy right now
-  (runnable tasks in /proc/loadavg, the least of a few samples, scaled to the CPUs this process
-  may use). An explicit DIFFII_THREADS, else OMP_NUM_THREADS, wins.
+  processes (a worker's task processes). An explicit DIFFII_THREADS=N, else OMP_NUM_THREADS, wins.
+  With DIFFII_THREADS=fit-load it also leaves the cores other processes keep busy right now
+  (runnable tasks in /proc/loadavg, the least of a few samples, scaled to the CPUs this process may
+  use); not the default, because on CPU the thread count changes the last bits of what concept
+  learning computes, and images would then depend on the machine's load at the time.
 - `configure_threads()` sets torch's intra-op threads to it; the worker calls it in each task
   process, and model loading calls `ensure_threads()` (once per process) for the CLI and library.
 """
@@ -34,6 +36,9 @@ PROC_CGROUP = Path("/proc/self/cgroup")
 PROC_LOADAVG = Path("/proc/loadavg")
 # GNU OpenMP (torch's on Linux) and Intel's: no busy-waiting for the next parallel region.
 QUIET_OPENMP = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "0", "KMP_BLOCKTIME": "0"}
+# DIFFII_THREADS=fit-load: also leave the cores other processes keep busy. Off by default: the thread
+# count changes the last bits of learned concepts on CPU, so it would make the images depend on the load.
+FIT_LOAD = "fit-load"
 
 _configured_pid: int | None = None
 
@@ -146,7 +151,7 @@ def runnable_elsewhere(loadavg: Path = PROC_LOADAVG, samples: int = 5, interval:
 def _explicit(environ: Mapping[str, str]) -> tuple[int, str] | None:
     for name in ("DIFFII_THREADS", "OMP_NUM_THREADS"):
         value = (environ.get(name) or "").strip()
-        if value:
+        if value and value != FIT_LOAD:
             try:
                 return max(1, int(value.split(",")[0])), name
             except ValueError:
@@ -163,10 +168,14 @@ def thread_count(
     host_cpus: int | None = None,
 ) -> tuple[int, str]:
     """Intra-op threads for this process, and why (for the log)."""
-    explicit = _explicit(os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    explicit = _explicit(environ)
     if explicit is not None:
         return explicit[0], f"{explicit[1]}={explicit[0]}"
     cpus = usable_cpus() if cpus is None else cpus
+    if environ.get("DIFFII_THREADS", "").strip() != FIT_LOAD:
+        threads = max(1, cpus // max(share, 1))
+        return threads, f"{cpus} usable CPUs, {share} process(es) sharing them"
     busy = runnable_elsewhere() if busy is None else busy
     host_cpus = (os.cpu_count() or cpus) if host_cpus is None else host_cpus
     # Busy tasks are counted machine-wide; this process's share of them is its share of the CPUs.

@@ -86,7 +86,7 @@ def _init_task_process(**_: Any) -> None:
 
 @signals.task_prerun.connect
 def _fit_threads(**_: Any) -> None:
-    """Each task measures again: a process that became busy beside the worker gets its core."""
+    """With DIFFII_THREADS=fit-load each task measures the other busy processes again."""
     configure_threads(share=settings.concurrency)
 
 

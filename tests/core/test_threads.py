@@ -93,8 +93,15 @@ def test_runnable_elsewhere_takes_the_least_of_the_samples(
     assert threads.runnable_elsewhere(path, samples=2, interval=0) == 0
 
 
-def test_thread_count_fits_the_cpus_the_share_and_other_busy_processes() -> None:
-    env: dict[str, str] = {}
+def test_thread_count_is_the_usable_cpus_shared_by_the_task_processes_whatever_the_load() -> None:
+    # The count must not follow the load: on CPU it changes the last bits of learned concepts.
+    assert threads.thread_count(environ={}, cpus=2, busy=1, host_cpus=2)[0] == 2
+    assert threads.thread_count(environ={}, cpus=8, busy=9, host_cpus=8, share=2)[0] == 4
+    assert threads.thread_count(environ={}, cpus=3, share=4)[0] == 1
+
+
+def test_fit_load_leaves_the_cores_other_processes_keep_busy() -> None:
+    env = {"DIFFII_THREADS": "fit-load"}
     assert threads.thread_count(environ=env, cpus=2, busy=0, host_cpus=2)[0] == 2
     # One other single-threaded busy process on two cores: one thread, not two fighting it.
     assert threads.thread_count(environ=env, cpus=2, busy=1, host_cpus=2)[0] == 1
