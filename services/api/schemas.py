@@ -176,7 +176,8 @@ SeedOut = Annotated[
 class JobParamsOut(JobParams):
     """The job's parameters as it runs them (every default filled in); `seed` as decimal digits."""
 
-    model_config = ConfigDict(json_schema_extra=None)  # the request's cross-field rules are not the answer's
+    # The request's cross-field rules are not the answer's; a stored key a later version dropped is left out.
+    model_config = ConfigDict(json_schema_extra=None, extra="ignore")
 
     seed: SeedOut = Field(description="the job seed, as decimal digits: every image's seed derives from it")
 
