@@ -69,6 +69,15 @@ def _detail(response: httpx.Response) -> str:
     return str(detail)
 
 
+def _exact_seed(job: dict[str, Any]) -> dict[str, Any]:
+    """The API sends a job's seed as decimal digits (JavaScript's numbers would round a 63-bit
+    seed); Python's integers hold it exactly, so the client hands callers an int, as before."""
+    params = job.get("params")
+    if isinstance(params, dict) and isinstance(params.get("seed"), str) and params["seed"].isdigit():
+        params["seed"] = int(params["seed"])
+    return job
+
+
 class Client:
     """A thin REST client; every non-2xx answer raises an ApiError carrying the server's detail."""
 
@@ -109,7 +118,7 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         for attempt in range(3):
             try:
-                return self.request("POST", "/v1/jobs", json=body, headers=headers).json()
+                return _exact_seed(self.request("POST", "/v1/jobs", json=body, headers=headers).json())
             except Unreachable:
                 # The same key makes a retry after a lost answer return the job, not a second one.
                 if attempt == 2:
@@ -118,7 +127,7 @@ class Client:
         raise AssertionError("unreachable")
 
     def job(self, job_id: str) -> dict[str, Any]:
-        return self.request("GET", f"/v1/jobs/{job_id}").json()
+        return _exact_seed(self.request("GET", f"/v1/jobs/{job_id}").json())
 
     def jobs(self, status: str | None = None, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
         """Your jobs, newest first, one page: {"jobs": [...], "next_cursor": ...}."""
@@ -127,10 +136,12 @@ class Client:
             query["status"] = status
         if cursor:
             query["cursor"] = cursor
-        return self.request("GET", "/v1/jobs", params=query).json()
+        page = self.request("GET", "/v1/jobs", params=query).json()
+        page["jobs"] = [_exact_seed(job) for job in page.get("jobs", [])]
+        return page
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        return self.request("POST", f"/v1/jobs/{job_id}/cancel").json()
+        return _exact_seed(self.request("POST", f"/v1/jobs/{job_id}/cancel").json())
 
     def datasets(self, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
         """Your datasets, newest first, one page: {"datasets": [...], "next_cursor": ...}."""

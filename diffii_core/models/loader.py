@@ -15,6 +15,7 @@ from diffii_core.denoising.batch_invariance import stabilize
 from diffii_core.errors import ModelError
 from diffii_core.inversion.ddim import Schedule
 from diffii_core.model_registry import BUILTIN_MODELS
+from diffii_core.threads import ensure_threads
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -82,6 +83,7 @@ def load_model(
         known = ", ".join(sorted(models)) or "none"
         raise ModelError(f"model {name!r} is not in the model list (known: {known})")
     source = models[name]
+    ensure_threads()  # the engine's first use: threads that fit the CPUs (diffii_core.threads)
     dev, dtype = pick_device(device)
     if source in BUILT_IN:
         from diffii_core.models.tiny import TINY_RESOLUTION, build_tiny, scheduler_config, tiny_revision

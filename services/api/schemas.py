@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 from diffii_core.params import CROSS_FIELD_SCHEMA, ConceptParams, JobParams
@@ -60,6 +69,40 @@ def _integral_float(cls: type[BaseModel], value: Any, info: ValidationInfo) -> A
     return value
 
 
+MAX_SEED = 2**63 - 1
+
+
+def _at_most(limit: int) -> str:
+    """A regular expression for the decimal numbers 0..limit, written without leading zeros."""
+    digits = str(limit)
+    options = ["0", f"[1-9][0-9]{{0,{len(digits) - 2}}}"]
+    for i, digit in enumerate(digits):
+        low = "1" if i == 0 else "0"
+        if digit > low:
+            top = str(int(digit) - 1)
+            rest = len(digits) - i - 1
+            options.append(f"{digits[:i]}[{low}-{top}]" + (f"[0-9]{{{rest}}}" if rest else ""))
+    options.append(digits)
+    return f"^({'|'.join(options)})$"
+
+
+# Seeds are 63-bit; JavaScript's numbers hold 53 bits, so a seed goes out as its decimal digits and
+# may come in that way too (docs/service.md).
+SEED_DIGITS = _at_most(MAX_SEED)
+ANY_DIGITS = re.compile(r"^[0-9]{1,30}$")
+SEED_TEXT = "decimal digits of an integer from 0 to 2**63 - 1 (exact in JavaScript, whose numbers are not)"
+SEED_IN = WithJsonSchema(
+    {
+        "anyOf": [
+            {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
+            {"type": "string", "pattern": SEED_DIGITS, "description": SEED_TEXT},
+            {"type": "null"},
+        ]
+    },
+    mode="validation",
+)
+
+
 class ConceptRequest(ConceptParams):
     model_config = STRICT
     _integers = field_validator("*", mode="before")(classmethod(_integral_float))
@@ -79,8 +122,12 @@ class JobRequest(JobParams):
         Field(None, description="s3://bucket/key of an archive in a bucket the operator allowed")
     )
     concepts: ConceptRequest = Field(default_factory=ConceptRequest)
-    seed: int | None = Field(  # type: ignore[assignment]
-        None, ge=0, le=2**63 - 1, description="job seed; omitted: the server picks one and reports it"
+    seed: Annotated[int | None, SEED_IN] = Field(  # type: ignore[assignment]
+        None,
+        ge=0,
+        le=MAX_SEED,
+        description="job seed, an integer or its decimal digits as a string; omitted: the server picks "
+        "one and reports it",
     )
     priority: int = Field(
         0,
@@ -96,6 +143,12 @@ class JobRequest(JobParams):
             raise ValueError("give exactly one of dataset_id and dataset_uri")
         return self
 
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed_digits(cls, value: Any) -> Any:
+        """Decimal digits (a JavaScript client's exact seed) are the integer; the range is checked next."""
+        return int(value) if isinstance(value, str) and ANY_DIGITS.match(value) else value
+
     @field_validator("dataset_uri")
     @classmethod
     def _s3_uri(cls, value: str | None) -> str | None:
@@ -106,6 +159,24 @@ class JobRequest(JobParams):
     def job_params(self, seed: int) -> JobParams:
         data = self.model_dump(exclude={"dataset_id", "dataset_uri", "seed", "priority"})
         return JobParams(**data, seed=seed)
+
+
+SeedOut = Annotated[
+    int,
+    PlainSerializer(str, return_type=str, when_used="json"),
+    WithJsonSchema(
+        {"type": "string", "pattern": SEED_DIGITS, "description": SEED_TEXT}, mode="serialization"
+    ),
+]
+
+
+class JobParamsOut(JobParams):
+    """The job's parameters as it runs them (every default filled in); `seed` as decimal digits."""
+
+    # The request's cross-field rules are not the answer's; a stored key a later version dropped is left out.
+    model_config = ConfigDict(json_schema_extra=None, extra="ignore")
+
+    seed: SeedOut = Field(description="the job seed, as decimal digits: every image's seed derives from it")
 
 
 class ShardOut(BaseModel):
@@ -143,7 +214,7 @@ class JobOut(BaseModel):
     message: str | None
     dataset_id: str | None
     dataset_uri: str | None
-    params: dict[str, Any]
+    params: JobParamsOut
     cancel_requested: bool
     priority: int = Field(description="order among the owner's own jobs (higher first)")
     archive_ready: bool
@@ -154,6 +225,11 @@ class JobOut(BaseModel):
     dataset: DatasetReportOut | None = Field(
         None, description="the decoded dataset (set by the prepare stage; null before it)"
     )
+
+
+class ArchiveLink(BaseModel):
+    url: str = Field(description="the signed URL of the archive (zip); no API key needed, it expires")
+    expires_in: int = Field(description="seconds the link stays valid")
 
 
 class PreviewOut(BaseModel):
@@ -175,6 +251,24 @@ class DatasetPage(BaseModel):
 class JobPage(BaseModel):
     jobs: list[JobOut]
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at the end")
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready"]
+    checks: dict[str, str] = Field(description='each dependency checked (database, broker, storage...): "ok"')
+    supervisor: dict[str, Any] | None = Field(
+        None, description="under `diffii up`: the supervisor's children, their restarts and last exits"
+    )
+
+
+class NotReadyOut(BaseModel):
+    status: Literal["unavailable"]
+    detail: str = Field(description="which checks failed")
+    checks: dict[str, str] = Field(description='each dependency: "ok" or why it failed')
 
 
 class Problem(BaseModel):

@@ -44,4 +44,7 @@ admin.add_command(quota)  # here, not in server.py: quota.py uses server's schem
 
 
 def main() -> None:
+    from diffii_core.threads import quiet_openmp
+
+    quiet_openmp()  # before any command loads torch; the processes it starts inherit it
     cli()

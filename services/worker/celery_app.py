@@ -19,11 +19,13 @@ from typing import Any
 
 from celery import Celery, bootsteps, signals
 
+from diffii_core.threads import configure_threads, quiet_openmp
 from services.common.dispatch import DEFAULT_QUEUE, broker_transport_options
 from services.worker.logs import use_json
 from services.worker.settings import WorkerSettings
 
 log = logging.getLogger("diffii.worker")
+quiet_openmp()  # OpenMP reads it when torch loads, in the task processes: sleep, don't spin
 
 settings = WorkerSettings()
 
@@ -76,8 +78,16 @@ def _init_task_process(**_: Any) -> None:
     if _sweeper_state.get("sessions") is not None:
         dispose(_sweeper_state["sessions"], close=False)
         _sweeper_state.clear()
-    process.init_process(WorkerSettings(), preload=True)
+    worker_settings = WorkerSettings()
+    configure_threads(share=worker_settings.concurrency)  # the CPUs it may use, shared by the processes
+    process.init_process(worker_settings, preload=True)
     log.info("task process ready", extra={"pid": os.getpid()})
+
+
+@signals.task_prerun.connect
+def _fit_threads(**_: Any) -> None:
+    """With DIFFII_THREADS=fit-load each task measures the other busy processes again."""
+    configure_threads(share=settings.concurrency)
 
 
 @signals.worker_process_shutdown.connect

@@ -375,3 +375,93 @@ def test_the_job_form_follows_enums_given_as_references(page: Page, service: Up)
     expect(sampler.locator("label")).to_have_text("Sampler")
     expect(sampler).to_contain_text("denoising sampler; default: the method")
     expect(sampler.locator("option")).to_have_text(["default (ddim)", "ddim", "dpm-solver++"])
+
+
+BIG_SEED = "7691863025641212835"  # over 2**53: a JavaScript number would make it 7691863025641213000
+
+
+def test_a_63_bit_seed_is_submitted_and_shown_exactly(page: Page, service: Up, tmp_path: Path) -> None:
+    from diffii_core.sample_data import write_sample_archive
+
+    key = service.key("console-seed")
+    sign_in(page, service, key)
+    upload(page, write_sample_archive(tmp_path / "sample.zip"))
+    expect(page.locator("#dataset-result")).to_contain_text("12 images found")
+    fill(page, {**LONG, "seed": BIG_SEED})
+    bodies: list[str] = []
+    page.on(
+        "request",
+        lambda r: r.method == "POST" and r.url.endswith("/v1/jobs") and bodies.append(r.post_data or ""),
+    )
+    job_id = submit(page)
+    try:
+        assert json.loads(bodies[0])["seed"] in (BIG_SEED, int(BIG_SEED)), bodies
+        assert job_api(service, key, job_id).json()["params"]["seed"] == BIG_SEED
+        expect(page.locator('#params dt:text-is("seed") + dd')).to_have_text(BIG_SEED)
+    finally:
+        httpx.post(f"{service.url}/v1/jobs/{job_id}/cancel", headers=auth(key), timeout=30)
+
+
+RLO = "\u202e"  # RIGHT-TO-LEFT OVERRIDE: unisolated, it reverses the text after it
+
+
+def test_class_names_are_isolated_from_bidirectional_text(page: Page, service: Up, tmp_path: Path) -> None:
+    key = service.key("console-bidi")
+    sign_in(page, service, key)
+    names = [f"evil{RLO}gpj.exe", "plain"]
+    members = {f"{names[0]}/1.png": png(40, (10, 40, 190)), f"{names[1]}/1.png": png(40, (60, 40, 140))}
+    (tmp_path / "bidi.zip").write_bytes(zip_bytes(members))
+    upload(page, tmp_path / "bidi.zip")
+    result = page.locator("#dataset-result")
+    expect(result).to_contain_text("2 classes, 2 images found")
+    isolated = result.locator("bdi")
+    expect(isolated).to_have_text(["bidi.zip", *names])
+    # The override stays inside its name: the next class's name is still drawn to its right.
+    first, second = (isolated.nth(i).bounding_box() for i in (1, 2))
+    assert first and second and second["x"] > first["x"] + first["width"], (first, second)
+
+
+def test_a_download_with_s3_storage_navigates_to_the_signed_link(browser: Browser, cluster: Any) -> None:
+    """With S3 the archive's signed link is the bucket's origin, which the console's policy keeps its
+    own requests from (connect-src 'self'): the console asks the API for the link and navigates there."""
+    from services.common import keys as object_keys
+    from services.common.db import session_scope
+    from services.common.models import Job, JobStatus, utcnow
+
+    url = cluster.start_api()
+    key = cluster.new_key()
+    dataset_id = cluster.upload_sample(key)
+    job_id = cluster.submit(key, dataset_id)  # no worker: the archive is put in place by hand
+    archive = object_keys.archive(job_id)
+    cluster.storage.put_bytes(archive, b"PK archive from the bucket")
+    with session_scope(cluster.sessions) as session:
+        job = session.get(Job, job_id)
+        job.status, job.archive_key, job.finished_at = JobStatus.succeeded, archive, utcnow()
+    link = httpx.get(f"{url}/v1/jobs/{job_id}/archive/link", headers=auth(key), timeout=30).json()["url"]
+    bucket_origin = re.match(r"https?://[^/]+", link)
+    assert bucket_origin and not link.startswith(url)
+
+    context = browser.new_context(accept_downloads=True)
+    tab = context.new_page()
+    tab.set_default_timeout(30_000)
+    outside: list[tuple[str, bool]] = []
+    refused: list[str] = []
+    tab.on("request", lambda r: r.url.startswith(url) or outside.append((r.url, r.is_navigation_request())))
+    tab.on("console", lambda m: "Content Security Policy" in m.text and refused.append(m.text))
+    tab.on("pageerror", lambda e: refused.append(f"script error: {e}"))
+    try:
+        tab.goto(f"{url}/")
+        tab.fill("#api-key", key)
+        tab.click("#sign-in button[type=submit]")
+        expect(tab.locator("#jobs")).to_be_visible()
+        tab.goto(f"{url}/console/#/jobs/{job_id}")
+        expect(tab.locator('#summary [data-status="succeeded"]')).to_be_visible()
+        with tab.expect_download() as download:
+            tab.click("#download")
+        assert Path(download.value.path()).read_bytes() == b"PK archive from the bucket"
+        expect(tab.locator("#action-result")).to_contain_text("The download has started")
+    finally:
+        context.close()
+    assert outside and all(navigation for _, navigation in outside), outside
+    assert all(u.startswith(bucket_origin[0]) for u, _ in outside), outside
+    assert not refused, refused

@@ -65,6 +65,7 @@ def test_a_generated_client_runs_the_whole_flow(cluster: Cluster, tmp_path: Path
 def _flow(url: str, key: str, cluster: Cluster, tmp_path: Path) -> None:
     from diffii_client import AuthenticatedClient
     from diffii_client.api.datasets import delete_dataset, get_dataset, list_datasets, upload_dataset
+    from diffii_client.api.health import healthz, metrics, readyz
     from diffii_client.api.jobs import (
         cancel_job,
         create_job,
@@ -79,15 +80,18 @@ def _flow(url: str, key: str, cluster: Cluster, tmp_path: Path) -> None:
         ConceptRequest,
         DatasetOut,
         DatasetPage,
+        HealthOut,
         HTTPValidationError,
         JobOut,
         JobPage,
+        JobParamsOut,
         JobRequest,
         JobRequestMethod,
         JobRequestModel,
         JobStatus,
         PreviewList,
         Problem,
+        ReadyOut,
         ShardKind,
         UploadDatasetBody,
     )
@@ -146,6 +150,15 @@ def _flow(url: str, key: str, cluster: Cluster, tmp_path: Path) -> None:
     assert job.progress.images_done == job.progress.images_total == uploaded.images
     assert {s.kind for s in job.progress.shards} == {ShardKind.GENERATE}
     assert [s.kind for s in job.progress.steps] == [ShardKind.PREPARE, ShardKind.LEARN, ShardKind.PACKAGE]
+    # The parameters are the job-parameters model, the seed as its digits (exact in any language).
+    assert isinstance(job.params, JobParamsOut) and job.params.seed == "7" and job.params.expansion == 1
+    assert job.params.concepts.steps == 5
+
+    # health: typed answers too
+    assert isinstance(healthz.sync(client=client), HealthOut)
+    ready = readyz.sync(client=client)
+    assert isinstance(ready, ReadyOut) and ready.status == "ready"
+    assert "diffii_" in str(metrics.sync(client=client))
 
     # preview: the listing, and a sheet as PNG bytes
     previews = list_previews.sync(job_id=job_id, client=client)

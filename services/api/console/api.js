@@ -107,15 +107,12 @@ export function uploadDataset(file, onProgress) {
 }
 
 /**
- * Follow the archive's redirect only as far as the response headers, then let the browser
- * download the signed link itself: the archive can be gigabytes, too big for the page's memory.
+ * The archive's signed link, for the browser to navigate to: it downloads the archive itself (it can
+ * be gigabytes, too big for the page's memory), and with S3 storage the link is the bucket's origin,
+ * where the page's own requests may not go (connect-src 'self') but a navigation may.
  */
 export async function archiveLink(jobId) {
-  const abort = new AbortController();
-  const response = await request(`/v1/jobs/${encodeURIComponent(jobId)}/archive`, { signal: abort.signal });
-  const link = response.url;
-  abort.abort();
-  return link;
+  return (await getJson(`/v1/jobs/${encodeURIComponent(jobId)}/archive/link`)).url;
 }
 
 /**

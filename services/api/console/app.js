@@ -252,7 +252,7 @@ function shardTable(job) {
         h(
           "tr",
           {},
-          h("td", {}, s.class_name ?? ""),
+          h("td", {}, h("bdi", {}, s.class_name ?? "")),
           h("td", { class: "num" }, `${s.start}–${s.stop}`),
           h("td", {}, statusBadge(s.status)),
           h("td", { class: "num" }, `${s.images_done} / ${s.images_total}`),
@@ -276,14 +276,14 @@ function datasetReport(job) {
       "table",
       { id: "dataset-classes" },
       h("thead", {}, h("tr", {}, h("th", {}, "Class"), h("th", {}, "Usable images"))),
-      h("tbody", {}, report.classes.map((c) => h("tr", {}, h("td", {}, c.name), h("td", { class: "num" }, c.images)))),
+      h("tbody", {}, report.classes.map((c) => h("tr", {}, h("td", {}, h("bdi", {}, c.name)), h("td", { class: "num" }, c.images)))),
     ),
     h(
       "div",
       { id: "dataset-skipped" },
       report.skipped.length
         ? h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Skipped file"), h("th", {}, "Why"))),
-            h("tbody", {}, report.skipped.map((s) => h("tr", {}, h("td", { class: "mono" }, s.path), h("td", {}, s.reason)))))
+            h("tbody", {}, report.skipped.map((s) => h("tr", {}, h("td", { class: "mono" }, h("bdi", {}, s.path)), h("td", {}, s.reason)))))
         : h("p", { class: "muted" }, "No file was skipped."),
     ),
   );
@@ -312,7 +312,7 @@ async function loadPreviews(jobId, container, shown) {
     shown.set(
       item.index,
       h("figure", { dataset: { previewClass: item.name } },
-        h("figcaption", {}, `${item.name}: real images beside synthetic ones`),
+        h("figcaption", {}, h("bdi", {}, item.name), ": real images beside synthetic ones"),
         h("img", { src: URL.createObjectURL(blob), alt: `preview sheet of class ${item.name}` })),
     );
   }
@@ -340,17 +340,15 @@ function jobPage(jobId) {
   download.addEventListener("click", async () => {
     replace(actionsNote);
     try {
-      const link = h("a", { href: await archiveLink(jobId), download: "" });
+      // A navigation to the signed link, not a fetch: with S3 it is the bucket's origin.
+      const link = h("a", { href: await archiveLink(jobId), download: "", id: "archive-link", hidden: true });
       document.body.append(link);
       link.click();
       link.remove();
       note("info", "The download has started.");
     } catch (error) {
       if (error instanceof ApiError && error.status === 409) note("error", `No archive yet: ${detailText(error.detail)}`);
-      else if (error instanceof Unreachable) {
-        // Also what a link to another origin (an S3 bucket) looks like: the policy stops it.
-        note("error", `Download failed: ${error.message}. If the API is up, the archive is stored where this page may not go: run diffii download ${jobId}`);
-      } else if (!(error instanceof Unauthorized)) note("error", `Download failed: ${errorMessage(error)}`);
+      else if (!(error instanceof Unauthorized)) note("error", `Download failed: ${errorMessage(error)}`);
     }
   });
   cancel.addEventListener("click", async () => {
@@ -466,11 +464,11 @@ async function newJobPage() {
       datasetId = dataset.id;
       replace(
         found,
-        alertBox("info", `${dataset.filename}: ${dataset.classes.length} classes, ${dataset.images} images found. `,
-          dataset.classes.map((c) => `${c.name} (${c.images})`).join(", ")),
+        alertBox("info", h("bdi", {}, dataset.filename), `: ${dataset.classes.length} classes, ${dataset.images} images found. `,
+          dataset.classes.map((c, i) => [i ? ", " : "", h("bdi", {}, c.name), ` (${c.images})`])),
         dataset.skipped.length
           ? h("details", {}, h("summary", {}, `${dataset.skipped.length} files left out`),
-              h("ul", {}, dataset.skipped.map((s) => h("li", {}, h("code", {}, s.path), ": ", s.reason))))
+              h("ul", {}, dataset.skipped.map((s) => h("li", {}, h("code", {}, h("bdi", {}, s.path)), ": ", s.reason))))
           : null,
       );
     } catch (error) {

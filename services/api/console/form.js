@@ -71,10 +71,16 @@ export function jobForm(doc) {
   };
 }
 
-/** A nullable `anyOf: [X, {type: null}]` is X, left empty to send nothing. */
+/**
+ * A nullable `anyOf: [X, {type: null}]` is X, left empty to send nothing. An integer that may also
+ * come as a string of digits (the seed: 63 bits, more than a JavaScript number holds) is the integer.
+ */
 function unwrap(doc, schema) {
   const s = deref(doc, schema);
-  const options = (s.anyOf ?? s.oneOf ?? []).map((o) => deref(doc, o)).filter((o) => o.type !== "null");
+  let options = (s.anyOf ?? s.oneOf ?? []).map((o) => deref(doc, o)).filter((o) => o.type !== "null");
+  if (options.length === 2 && options.some((o) => o.type === "integer") && options.some((o) => o.type === "string")) {
+    options = options.filter((o) => o.type === "integer");
+  }
   if (options.length === 1) {
     const { anyOf, oneOf, ...rest } = s;
     return { ...options[0], ...rest };
@@ -82,9 +88,12 @@ function unwrap(doc, schema) {
   return s;
 }
 
+// A bound past 2**53 reached the page rounded (JSON.parse): the seed's 2**63 - 1 is named instead.
+const exact = (n) => (n === 2 ** 63 ? "2^63 − 1" : n);
+
 function bound(value, exclusive, open, closed) {
-  if (exclusive !== undefined) return [exclusive, open];
-  if (value !== undefined) return [value, closed];
+  if (exclusive !== undefined) return [exact(exclusive), open];
+  if (value !== undefined) return [exact(value), closed];
   return null;
 }
 
@@ -190,6 +199,8 @@ function parse(el) {
   const raw = el.value.trim();
   switch (el.dataset.kind) {
     case "number":
+      // Whole numbers past 2**53 go as their digits: a JavaScript number would round them.
+      if (/^-?\d+$/.test(raw) && !Number.isSafeInteger(Number(raw))) return raw;
       return Number.isNaN(Number(raw)) ? raw : Number(raw);
     case "boolean":
       return raw === "true";

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from services.api.schemas import HealthOut, NotReadyOut, ReadyOut
 from services.api.settings import ApiSettings
 
 router = APIRouter(tags=["health"])
@@ -52,13 +53,17 @@ def check_supervised_children(settings: ApiSettings) -> None:
         )
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=HealthOut)
 def healthz() -> dict[str, str]:
     """The process is up and serving (no dependency is checked)."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "a dependency is down; the body says which"}})
+@router.get(
+    "/readyz",
+    response_model=ReadyOut,
+    responses={503: {"model": NotReadyOut, "description": "a dependency is down; the body says which"}},
+)
 def readyz(request: Request) -> JSONResponse:
     """Ready when the database, the broker and the object store all answer."""
     settings: ApiSettings = request.app.state.settings
@@ -122,10 +127,14 @@ def _may_read_metrics(request: Request, settings: ApiSettings) -> None:
         )
 
 
+METRICS_TEXT = {"text/plain": {"schema": {"type": "string", "description": "Prometheus text format 0.0.4"}}}
+
+
 @router.get(
     "/metrics",
     response_class=Response,
     responses={
+        200: {"description": "every metric, in Prometheus' text format", "content": METRICS_TEXT},
         401: {"description": "DIFFII_METRICS_KEY is set and this is not it"},
         403: {"description": "no DIFFII_METRICS_KEY: /metrics answers loopback clients only"},
     },

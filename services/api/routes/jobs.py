@@ -22,6 +22,7 @@ from services.api.pagination import CURSOR_PATTERN, decode_cursor, encode_cursor
 from services.api.schemas import (
     ID_PATTERN,
     UNAUTHORIZED,
+    ArchiveLink,
     JobOut,
     JobPage,
     JobRequest,
@@ -188,7 +189,7 @@ def create_job(
         return _replay(session, existing, request_hash, response)
 
     class_images = _check_request(session, body, owner_id, settings)
-    seed = body.seed if body.seed is not None else secrets.randbits(63)
+    seed = int(body.seed) if body.seed is not None else secrets.randbits(63)
     params = body.job_params(seed)
     _refuse_empty(params, class_images)
     limits = quotas.limits(session, owner_id, settings.default_limits())
@@ -307,13 +308,34 @@ def get_archive(
     job_id: JobId, owner_id: OwnerDep, session: SessionDep, settings: SettingsDep, storage: StorageDep
 ) -> RedirectResponse:
     """Redirect to the synthetic dataset archive (zip) once the job has succeeded."""
-    job = owned_job(session, owner_id, job_id)
+    url = _archive_url(owned_job(session, owner_id, job_id), settings, storage)
+    return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
+
+
+def _archive_url(job: Job, settings: ApiSettings, storage: Storage) -> str:
     if job.archive_key is None:
         raise _not_there(job, "archive was", "without an archive", "the archive is not ready")
-    url = storage.presigned_url(
+    return storage.presigned_url(
         job.archive_key, expires=settings.presign_ttl, filename=f"diffii-{job.id}.zip"
     )
-    return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
+
+
+@router.get(
+    "/{job_id}/archive/link",
+    response_model=ArchiveLink,
+    responses={
+        **NOT_FOUND,
+        409: problem("the archive does not exist (yet), or retention removed it"),
+        **STORAGE_DOWN,
+    },
+)
+def get_archive_link(
+    job_id: JobId, owner_id: OwnerDep, session: SessionDep, settings: SettingsDep, storage: StorageDep
+) -> ArchiveLink:
+    """The archive's signed link as JSON, for a browser to navigate to (the console's download): a page
+    cannot read a redirect's Location, and with S3 storage the link is another origin."""
+    url = _archive_url(owned_job(session, owner_id, job_id), settings, storage)
+    return ArchiveLink(url=url, expires_in=settings.presign_ttl)
 
 
 def _stored_previews(storage: Storage, job: Job) -> list[PreviewOut]:
