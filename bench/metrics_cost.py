@@ -28,8 +28,8 @@ from sqlalchemy import event  # noqa: E402
 from services.api.app import create_app  # noqa: E402
 from services.api.settings import ApiSettings  # noqa: E402
 from services.common.db import dispose, make_session_factory, session_scope  # noqa: E402
+from services.common.migrate import upgrade_to_head  # noqa: E402
 from services.common.models import Job, JobStatus, Owner, Shard, ShardKind, ShardStatus  # noqa: E402
-from services.common.schema import upgrade_to_head  # noqa: E402
 
 
 def seed(url: str, jobs: int) -> None:
