@@ -18,6 +18,10 @@ threads busy-wait between parallel regions. Beside one other busy process on two
   learning computes, and images would then depend on the machine's load at the time.
 - `configure_threads()` sets torch's intra-op threads to it; the worker calls it in each task
   process, and model loading calls `ensure_threads()` (once per process) for the CLI and library.
+- `learning_threads()` holds concept learning at the process's usable CPUs (or the explicit setting)
+  whatever the share or the load: on CPU the thread count changes the last bits of the learned
+  concepts, so `diffii augment` and a worker of any concurrency, and every slice of a learning run,
+  must learn at the same count for the images to be the same bytes.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -200,3 +205,19 @@ def ensure_threads() -> None:
     """Configure once per process (a forked child configures again): where the engine is first used."""
     if _configured_pid != os.getpid():
         configure_threads()
+
+
+@contextmanager
+def learning_threads() -> Iterator[int]:
+    """Torch's intra-op threads held at `thread_count()` for one process alone, without fit-load, for
+    the block (concept learning); the previous count is restored after it."""
+    import torch
+
+    environ = {k: v for k, v in os.environ.items() if not (k == "DIFFII_THREADS" and v.strip() == FIT_LOAD)}
+    threads, _ = thread_count(1, environ=environ)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before)

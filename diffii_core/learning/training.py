@@ -37,6 +37,7 @@ from diffii_core.learning.concepts import ADAPTER, Concepts, disable_adapter, in
 from diffii_core.models import LoadedModel
 from diffii_core.oom import smaller_batch
 from diffii_core.seeding import derive_seed, generator
+from diffii_core.threads import learning_threads
 
 if TYPE_CHECKING:
     from diffii_core.params import ConceptParams, JobParams
@@ -66,7 +67,20 @@ def learn_concepts(
     7. `_checkpoint`        every `checkpoint_every` steps and at the last
     8. `learned_concepts`   the rows and the LoRA, read back as `Concepts`
 
-    The model is left holding them; enter `concepts_applied` with the result to use it."""
+    The model is left holding them; enter `concepts_applied` with the result to use it. It runs at
+    `learning_threads()`: the same thread count in every process that learns, so the same bytes."""
+    with learning_threads():
+        return _learn(model, dataset, params, checkpoint_dir, progress, should_stop)
+
+
+def _learn(
+    model: LoadedModel,
+    dataset: Any,
+    params: JobParams,
+    checkpoint_dir: Path | None,
+    progress: Callable[[int, int], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> Concepts:
     if model.in_use is not None:
         raise RuntimeError(f"model {model.name!r} is in use by a job's concepts; learn outside that scope")
     cfg = params.concepts

@@ -257,3 +257,19 @@ def test_da_fusion_learns_tokens_only_with_its_token_count(sample, fresh_model, 
         steps.load_concepts(METHODS["diff-ii"], tmp_path / "tokens", concepts.class_names, params)
     with pytest.raises(ArtifactError, match="holds no learned concepts"):
         steps.load_concepts(METHODS["da-fusion"], tmp_path, concepts.class_names, params)
+
+
+def test_concepts_do_not_depend_on_the_threads_the_process_was_left_with(sample):
+    """On CPU the thread count changes the last bits of the gradients; learning holds its own count,
+    so a worker sharing the CPUs with other task processes learns what `diffii augment` learns."""
+    params = _params(4, batch_size=4)
+    before = torch.get_num_threads()
+    learned = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            learned.append(learn_concepts(load_model("tiny"), sample, params).fingerprint)
+            assert torch.get_num_threads() == threads  # restored after learning
+    finally:
+        torch.set_num_threads(before)
+    assert learned[0] == learned[1]
