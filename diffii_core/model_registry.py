@@ -9,10 +9,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+from diffii_core.errors import ModelError
 
 # "tiny" is built in code (random weights); "world" is the pretrained world model in diffii_core/world.
 BUILTIN_MODELS: dict[str, str] = {"tiny": "tiny", "world": "world"}
+# The world model's diffusers folder ships in the package beside the world's other weights. It is
+# named here, below the world package (which builds on the loader), so the loader need not import it.
+WORLD_MODEL_DIR = Path(__file__).parent / "world" / "weights" / "model"
+
+
+def shipped_world_model() -> Path:
+    """The shipped world model's diffusers directory."""
+    if not (WORLD_MODEL_DIR / "model_index.json").exists():
+        raise ModelError(
+            f"the world model is not in {WORLD_MODEL_DIR}: train and export it (`diffii world train`)"
+        )
+    return WORLD_MODEL_DIR
 
 
 def model_table(value: str | Mapping[str, Any] | None, *, source: str = "DIFFII_MODELS") -> dict[str, str]:

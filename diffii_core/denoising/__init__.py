@@ -5,5 +5,5 @@ The steps are numbered once, in `diffii_core.pipeline.steps` and docs/methods.md
 - `sampling.py`          DDIM / DPM-Solver++ on the model's schedule, two-stage prompts, guidance
 - `prompts.py`           concept and class-name prompts, their text embeddings
 - `suffixes.py`          the suffixes of each dataset theme
-- `unet.py`, `batch_invariance.py`  networks whose rows do not depend on the batch they ran in
+- `unet.py`              one UNet prediction, padded so that no row depends on the batch it ran in
 """

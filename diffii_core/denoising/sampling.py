@@ -14,8 +14,8 @@ import torch
 from diffusers import DPMSolverMultistepScheduler
 
 from diffii_core.denoising.unet import predict_noise
-from diffii_core.inversion.ddim import Schedule, denoise, denoise_timesteps, suffix_steps
 from diffii_core.models import LoadedModel
+from diffii_core.models.ddim import Schedule, denoise, denoise_timesteps, suffix_steps
 
 if TYPE_CHECKING:
     from diffii_core.params import JobParams

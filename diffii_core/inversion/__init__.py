@@ -2,7 +2,7 @@
 (random circle interpolation, `methods/diff_ii.py`) draws its start latents from. The steps are numbered
 once, in `diffii_core.pipeline.steps` and docs/methods.md.
 
-- `ddim.py`           the model's schedule and the DDIM step (shared with denoising)
-- `invert.py`         `invert_class(...)`: a class's inversion pool; `save_pool` / `load_pool`
+- `invert.py`         `invert_class(...)`: a class's inversion pool (the DDIM step is the model's,
+                      `models/ddim.py`); `save_pool` / `load_pool`
 - `interpolation.py`  `circle_interpolate`, the pair of an image index
 """

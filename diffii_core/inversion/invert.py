@@ -15,9 +15,9 @@ from diffii_core.denoising.sampling import sampler_timesteps
 from diffii_core.denoising.unet import predict_noise
 from diffii_core.errors import ArtifactError
 from diffii_core.images import encode_images, fit_square, to_tensor
-from diffii_core.inversion.ddim import Schedule, inversion_timesteps, invert, published_inversion_timesteps
 from diffii_core.learning.concepts import Concepts, scope_key
 from diffii_core.models import LoadedModel
+from diffii_core.models.ddim import Schedule, inversion_timesteps, invert, published_inversion_timesteps
 from diffii_core.oom import map_batches
 
 if TYPE_CHECKING:

@@ -19,10 +19,10 @@ from peft import LoraConfig
 from peft.utils import set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from diffii_core.denoising.batch_invariance import stabilize
 from diffii_core.denoising.prompts import ensure_tokens
 from diffii_core.errors import ArtifactError
 from diffii_core.models import LoadedModel
+from diffii_core.models.batch_invariance import stabilize
 
 ADAPTER = "diffii"
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]

@@ -32,9 +32,9 @@ from diffii_core.atomic import atomic_path
 from diffii_core.denoising.prompts import concept_prompt, ensure_tokens, placeholder_tokens, tokenize
 from diffii_core.errors import Cancelled
 from diffii_core.images import to_tensor
-from diffii_core.inversion.ddim import Schedule
 from diffii_core.learning.concepts import ADAPTER, Concepts, disable_adapter, install_adapter
 from diffii_core.models import LoadedModel
+from diffii_core.models.ddim import Schedule
 from diffii_core.oom import smaller_batch
 from diffii_core.seeding import derive_seed, generator
 from diffii_core.threads import learning_threads

@@ -119,7 +119,7 @@ def render(
     from diffii_core.denoising.prompts import encode_prompts
     from diffii_core.denoising.sampling import denoise_steps, img2img_timesteps, sample_two_stage
     from diffii_core.images import decode_latents, encode_images, fit_square, to_tensor
-    from diffii_core.inversion.ddim import Schedule
+    from diffii_core.models.ddim import Schedule
 
     model, params = req.model, req.params
     resolution = params.resolution or model.resolution

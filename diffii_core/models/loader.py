@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from diffii_core.denoising.batch_invariance import stabilize
 from diffii_core.errors import ModelError
-from diffii_core.inversion.ddim import Schedule
-from diffii_core.model_registry import BUILTIN_MODELS
+from diffii_core.model_registry import BUILTIN_MODELS, shipped_world_model
+from diffii_core.models.batch_invariance import stabilize
+from diffii_core.models.ddim import Schedule
 from diffii_core.threads import ensure_threads
 
 if TYPE_CHECKING:
@@ -95,9 +95,7 @@ def load_model(
         dtype = torch.float32  # the tiny model is a CPU smoke model; fp16 buys nothing there
     else:
         if source == "world":
-            from diffii_core.world import shipped_model
-
-            source = str(shipped_model())
+            source = str(shipped_world_model())
         parts = _load_diffusers(name, source, dtype, cache_dir)
     tokenizer, text_encoder, unet, vae, scheduler_config, revision, resolution = parts
     # The text encoder stays fp32: its placeholder rows are trained, and it is cheap.

@@ -9,11 +9,13 @@ import json
 import platform
 import zipfile
 from collections.abc import Iterable
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from diffii_core import __version__
 from diffii_core.output.preview import PREVIEW_PAGE, preview_page
-from diffii_core.params import JobParams
+
+if TYPE_CHECKING:  # an annotation only: params reads the methods, whose images this module packs
+    from diffii_core.params import JobParams
 
 # Every zip diffii writes (archives, the sample dataset) stamps its members with this time.
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)

@@ -9,19 +9,12 @@ from pathlib import Path
 from diffii_core.errors import ModelError
 
 # Trained weights beside the code that uses them, in a folder of their own: the world model
-# (`weights/model/`, a diffusers directory), the oracle (`oracle.py` reads `weights/oracle/`) and the
-# backbone (`backbone.py` writes `weights/backbone/`).
+# (`weights/model/`, a diffusers directory that `model_registry.WORLD_MODEL_DIR` names for the
+# loader), the oracle (`oracle.py` reads `weights/oracle/`) and the backbone (`backbone.py` writes
+# `weights/backbone/`).
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-MODEL_DIR = WEIGHTS_DIR / "model"
 BACKBONE_DIR = WEIGHTS_DIR / "backbone"
 ORACLE_DIR = WEIGHTS_DIR / "oracle"
-
-
-def shipped_model() -> Path:
-    """The shipped world model's diffusers directory."""
-    if not (MODEL_DIR / "model_index.json").exists():
-        raise ModelError(f"the world model is not in {MODEL_DIR}: train and export it (`diffii world train`)")
-    return MODEL_DIR
 
 
 def shipped_backbone() -> Path:

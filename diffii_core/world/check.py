@@ -15,9 +15,9 @@ import torch
 from diffii_core.denoising.prompts import encode_prompts
 from diffii_core.denoising.sampling import sample_two_stage
 from diffii_core.images import decode_latents, encode_images
-from diffii_core.inversion.ddim import denoise_timesteps
 from diffii_core.inversion.invert import invert_latents
 from diffii_core.models import LoadedModel, load_model
+from diffii_core.models.ddim import denoise_timesteps
 from diffii_core.params import JobParams
 from diffii_core.seeding import generator
 from diffii_core.world import domain

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from diffii_core.inversion.ddim import (
+from diffii_core.models.ddim import (
     Schedule,
     denoise,
     denoise_timesteps,

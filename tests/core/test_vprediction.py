@@ -11,9 +11,9 @@ from PIL import Image
 
 from diffii_core.denoising.sampling import run_sampler, sampler_timesteps
 from diffii_core.errors import ModelError
-from diffii_core.inversion.ddim import Schedule, denoise, denoise_timesteps
 from diffii_core.learning.training import learn_concepts
 from diffii_core.models import load_model
+from diffii_core.models.ddim import Schedule, denoise, denoise_timesteps
 from diffii_core.models.tiny import scheduler_config
 from diffii_core.params import ConceptParams, JobParams
 from diffii_core.pipeline.augment import augment

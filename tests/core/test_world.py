@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from diffii_core.denoising.suffixes import DEFAULT_SUFFIXES
-from diffii_core.world import MODEL_DIR, domain
+from diffii_core.model_registry import WORLD_MODEL_DIR, shipped_world_model
+from diffii_core.world import domain
 from diffii_core.world.datasets import WorldDatasetSpec, long_tail_counts, pick_classes, write_world_dataset
 
 
@@ -75,7 +76,7 @@ def test_class_folders_read_as_the_captions_do() -> None:
     tokenizer = build_tokenizer()
     species = domain.all_species()
     assert len({s.name for s in species}) == len(species)
-    shipped = json.loads((MODEL_DIR / "tokenizer/tokenizer.json").read_text())
+    shipped = json.loads((WORLD_MODEL_DIR / "tokenizer/tokenizer.json").read_text())
     assert set(tokenizer.get_vocab()) == set(shipped["model"]["vocab"])
     for s in species[::7]:
         name = readable_name(s.name)
@@ -290,13 +291,12 @@ def test_vae_report_measures_a_checkpoint_before_any_unet(tmp_path: Path) -> Non
 
 def test_shipped_world_model_loads_through_the_sd_loader_and_matches_its_manifest() -> None:
     from diffii_core.models import load_model
-    from diffii_core.world import shipped_model
     from diffii_core.world.train import verify_manifest
 
-    assert verify_manifest(shipped_model()) == []
+    assert verify_manifest(shipped_world_model()) == []
     model = load_model("world", device="cpu")
     assert model.resolution == domain.RESOLUTION
-    size = sum(p.stat().st_size for p in shipped_model().rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in shipped_world_model().rglob("*") if p.is_file())
     assert size <= 30 * 2**20
 
 
