@@ -21,9 +21,24 @@ if TYPE_CHECKING:  # an annotation only: params reads the methods, whose images 
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
 
+class _AppendOnly:
+    """A target seen as write-only. zipfile patches a member's header in place where it can seek (a
+    file) and writes a data descriptor after it where it cannot (an S3 multipart upload); seen this
+    way every target gets descriptors, so the command and the service write the same archive bytes."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self._inner = inner
+
+    def write(self, data: bytes) -> int:
+        return self._inner.write(data)
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+
 class ArchiveWriter:
     def __init__(self, fileobj: BinaryIO) -> None:
-        self._zip = zipfile.ZipFile(fileobj, mode="w", allowZip64=True)
+        self._zip = zipfile.ZipFile(_AppendOnly(fileobj), mode="w", allowZip64=True)  # type: ignore[arg-type]
         self._names: set[str] = set()
 
     def _write(self, name: str, data: bytes, compress: int) -> None:

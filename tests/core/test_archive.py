@@ -26,3 +26,32 @@ def test_a_name_is_written_once():
     writer.add_image("a/0.png", b"x")
     with pytest.raises(ValueError, match="already holds"):
         writer.add_image("a/0.png", b"y")
+
+
+class _Unseekable(io.RawIOBase):
+    """A target like an S3 multipart upload: bytes go out, nothing comes back."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:  # type: ignore[no-untyped-def]
+        self.data += bytes(b)
+        return len(b)
+
+
+def _write(target) -> None:  # type: ignore[no-untyped-def]
+    writer = ArchiveWriter(target)
+    writer.add_image("a/0.png", b"png-a")
+    writer.finish({"a": b"sheet"}, [{"file_name": "a/0.png"}], {"params": {}})
+
+
+def test_a_file_and_a_stream_get_the_same_archive_bytes():
+    file, stream = io.BytesIO(), _Unseekable()
+    _write(file)
+    _write(stream)
+    assert file.getvalue() == bytes(stream.data)
+    with zipfile.ZipFile(file) as zf:
+        assert zf.read("a/0.png") == b"png-a"
