@@ -225,3 +225,21 @@ def test_a_cancel_between_slices_ends_the_job_at_once(process: WorkerProcess, tm
     with p.sessions() as s:
         assert request_cancel(s, job_id) == JobStatus.cancelled
     assert [row[2] for row in _learn_shards(p, job_id)] == [ShardStatus.succeeded, ShardStatus.cancelled]
+
+
+def test_between_two_slices_the_worker_goes_to_another_owner_first(
+    process: WorkerProcess, tmp_path: Path
+) -> None:
+    """One slot: owner A's learning holds it, B's job arrives; when A's slice ends, the admission pass
+    gives the slot to B (who has used no worker time), not to A's next slice."""
+    p = process
+    p.settings.learn_slice_steps = 1
+    dispatch.configure(dispatch.DispatchSettings(**{**p.settings.model_dump(), "worker_slots": 1}))
+    a = _job(p, tmp_path, owner_name="a", concepts={"steps": 3})
+    _run_ready(p, a, ShardKind.prepare)
+    b = _job(p, tmp_path, owner_name="b")
+    assert [(s.kind, s.status) for s in _ready(p, b)] == [(ShardKind.prepare, ShardStatus.pending)]
+    (slice_1,) = _ready(p, a)
+    assert run_shard(slice_1.id, "learn", p) == "succeeded"
+    assert [(s.kind, s.status) for s in _ready(p, a)] == [(ShardKind.learn, ShardStatus.pending)]
+    assert [(s.kind, s.status) for s in _ready(p, b)] == [(ShardKind.prepare, ShardStatus.queued)]
