@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 
 from diffii_core.output.preview import archive_previews
 from diffii_core.sample_data import write_sample_archive
+from services.api.jobs_view import job_out, shards_of
 from services.common import dispatch, keys
 from services.common.db import dispose
 from services.common.lifecycle.jobs import request_cancel
@@ -202,6 +203,9 @@ def test_learning_in_slices_hands_back_between_them_and_makes_the_same_images(
     assert _job_row(p, sliced).status == JobStatus.learning
     # Admitted again by the pass that ran when the slice ended (this test's admission has room for all).
     assert _learn_shards(p, sliced) == [(0, 5, ShardStatus.succeeded, 2), (2, 5, ShardStatus.queued, 0)]
+    with p.sessions() as s:  # the job document the API answers: step 2 of 5
+        progress = job_out(s.get(Job, sliced), shards_of(s, [sliced])[sliced]).progress
+        assert progress.learning is not None and progress.learning.model_dump() == {"step": 2, "steps": 5}
     _run_all(p, sliced)
     assert _learn_shards(p, sliced) == [
         (0, 5, ShardStatus.succeeded, 2), (2, 5, ShardStatus.succeeded, 2), (4, 5, ShardStatus.succeeded, 1),
