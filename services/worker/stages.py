@@ -81,10 +81,10 @@ def learn(ctx: ShardContext) -> list[str]:
     then every class may start.
 
     Each learn shard is a slice: it resumes the stored checkpoint and learns until the slice is over
-    (`_slice_over`). A slice that ends short of the last step stores its checkpoint and hands the
+    (`slice_over`). A slice that ends short of the last step stores its checkpoint and hands the
     worker back (`shards.next_slice`: the next slice pending for the admission pass, the job still
     `learning`). The one that reaches the last step stores the concepts and ends the stage
-    (`_learned`). A stop is seen before every micro-batch."""
+    (`finish_learning`). A stop is seen before every micro-batch."""
     job = ctx.job()
     params = job_params(job)
     model = ctx.process.model(params.model)
@@ -100,7 +100,7 @@ def learn(ctx: ShardContext) -> list[str]:
     try:
         concepts = steps.learn_or_load_concepts(
             params.spec, model, dataset, params, checkpoint_dir=folder, progress=progress,
-            should_stop=ctx.should_stop, slice_over=_slice_over(ctx),
+            should_stop=ctx.should_stop, slice_over=slice_over(ctx),
         )  # fmt: skip
     except SliceEnded as ended:
         checkpoints.upload(ctx, job.id, folder)
@@ -114,10 +114,10 @@ def learn(ctx: ShardContext) -> list[str]:
         ctx.storage.put_bytes(keys.concepts_prefix(job.id) + path.name, path.read_bytes())
     ctx.process.concepts[job.id] = concepts
     ctx.images_done = params.concepts.steps - ctx.claim.start
-    return _learned(ctx, job.id)
+    return finish_learning(ctx, job.id)
 
 
-def _slice_over(ctx: ShardContext) -> Callable[[int], bool] | None:
+def slice_over(ctx: ShardContext) -> Callable[[int], bool] | None:
     """When this slice ends: at the first optimiser step after `learn_slice_seconds` of the shard's
     run, or after `learn_slice_steps` steps where that is set; None: learning runs to its end."""
     settings = ctx.settings
@@ -134,7 +134,7 @@ def _slice_over(ctx: ShardContext) -> Callable[[int], bool] | None:
     return None
 
 
-def _learned(ctx: ShardContext, job_id: str) -> list[str]:
+def finish_learning(ctx: ShardContext, job_id: str) -> list[str]:
     """The last slice is done (with its steps), and the job moves on to generating (or packaging)."""
     with ctx.session() as s:
         jobs.lock(s, job_id)
