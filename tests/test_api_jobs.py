@@ -375,11 +375,8 @@ def test_learning_progress_is_step_of_steps_over_its_slices(
     api: Any, owner: dict[str, Any], pg_session_factory: Any
 ) -> None:
     """The first slice ended at step 40, the second runs and its last heartbeat counted 12 steps."""
-    job_id = api.post(
-        "/v1/jobs",
-        headers=owner["headers"],
-        json={"dataset_id": owner["dataset_id"], "concepts": {"steps": 100}},
-    ).json()["id"]
+    body = {"dataset_id": owner["dataset_id"], "concepts": {"steps": 100}}
+    job_id = api.post("/v1/jobs", headers=owner["headers"], json=body).json()["id"]
     with session_scope(pg_session_factory) as session:
         session.get(Job, job_id).status = JobStatus.learning
         session.add_all(
