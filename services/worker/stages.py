@@ -118,9 +118,11 @@ def learn(ctx: ShardContext) -> list[str]:
 
 
 def slice_over(ctx: ShardContext) -> Callable[[int], bool] | None:
-    """When this slice ends: at the first optimiser step after `learn_slice_seconds` of the shard's
-    run, or after `learn_slice_steps` steps where that is set; None: learning runs to its end."""
+    """When this slice ends: at the first optimiser step after `learn_slice_seconds` from now (the
+    model loaded, the checkpoint fetched), or after `learn_slice_steps` steps where that is set;
+    None: learning runs to its end."""
     settings = ctx.settings
+    began = time.monotonic()
     if settings.learn_slice_steps:
         first: list[int] = []
 
@@ -130,7 +132,7 @@ def slice_over(ctx: ShardContext) -> Callable[[int], bool] | None:
 
         return by_steps
     if settings.learn_slice_seconds > 0:
-        return lambda step: time.monotonic() - ctx.started >= settings.learn_slice_seconds
+        return lambda step: time.monotonic() - began >= settings.learn_slice_seconds
     return None
 
 

@@ -247,3 +247,17 @@ def test_between_two_slices_the_worker_goes_to_another_owner_first(
     assert run_shard(slice_1.id, "learn", p) == "succeeded"
     assert [(s.kind, s.status) for s in _ready(p, a)] == [(ShardKind.learn, ShardStatus.pending)]
     assert [(s.kind, s.status) for s in _ready(p, b)] == [(ShardKind.prepare, ShardStatus.queued)]
+
+
+def test_a_time_slice_ends_at_the_first_optimiser_step_after_it(
+    process: WorkerProcess, tmp_path: Path
+) -> None:
+    """A slice of a microsecond: every slice ends after its first step (none can be shorter)."""
+    p = process
+    p.settings.learn_slice_seconds = 1e-6
+    job_id = _job(p, tmp_path, concepts={"steps": 3})
+    _run_all(p, job_id)
+    assert _learn_shards(p, job_id) == [
+        (0, 3, ShardStatus.succeeded, 1), (1, 3, ShardStatus.succeeded, 1), (2, 3, ShardStatus.succeeded, 1),
+    ]  # fmt: skip
+    assert _job_row(p, job_id).status == JobStatus.succeeded
