@@ -1,24 +1,35 @@
 """Fair share between owners, on real Postgres, Redis and Celery worker processes.
 
-Owner A floods N jobs (default 50); owner B then submits one job. Prints B's completion time over
-its time alone on the same idle service (target <= 1.5), and, after a mass cancel of A's remaining
-jobs, the time from the cancel to B's next shard starting (target < 5 s).
+Three phases, each figure B's (another owner's) job time over its time alone on the same idle
+service (target <= 1.5):
+
+1. flood: owner A floods N small jobs (default 50), then B submits one (an 8 s job alone here);
+2. mass cancel: B submits a second job and A cancels all its jobs at once; B's time from submit, and
+   the time from the cancel to B's next shard starting (target < 5 s);
+3. long learning: A submits one job per worker, each with a long concept-learning stage (default
+   600 steps, 30 s), and once they all learn, a fourth owner D submits the small job. Learning runs
+   in slices of `--learn-slice` seconds (DIFFII_LEARN_SLICE_SECONDS), each a shard of its own, so D
+   waits for a slice to end, not for a whole learning run; then A's long jobs are cancelled and the
+   time until all of them are `cancelled` is printed.
 
     .venv/bin/python bench/fairness.py [--jobs 50] [--workers 4] [--per-image 0.5] [--shard-size 5]
+        [--learn-slice 2] [--per-step 0.05] [--long-steps 600]
         [--pg-admin-url postgresql://postgres@127.0.0.1:5432/postgres] [--broker-url redis://...]
 
-B's time alone is measured on a third owner's account (the same job), since under fair share the work
+B's time alone is measured on a third owner's account (C, the same job), since under fair share the work
 B had done itself would count against B. Fair share orders owners by the worker time they used in
 `DIFFII_FAIR_SHARE_WINDOW_SECONDS`, so B, who has used none, takes every slot that frees; what B still
 pays is the wait for the first slots to free, up to one shard's run time, as nothing is preempted.
-The shard size is therefore fair share's time slice: at the bench's default of 5 images (2.5 s of
-simulated compute a shard) B's job spreads over every worker alone and waits little for a slot; with
-`--shard-size 200` (a whole class a shard, 10 s here against B's 12 s job) the first wait is most of
-the difference. Each shard's admission, start and end are printed for both of B's runs.
+The shard size and the learning slice are therefore fair share's time slices: at the bench's default
+of 5 images (2.5 s of simulated compute a shard) B's job spreads over every worker alone and waits
+little for a slot; with `--shard-size 200` (a whole class a shard, 10 s here against B's 12 s job) the
+first wait is most of the difference, and with `--learn-slice 0` (learning in one shard) D waits for a
+whole learning run. Each shard's admission, start and end are printed for B's and D's runs.
 
-Compute is simulated (tests/fault_worker.py `simulate:generate`: each image a fixed sleep), so what is
-measured is the scheduling: prepare, learn (0 steps) and package run for real on the tiny model.
-Each run uses a fresh Postgres database (dropped at the end) and a queue of its own on the broker.
+Compute is simulated (tests/fault_worker.py `simulate:generate` and `simulate:learn`: each image and
+each optimiser step a fixed sleep), so what is measured is the scheduling: prepare and package run for
+real on the tiny model. Each run uses a fresh Postgres database (dropped at the end) and a queue of its
+own on the broker.
 """
 
 from __future__ import annotations
@@ -108,8 +119,8 @@ class Owner:
         r.raise_for_status()
         return r.json()["id"]
 
-    def submit(self) -> str:
-        r = self.client.post("/v1/jobs", json={**SIM_PARAMS, "dataset_id": self.dataset})
+    def submit(self, **params: Any) -> str:
+        r = self.client.post("/v1/jobs", json={**SIM_PARAMS, **params, "dataset_id": self.dataset})
         if r.status_code != 202:
             raise SystemExit(f"submit answered {r.status_code}: {r.text}")
         return r.json()["id"]
@@ -133,30 +144,37 @@ class Owner:
 
 
 def measure(args: argparse.Namespace, database_url: str, tmp: Path) -> dict[str, Any]:
-    extra = {"DIFFII_MAX_ACTIVE_JOBS": str(args.jobs + 10)}
+    extra = {
+        "DIFFII_MAX_ACTIVE_JOBS": str(args.jobs + args.workers + 10),
+        "DIFFII_LEARN_SLICE_SECONDS": str(args.learn_slice),
+    }
     if args.shard_size:
         extra["DIFFII_SHARD_SIZE"] = str(args.shard_size)
     svc = Service(tmp, database_url, args.broker_url, extra)
     try:
         svc.start_api()
-        svc.start_workers(args.workers, faults=f"simulate:generate:{args.per_image}")
+        faults = f"simulate:generate:{args.per_image};simulate:learn:{args.per_step}"
+        svc.start_workers(args.workers, faults=faults)
         # B's time alone is measured by an owner of its own (C, the same job): under fair share, work
         # B had done itself would count against B.
         a, b, c = Owner(svc), Owner(svc), Owner(svc)
         alone_job, alone = c.run_one()
 
+        # 1. A's flood of small jobs, then B's.
         with ThreadPoolExecutor(8) as pool:
             flood = list(pool.map(lambda _: a.submit(), range(args.jobs)))
         time.sleep(args.head_start)  # A's jobs occupy every worker before B arrives
         shared_job, shared = b.run_one()
 
+        # 2. B submits again and A cancels everything at once.
+        submitted = time.monotonic()
         second = b.submit()
         cancel_at = datetime.now(UTC)
         began = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda j: a.client.post(f"/v1/jobs/{j}/cancel").status_code, flood))
         cancel_seconds = time.monotonic() - began
-        job, _ = b.wait(second)
+        job, second_ended = b.wait(second)
         if 500 in answers:  # the service's own account of a server error, before its logs are removed
             for log in sorted(svc.tmp.glob("*.log")):
                 text = log.read_text(errors="replace")
@@ -164,19 +182,50 @@ def measure(args: argparse.Namespace, database_url: str, tmp: Path) -> dict[str,
                     print(f"--- {log.name}\n{text[text.index('Traceback') :][:6000]}", file=sys.stderr)
         after = [t for t in shard_starts(database_url, second) if t >= cancel_at]
         to_next = (after[0] - cancel_at).total_seconds() if after else None
+        after_cancel = second_ended - submitted
+        for j in flood:  # every flooded job ended (cancelled), so the next phase starts on idle workers
+            a.wait(j)
+
+        # 3. A's long-learning jobs hold every worker; then a new owner D's small job.
+        d = Owner(svc)
+        steps = {"concepts": {"steps": args.long_steps}}
+        long_jobs = [a.submit(**steps) for _ in range(args.workers)]
+        deadline = time.monotonic() + 120
+        while not all(a.client.get(f"/v1/jobs/{j}").json()["status"] == "learning" for j in long_jobs):
+            if time.monotonic() > deadline:
+                raise SystemExit("A's long jobs did not all start learning within 120 s")
+            time.sleep(0.2)
+        time.sleep(args.head_start)
+        long_job, with_long = d.run_one()
+        learned = [a.client.get(f"/v1/jobs/{j}").json()["progress"]["learning"] for j in long_jobs]
+        began = time.monotonic()
+        for j in long_jobs:
+            a.client.post(f"/v1/jobs/{j}/cancel")
+        ended = [a.wait(j)[0]["status"] for j in long_jobs]
+        long_cancel = time.monotonic() - began
         return {
             "jobs_flooded": args.jobs,
             "workers": args.workers,
             "shard_size": args.shard_size,
+            "learn_slice_s": args.learn_slice,
             "b_alone_s": round(alone, 2),
             "b_with_flood_s": round(shared, 2),
             "ratio": round(shared / alone, 3),
             "mass_cancel_requests_s": round(cancel_seconds, 2),
             "cancel_answers": {str(c): answers.count(c) for c in sorted(set(answers))},
             "cancel_to_b_next_shard_s": round(to_next, 2) if to_next is not None else None,
+            "b_after_mass_cancel_s": round(after_cancel, 2),
+            "ratio_after_cancel": round(after_cancel / alone, 3),
             "b_second_job": job["status"],
+            "long_learning_s": round(args.long_steps * args.per_step, 2),
+            "d_with_long_learning_s": round(with_long, 2),
+            "ratio_long": round(with_long / alone, 3),
+            "long_jobs_learning_when_d_ended": [f"{x['step']}/{x['steps']}" if x else None for x in learned],
+            "long_jobs_cancel_s": round(long_cancel, 2),
+            "long_jobs_after_cancel": {s: ended.count(s) for s in sorted(set(ended))},
             "b_alone_shards": timeline(database_url, alone_job),
             "b_with_flood_shards": timeline(database_url, shared_job),
+            "d_with_long_learning_shards": timeline(database_url, long_job),
         }
     finally:
         svc.stop()
@@ -191,6 +240,9 @@ def main() -> None:
     parser.add_argument("--per-image", type=float, default=0.5, help="simulated seconds per image")
     parser.add_argument("--shard-size", type=int, default=5, help="DIFFII_SHARD_SIZE")
     parser.add_argument("--head-start", type=float, default=3.0, help="seconds A's flood runs before B")
+    parser.add_argument("--learn-slice", type=float, default=2.0, help="DIFFII_LEARN_SLICE_SECONDS (0: one)")
+    parser.add_argument("--per-step", type=float, default=0.05, help="simulated seconds per learning step")
+    parser.add_argument("--long-steps", type=int, default=600, help="learning steps of A's long jobs")
     parser.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--json", action="store_true")
@@ -216,8 +268,15 @@ def main() -> None:
             print(f"{key}:", *(f"  {line}" for line in value), sep="\n")
         else:
             print(f"{key:28s} {value}")
-    print(f"B's time with A's flood / alone: {figures['ratio']} (target <= 1.5)")
+    alone = figures["b_alone_s"]
+    print(f"B's {alone} s job with A's flood / alone: {figures['ratio']} (target <= 1.5)")
+    after = figures["ratio_after_cancel"]
+    print(f"B's {alone} s job right after A's mass cancel / alone: {after} (target <= 1.5)")
     print(f"mass cancel -> B's next shard starts: {figures['cancel_to_b_next_shard_s']} s (target < 5)")
+    print(
+        f"D's {alone} s job behind {figures['workers']} jobs learning {figures['long_learning_s']} s each, "
+        f"in {figures['learn_slice_s']} s slices / alone: {figures['ratio_long']} (target <= 1.5)"
+    )
     sys.exit(0)
 
 

@@ -15,6 +15,9 @@ up to fill_pool_to, at most what the other classes hold), and resolution is the 
 when it names none (the API does not load models, so it cannot read a model's native size). A dataset
 given by `dataset_uri` has no image count before its prepare stage; its estimate counts the concept
 steps only.
+
+The service learns concepts in time slices (a learn shard each, resuming the last one's checkpoint):
+the slices run exactly the concept steps of one uninterrupted run, so the cost is the same.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ separated by ";" (the production settings know nothing of them):
                                     while a shard is surely mid-way
 - `simulate:generate:<seconds>`     no model: each image is a fixed sleep and a placeholder PNG, so
                                     a benchmark measures the control plane (bench/service.py --scale)
+- `simulate:learn:<seconds>`        no model: each optimiser step a fixed sleep, in the worker's
+                                    slices (the shard's start is the checkpoint); no concepts stored
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ def _wrap(stage: str, run: Callable[[ShardContext], list[str]], rules: list[tupl
                 ctx.storage = _SlowStorage(ctx.storage, float(arg))
             if action == "simulate" and stage == "generate":
                 return _simulated_generate(ctx, float(arg))
+            if action == "simulate" and stage == "learn":
+                return _simulated_learn(ctx, float(arg))
         return run(ctx)
 
     return faulty
@@ -99,6 +103,29 @@ def _simulated_generate(ctx: ShardContext, seconds: float) -> list[str]:
             ctx.raise_if_stopped()
     with ctx.session() as s:
         return shards.finish_generate(s, c, time.monotonic() - ctx.started)
+
+
+def _simulated_learn(ctx: ShardContext, seconds: float) -> list[str]:
+    """Steps [start, stop) of the claim, sliced and handed back as the real learn stage does."""
+    from services.common.lifecycle import shards
+    from services.worker.context import StopRequested
+
+    c = ctx.claim
+    ends = stages.slice_over(ctx)
+    step, ctx.images_done = c.start, 0
+    while step < c.stop:
+        time.sleep(seconds)  # one optimiser step
+        step += 1
+        ctx.images_done = step - c.start
+        if ctx.should_stop():
+            ctx.raise_if_stopped()
+        if step < c.stop and ends is not None and ends(step):
+            with ctx.session() as s:
+                ready = shards.next_slice(s, c, step, time.monotonic() - ctx.started)
+                if ready is None:
+                    raise StopRequested(c.job_id)
+                return ready
+    return stages.finish_learning(ctx, c.job_id)
 
 
 def install(spec: str) -> None:

@@ -64,3 +64,13 @@ def test_the_served_job_status_names_exactly_the_terminal_statuses(api: Any) -> 
     assert set(status["x-terminal"]) == {"succeeded", "failed", "cancelled"} <= set(status["enum"])
     app = (Path(FILES) / "app.js").read_text()
     assert '"succeeded", "failed", "cancelled"' not in app and '"x-terminal"' in app
+
+
+def test_the_console_reads_learning_progress_where_the_api_serves_it(api: Any) -> None:
+    """The job page's bar counts learning's steps from `progress.learning` (step of steps)."""
+    schemas = api.get("/openapi.json").json()["components"]["schemas"]
+    learning = schemas["ProgressOut"]["properties"]["learning"]
+    refs = [m["$ref"].rsplit("/", 1)[1] for m in learning.get("anyOf", [learning]) if "$ref" in m]
+    assert refs == ["LearningOut"] and set(schemas["LearningOut"]["properties"]) == {"step", "steps"}
+    app = (FILES / "app.js").read_text()
+    assert "p.learning" in app and "learning.step" in app and "learning.steps" in app

@@ -50,6 +50,7 @@ def test_create_job_stores_job_and_prepare_shard(
         "shards_total": 0,
         "images_done": 0,
         "images_total": 0,
+        "learning": None,  # no learn shard before the prepare stage has planned the job
         "shards": [],
     }
     # The prepare step, with its attempts so far (it may already have been sent to the broker).
@@ -370,6 +371,29 @@ def test_cancel_of_a_finished_job_is_409(api: Any, owner: dict[str, Any], pg_ses
     assert "succeeded" in response.json()["detail"]
 
 
+def test_learning_progress_is_step_of_steps_over_its_slices(
+    api: Any, owner: dict[str, Any], pg_session_factory: Any
+) -> None:
+    """The first slice ended at step 40, the second runs and its last heartbeat counted 12 steps."""
+    body = {"dataset_id": owner["dataset_id"], "concepts": {"steps": 100}}
+    job_id = api.post("/v1/jobs", headers=owner["headers"], json=body).json()["id"]
+    with session_scope(pg_session_factory) as session:
+        session.get(Job, job_id).status = JobStatus.learning
+        session.add_all(
+            [
+                Shard(job_id=job_id, seq=1, kind=ShardKind.learn, status=ShardStatus.succeeded, start=0,
+                      stop=100, images_done=40, attempts=1),
+                Shard(job_id=job_id, seq=3, kind=ShardKind.learn, status=ShardStatus.running, start=40,
+                      stop=100, images_done=12, attempts=1),
+                Shard(job_id=job_id, seq=2, kind=ShardKind.package, status=ShardStatus.waiting),
+            ]
+        )  # fmt: skip
+    progress = api.get(f"/v1/jobs/{job_id}", headers=owner["headers"]).json()["progress"]
+    assert progress["stage"] == "learning" and progress["learning"] == {"step": 52, "steps": 100}
+    listed = api.get("/v1/jobs", headers=owner["headers"]).json()["jobs"][0]["progress"]
+    assert listed["learning"] == {"step": 52, "steps": 100}
+
+
 def test_progress_sums_generate_shards(api: Any, owner: dict[str, Any], pg_session_factory: Any) -> None:
     job_id = api.post("/v1/jobs", headers=owner["headers"], json={"dataset_id": owner["dataset_id"]}).json()[
         "id"
@@ -422,6 +446,7 @@ def test_progress_sums_generate_shards(api: Any, owner: dict[str, Any], pg_sessi
         "images_done": 12,
         "images_total": 15,
     }
+    assert progress["learning"] == {"step": 1000, "steps": 1000}  # past learning (an old row): all steps
     second = progress["shards"][1]
     assert (
         second["class_name"] == "черный.дрозд"

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from services.api.app import create_app
-from services.cli.client import cancel, download, jobs, status, submit
+from services.cli.client import bar_counts, cancel, describe_progress, download, jobs, status, submit
 from services.cli.server import admin
 from services.client import ApiError, Client, ClientError, Unreachable, WaitTimeout
 from services.common.auth import authenticate
@@ -325,3 +325,13 @@ def test_datasets_list_and_delete(
     assert dataset_id not in run(datasets, ["list"], client_env).output
     again = run(datasets, ["delete", dataset_id], client_env)
     assert again.exit_code == 1 and "server said 404" in again.output
+
+
+def test_the_bar_counts_learning_steps_while_the_job_learns_then_images() -> None:
+    learning = {"stage": "learning", "shards_done": 0, "shards_total": 3, "images_done": 0,
+                "images_total": 30, "learning": {"step": 120, "steps": 1000}}  # fmt: skip
+    assert bar_counts(learning) == (120, 1000, "step")
+    assert describe_progress({"progress": learning}) == "learning: step 120/1000"
+    generating = {**learning, "stage": "generating", "images_done": 7}
+    assert bar_counts(generating) == (7, 30, "img")
+    assert describe_progress({"progress": generating}) == "generating: shards 0/3, images 7/30"

@@ -9,7 +9,8 @@ own objective (noise, or velocity for v-prediction models).
    published effective batch of 8 on one GPU), drawn uniformly or class-balanced, decoded per batch
    by a DataLoader: no image is held in memory between steps.
 4. The LoRA gradients are clipped to norm 1; after each step every embedding row other than the
-   placeholders is restored. Checkpoints make a long run resumable to the same result."""
+   placeholders is restored. Checkpoints make a long run resumable to the same result, so a run may
+   also be learned in slices (`slice_over`), each a call that resumes the last one's checkpoint."""
 
 from __future__ import annotations
 
@@ -46,6 +47,15 @@ CHECKPOINT = "concepts-checkpoint.pt"
 BALANCE_RATIO = 10  # class sizes differing by more than this make "auto" sampling class-balanced
 
 
+class SliceEnded(Exception):
+    """Learning stopped at an optimiser-step boundary because `slice_over` said so, its checkpoint
+    written: calling `learn_concepts` again with the same checkpoint folder goes on from `step`."""
+
+    def __init__(self, step: int, steps: int) -> None:
+        super().__init__(f"concept learning paused at step {step} of {steps}")
+        self.step, self.steps = step, steps
+
+
 def learn_concepts(
     model: LoadedModel,
     dataset: Any,
@@ -54,6 +64,7 @@ def learn_concepts(
     checkpoint_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    slice_over: Callable[[int], bool] | None = None,
 ) -> Concepts:
     """Learn the concepts of every class of `dataset` (a diffii_core Dataset) for params.method:
 
@@ -64,13 +75,19 @@ def learn_concepts(
     5. `batch_stream`       training views drawn from the run's generator, decoded batch by batch
     6. `_Run.optimise`      one optimisation step, repeated `concepts.steps` times; its micro-batch runs
                             in smaller slices after the GPU ran out of memory
-    7. `_checkpoint`        every `checkpoint_every` steps and at the last
+    7. `_checkpoint`        every `checkpoint_every` steps, at the last, and where a slice ends
     8. `learned_concepts`   the rows and the LoRA, read back as `Concepts`
 
-    The model is left holding them; enter `concepts_applied` with the result to use it. It runs at
-    `learning_threads()`: the same thread count in every process that learns, so the same bytes."""
+    `should_stop` is asked before every micro-batch (`Cancelled` if it says so): a stop is seen
+    within one pass, not one whole optimiser step of `gradient_accumulation` passes. `slice_over` is
+    asked after every optimiser step short of the last, with the step reached: True writes the
+    checkpoint and raises `SliceEnded` (it needs `checkpoint_dir`). The concepts are the same bytes
+    however the run is sliced or resumed: it runs at `learning_threads()`, the same thread count in
+    every process that learns.
+
+    The model is left holding them; enter `concepts_applied` with the result to use it."""
     with learning_threads():
-        return _learn(model, dataset, params, checkpoint_dir, progress, should_stop)
+        return _learn(model, dataset, params, checkpoint_dir, progress, should_stop, slice_over)
 
 
 def _learn(
@@ -80,10 +97,13 @@ def _learn(
     checkpoint_dir: Path | None,
     progress: Callable[[int, int], None] | None,
     should_stop: Callable[[], bool] | None,
+    slice_over: Callable[[int], bool] | None,
 ) -> Concepts:
     if model.in_use is not None:
         raise RuntimeError(f"model {model.name!r} is in use by a job's concepts; learn outside that scope")
     cfg = params.concepts
+    if slice_over is not None and checkpoint_dir is None:
+        raise ValueError("learning in slices needs a checkpoint folder to resume from")
     with_lora = params.spec.concepts != "tokens"
     class_names = [c.name for c in dataset.classes]
     tokens, ids = set_up_tokens(model, class_names, params)
@@ -104,10 +124,8 @@ def _learn(
 
     try:
         while step < cfg.steps:
-            if should_stop is not None and should_stop():
-                raise Cancelled("concept learning was stopped")
             drawn = gen.get_state()
-            total = run.optimise(batches, gen, parts)
+            total = run.optimise(batches, gen, parts, should_stop)
             if total is None:
                 # The step again from its first draw, in slices half as big.
                 gen.set_state(drawn)
@@ -118,13 +136,16 @@ def _learn(
                 continue
             step += 1
             losses.append(total)
-            if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            ends = slice_over is not None and step < cfg.steps and slice_over(step)
+            if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps or ends):
                 _checkpoint(
                     ckpt, fingerprint, step, losses, model, ids, run.optimizer, run.scaler, gen, with_lora
                 )
             # After the checkpoint, so a caller that copies it elsewhere copies this step's.
             if progress is not None:
                 progress(step, cfg.steps)
+            if ends:
+                raise SliceEnded(step, cfg.steps)
     finally:
         run.freeze()
 
@@ -245,17 +266,27 @@ class _Run:
         )
 
     def optimise(
-        self, batches: Iterator[tuple[torch.Tensor, list[int]]], gen: torch.Generator, parts: int
+        self,
+        batches: Iterator[tuple[torch.Tensor, list[int]]],
+        gen: torch.Generator,
+        parts: int,
+        should_stop: Callable[[], bool] | None = None,
     ) -> float | None:
         """One optimisation step: `gradient_accumulation` micro-batches, the LoRA's gradients clipped, AdamW,
         then every embedding row but the placeholders restored. Returns the step's loss, or None when the
-        GPU ran out of memory (the gradients cleared; the caller redraws the step in smaller slices)."""
+        GPU ran out of memory (the gradients cleared; the caller redraws the step in smaller slices).
+        `Cancelled` before any micro-batch once `should_stop` says so (the step is abandoned; the last
+        checkpoint stands)."""
         cfg = self.params.concepts
+        total: float | None
         try:
-            total = sum(
-                self.accumulate(*next(batches), gen, parts, cfg.gradient_accumulation)
-                for _ in range(cfg.gradient_accumulation)
-            )
+            loss = 0.0
+            for _ in range(cfg.gradient_accumulation):
+                if should_stop is not None and should_stop():
+                    self.optimizer.zero_grad(set_to_none=True)
+                    raise Cancelled("concept learning was stopped")
+                loss += self.accumulate(*next(batches), gen, parts, cfg.gradient_accumulation)
+            total = loss
         except torch.OutOfMemoryError:
             if parts >= cfg.batch_size:
                 raise  # a single image per pass does not fit: a real failure

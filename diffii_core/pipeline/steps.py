@@ -109,16 +109,19 @@ def learn_or_load_concepts(
     checkpoint_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    slice_over: Callable[[int], bool] | None = None,
 ) -> Concepts | None:
     """None for the methods on the base model. Else the concepts in `concepts_dir` when it holds some
-    (`load_concepts`), or concepts learned now (and saved there)."""
+    (`load_concepts`), or concepts learned now (and saved there). With `slice_over`, learning may end
+    a slice early (`training.SliceEnded`, its checkpoint in `checkpoint_dir`); call again to go on."""
     if not spec.needs_concepts:
         return None
     if concepts_dir is not None and holds_concepts(concepts_dir):
         return load_concepts(spec, concepts_dir, dataset.class_names(), params)
     learned = learn_concepts(
-        model, dataset, params, checkpoint_dir=checkpoint_dir, progress=progress, should_stop=should_stop
-    )
+        model, dataset, params, checkpoint_dir=checkpoint_dir, progress=progress, should_stop=should_stop,
+        slice_over=slice_over,
+    )  # fmt: skip
     if concepts_dir is not None:
         learned.save(concepts_dir)
     return learned

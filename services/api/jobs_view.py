@@ -8,9 +8,17 @@ from collections.abc import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.api.schemas import ClassOut, DatasetReportOut, JobOut, ProgressOut, ShardOut, SkippedOut
+from services.api.schemas import (
+    ClassOut,
+    DatasetReportOut,
+    JobOut,
+    LearningOut,
+    ProgressOut,
+    ShardOut,
+    SkippedOut,
+)
 from services.common.manifest import JobManifest
-from services.common.models import Job, Shard, ShardKind, ShardStatus
+from services.common.models import Job, JobStatus, Shard, ShardKind, ShardStatus
 from services.common.timeutil import as_utc
 
 
@@ -33,6 +41,21 @@ def _shard_out(s: Shard) -> ShardOut:
     )
 
 
+LEARNED = (JobStatus.generating, JobStatus.packaging, JobStatus.succeeded)
+
+
+def _learning(job: Job, shards: list[Shard]) -> LearningOut | None:
+    """Step of steps over the job's learn shards (one per slice, each covering steps [start, stop)
+    with images_done counting the steps it has done); null where the job has none."""
+    learn = [s for s in shards if s.kind == ShardKind.learn]
+    if not learn:
+        return None
+    steps = max(s.stop for s in learn) or int((job.params or {}).get("concepts", {}).get("steps") or 0)
+    if job.status in LEARNED:
+        return LearningOut(step=steps, steps=steps)
+    return LearningOut(step=min(steps, max(s.start + s.images_done for s in learn)), steps=steps)
+
+
 def _progress(job: Job, shards: list[Shard], with_detail: bool) -> ProgressOut:
     # The user-facing "shards" are the generate rows; prepare/learn/package show up as the stage.
     generate = [s for s in shards if s.kind == ShardKind.generate]
@@ -43,6 +66,7 @@ def _progress(job: Job, shards: list[Shard], with_detail: bool) -> ProgressOut:
         shards_total=len(generate),
         images_done=sum(s.images_done for s in generate),
         images_total=images_total,
+        learning=_learning(job, shards),
         shards=[_shard_out(s) for s in generate] if with_detail else None,
         steps=[_shard_out(s) for s in shards if s.kind != ShardKind.generate] if with_detail else None,
     )

@@ -197,12 +197,23 @@ class ShardOut(BaseModel):
     heartbeat_at: datetime | None
 
 
+class LearningOut(BaseModel):
+    step: int = Field(description="optimiser steps of concept learning done (checkpointed or running)")
+    steps: int = Field(description="optimiser steps in all (the job's concepts.steps)")
+
+
 class ProgressOut(BaseModel):
     stage: JobStatus
     shards_done: int
     shards_total: int
     images_done: int
     images_total: int
+    learning: LearningOut | None = Field(
+        None,
+        description="concept learning's progress, step of steps, updated at each heartbeat and at the "
+        "end of each learning slice; null for a method that learns no concepts, and before the "
+        "prepare stage has planned the job",
+    )
     shards: list[ShardOut] | None = Field(None, description="per-shard detail (GET /v1/jobs/{id} only)")
     steps: list[ShardOut] | None = Field(
         None, description="the prepare, learn and package steps, with attempts and errors (GET only)"

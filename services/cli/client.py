@@ -100,10 +100,21 @@ def dataset_archive(path: Path) -> Iterator[Path]:
 
 def describe_progress(job: dict[str, Any]) -> str:
     p = job["progress"]
+    done, total, unit = bar_counts(p)
+    if unit == "step":
+        return f"{p['stage']}: step {done}/{total}"
     return (
         f"{p['stage']}: shards {p['shards_done']}/{p['shards_total']}, "
         f"images {p['images_done']}/{p['images_total']}"
     )
+
+
+def bar_counts(progress: dict[str, Any]) -> tuple[int, int, str]:
+    """(done, total, unit) for the bar: concept learning's steps while the job learns, else images."""
+    learning = progress.get("learning")
+    if progress["stage"] == "learning" and learning:
+        return learning["step"], learning["steps"], "step"
+    return progress["images_done"], progress["images_total"], "img"
 
 
 def wait_for(client: Client, job_id: str, interval: float, timeout: float | None = None) -> dict[str, Any]:
@@ -114,9 +125,10 @@ def wait_for(client: Client, job_id: str, interval: float, timeout: float | None
 
     def update(job: dict[str, Any]) -> None:
         p = job["progress"]
-        if p["images_total"] and bar.total != p["images_total"]:
-            bar.total = p["images_total"]
-        bar.n = p["images_done"]
+        done, total, bar.unit = bar_counts(p)
+        if total and bar.total != total:
+            bar.reset(total)  # learning's steps, then the images: the rate starts again
+        bar.n = done
         bar.set_description(p["stage"])
         bar.set_postfix_str(f"shards {p['shards_done']}/{p['shards_total']}")
         bar.refresh()

@@ -1,5 +1,5 @@
 """Concept learning's checkpoints, kept in storage as well: another worker resumes a long run after the
-one running it dies."""
+one running it dies, or runs its next slice."""
 
 from __future__ import annotations
 
@@ -19,13 +19,18 @@ def restore(ctx: ShardContext, job_id: str) -> Path:
     return folder
 
 
+def upload(ctx: ShardContext, job_id: str, folder: Path) -> None:
+    """The folder to storage (at a slice's end: the next slice may run on another worker)."""
+    for path in folder.iterdir():
+        if path.is_file() and not path.name.startswith("."):
+            ctx.storage.put_bytes(keys.checkpoint_prefix(job_id) + path.name, path.read_bytes())
+
+
 def uploader(ctx: ShardContext, job_id: str, folder: Path, every: int) -> Callable[[int, int], None]:
     """Learning's progress callback: every `every` steps (the last aside) the folder goes to storage."""
 
     def progress(step: int, total: int) -> None:
         if step % every == 0 and step < total:
-            for path in folder.iterdir():
-                if path.is_file() and not path.name.startswith("."):
-                    ctx.storage.put_bytes(keys.checkpoint_prefix(job_id) + path.name, path.read_bytes())
+            upload(ctx, job_id, folder)
 
     return progress

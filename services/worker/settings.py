@@ -32,6 +32,16 @@ class WorkerSettings(CommonSettings):
     shard_size: int = Field(
         50, ge=1, description="max images per generate shard (larger classes split); fair share's time slice"
     )
+    learn_slice_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="concept learning runs in slices of about this long, each its own learn shard that "
+        "ends at the first optimiser step after it (checkpointed), so fair share can give the worker to "
+        "another owner between slices; 0: one slice",
+    )
+    learn_slice_steps: int = Field(
+        0, ge=0, description="if above 0, a slice ends after this many optimiser steps instead (tests)"
+    )
     batch_size: int = Field(8, ge=1, le=256, description="images per denoising batch")
     soft_time_limit: float = Field(6 * 3600, gt=0, description="seconds; the task gets an exception")
     time_limit: float = Field(6 * 3600 + 300, gt=0, description="seconds; the task process is killed")

@@ -1,5 +1,9 @@
 """Which shards a job runs, as its prepare stage creates them: a learn shard for a method that learns
-concepts, each class's images in generate shards of at most `shard_size`, one package shard."""
+concepts, each class's images in generate shards of at most `shard_size`, one package shard.
+
+A learn shard covers optimiser steps [start, stop) (stop: the job's concept steps); its images_done
+counts the steps it has done. It is the first slice: each slice that ends early creates the next
+(`shards.next_slice`), starting at the step it reached."""
 
 from __future__ import annotations
 
@@ -22,8 +26,9 @@ def split_ranges(total: int, shard_size: int) -> list[tuple[int, int]]:
 
 
 def job_shards(
-    job_id: str, plans: list[ClassEntry], *, learns: bool, shard_size: int, max_attempts: int, seed: int
-) -> tuple[list[Shard], JobStatus, ShardKind]:
+    job_id: str, plans: list[ClassEntry], *, learns: bool, shard_size: int, max_attempts: int, seed: int,
+    learn_steps: int = 0,
+) -> tuple[list[Shard], JobStatus, ShardKind]:  # fmt: skip
     """(the shard rows after prepare, the job's next status, the kind of shard that runs first)."""
     rows: list[Shard] = []
 
@@ -36,7 +41,7 @@ def job_shards(
         )  # fmt: skip
 
     if learns:
-        add(ShardKind.learn)
+        add(ShardKind.learn, start=0, stop=learn_steps)
     for p in plans:
         for start, stop in split_ranges(p.generated, shard_size):
             add(

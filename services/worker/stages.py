@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 
 from sqlalchemy import select
 
 from diffii_core.learning.concepts import concepts_applied
+from diffii_core.learning.training import SliceEnded
 from diffii_core.pipeline import steps
 from services.common import keys
 from services.common.lifecycle import jobs, shards
@@ -52,7 +54,7 @@ def prepare(ctx: ShardContext) -> list[str]:
     settings = ctx.settings
     rows, status, first = job_shards(
         job.id, manifest.classes, learns=params.spec.needs_concepts, shard_size=settings.shard_size,
-        max_attempts=settings.max_attempts, seed=params.seed,
+        max_attempts=settings.max_attempts, seed=params.seed, learn_steps=params.concepts.steps,
     )  # fmt: skip
     with ctx.session() as s:
         jobs.lock(s, job.id)
@@ -75,31 +77,75 @@ def prepare(ctx: ShardContext) -> list[str]:
 
 
 def learn(ctx: ShardContext) -> list[str]:
-    """Learn the job's concepts (tokens + one shared LoRA) and store them; then every class may start."""
+    """One slice of concept learning (tokens + one shared LoRA); the last one stores the concepts, and
+    then every class may start.
+
+    Each learn shard is a slice: it resumes the stored checkpoint and learns until the slice is over
+    (`slice_over`). A slice that ends short of the last step stores its checkpoint and hands the
+    worker back (`shards.next_slice`: the next slice pending for the admission pass, the job still
+    `learning`). The one that reaches the last step stores the concepts and ends the stage
+    (`finish_learning`). A stop is seen before every micro-batch."""
     job = ctx.job()
     params = job_params(job)
     model = ctx.process.model(params.model)
     dataset = job_dataset(ctx, job)
 
     folder = checkpoints.restore(ctx, job.id)
-    concepts = steps.learn_or_load_concepts(
-        params.spec, model, dataset, params, checkpoint_dir=folder,
-        progress=checkpoints.uploader(ctx, job.id, folder, params.concepts.checkpoint_every),
-        should_stop=ctx.should_stop,
-    )  # fmt: skip
+    upload = checkpoints.uploader(ctx, job.id, folder, params.concepts.checkpoint_every)
+
+    def progress(step: int, total: int) -> None:
+        ctx.images_done = step - ctx.claim.start  # a learn shard's images_done counts its steps
+        upload(step, total)
+
+    try:
+        concepts = steps.learn_or_load_concepts(
+            params.spec, model, dataset, params, checkpoint_dir=folder, progress=progress,
+            should_stop=ctx.should_stop, slice_over=slice_over(ctx),
+        )  # fmt: skip
+    except SliceEnded as ended:
+        checkpoints.upload(ctx, job.id, folder)
+        with ctx.session() as s:
+            ready = shards.next_slice(s, ctx.claim, ended.step, time.monotonic() - ctx.started)
+            if ready is None:
+                raise StopRequested(job.id) from None
+            return ready
     assert concepts is not None  # the learn stage exists only for methods that need concepts
     for path in concepts.save(ctx.process.job_dir(job.id) / "concepts"):
         ctx.storage.put_bytes(keys.concepts_prefix(job.id) + path.name, path.read_bytes())
     ctx.process.concepts[job.id] = concepts
+    ctx.images_done = params.concepts.steps - ctx.claim.start
+    return finish_learning(ctx, job.id)
 
+
+def slice_over(ctx: ShardContext) -> Callable[[int], bool] | None:
+    """When this slice ends: at the first optimiser step after `learn_slice_seconds` from now (the
+    model loaded, the checkpoint fetched), or after `learn_slice_steps` steps where that is set;
+    None: learning runs to its end."""
+    settings = ctx.settings
+    began = time.monotonic()
+    if settings.learn_slice_steps:
+        first: list[int] = []
+
+        def by_steps(step: int) -> bool:
+            first[:] = first or [step]
+            return step - first[0] + 1 >= settings.learn_slice_steps
+
+        return by_steps
+    if settings.learn_slice_seconds > 0:
+        return lambda step: time.monotonic() - began >= settings.learn_slice_seconds
+    return None
+
+
+def finish_learning(ctx: ShardContext, job_id: str) -> list[str]:
+    """The last slice is done (with its steps), and the job moves on to generating (or packaging)."""
     with ctx.session() as s:
-        jobs.lock(s, job.id)
-        shards.succeed(s, ctx.claim, time.monotonic() - ctx.started)
-        ready = shards.make_ready(s, job.id, (ShardKind.generate,))
+        jobs.lock(s, job_id)
+        shards.succeed(s, ctx.claim, time.monotonic() - ctx.started, images_done=ctx.images_done or 0)
+        ready = shards.make_ready(s, job_id, (ShardKind.generate,))
         target = JobStatus.generating if ready else JobStatus.packaging
-        if not jobs.move(s, job.id, "learned", Actor.worker, target):
-            raise StopRequested(job.id)  # cancelled meanwhile; the exception rolls all of this back
-        return ready or shards.make_ready(s, job.id, (ShardKind.package,))
+        if not jobs.move(s, job_id, "learned", Actor.worker, target):
+            raise StopRequested(job_id)  # cancelled meanwhile; the exception rolls all of this back
+        return ready or shards.make_ready(s, job_id, (ShardKind.package,))
 
 
 def _missing_runs(missing: list[int]) -> list[tuple[int, int]]:

@@ -9,8 +9,9 @@ from diffii_core.denoising.prompts import concept_prompt, encode_prompts
 from diffii_core.errors import ArtifactError, Cancelled
 from diffii_core.images import fit_square, to_tensor
 from diffii_core.inversion.invert import invert_class
+from diffii_core.learning import training
 from diffii_core.learning.concepts import Concepts, concepts_applied, install_adapter
-from diffii_core.learning.training import ViewSampler, class_balanced, learn_concepts
+from diffii_core.learning.training import SliceEnded, ViewSampler, class_balanced, learn_concepts
 from diffii_core.methods import METHODS
 from diffii_core.models import load_model
 from diffii_core.params import ConceptParams, JobParams
@@ -132,17 +133,13 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_result(sampl
     params = _params(6, checkpoint_every=2, gradient_accumulation=2, batch_size=1)
     straight = learn_concepts(load_model("tiny"), sample, params)
 
-    calls = {"n": 0}
-
-    def stop_after_four_steps() -> bool:
-        calls["n"] += 1
-        return calls["n"] > 4
-
+    done: list[int] = []
     interrupted = load_model("tiny")
     with pytest.raises(Cancelled):
         learn_concepts(
-            interrupted, sample, params, checkpoint_dir=tmp_path, should_stop=stop_after_four_steps
-        )
+            interrupted, sample, params, checkpoint_dir=tmp_path, progress=lambda s, t: done.append(s),
+            should_stop=lambda: len(done) >= 4,
+        )  # fmt: skip
     seen = []
     resumed = learn_concepts(
         load_model("tiny"), sample, params, checkpoint_dir=tmp_path, progress=lambda s, t: seen.append(s)
@@ -150,6 +147,58 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_result(sampl
     assert seen == [5, 6]  # steps 1-4 came from the checkpoint
     assert resumed.fingerprint == straight.fingerprint
     assert straight.recipe["effective_batch"] == "2"
+
+
+class _TwoSteps:
+    """A `slice_over` of two optimiser steps a slice; notes the slice's first step."""
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+
+    def __call__(self, step: int) -> bool:
+        self.first = self.first or step
+        return step - self.first >= 1
+
+
+def test_learning_in_slices_gives_the_bytes_of_one_run(sample, tmp_path):
+    """Each slice a call that resumes the last one's checkpoint, on the same model (a worker process
+    that keeps it) or a fresh one (another worker); slices need not fall on checkpoint_every."""
+    params = _params(7, checkpoint_every=3, gradient_accumulation=2, batch_size=1)
+    straight = learn_concepts(load_model("tiny"), sample, params)
+    model = load_model("tiny")
+    ended, starts = [], []
+    for round_ in range(10):
+        two_steps = _TwoSteps()
+        try:
+            sliced = learn_concepts(
+                model if round_ % 2 else load_model("tiny"), sample, params, checkpoint_dir=tmp_path,
+                slice_over=two_steps,
+            )  # fmt: skip
+            break
+        except SliceEnded as stop:
+            ended.append(stop.step)
+            starts.append(two_steps.first)
+    assert ended == [2, 4, 6] and starts == [1, 3, 5]
+    assert sliced.fingerprint == straight.fingerprint and sliced.steps == 7
+    assert sliced.losses == straight.losses
+    with pytest.raises(ValueError, match="checkpoint"):
+        learn_concepts(load_model("tiny"), sample, params, slice_over=lambda step: True)
+
+
+def test_a_stop_is_seen_before_the_next_micro_batch(sample, monkeypatch):
+    """With 8 passes per optimiser step, a stop is seen within one pass, not after the whole step."""
+    passes = []
+    real = training._Run.accumulate
+
+    def counted(self, *args, **kwargs):
+        passes.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(training._Run, "accumulate", counted)
+    params = _params(3, gradient_accumulation=8, batch_size=1)
+    with pytest.raises(Cancelled):
+        learn_concepts(load_model("tiny"), sample, params, should_stop=lambda: len(passes) >= 3)
+    assert len(passes) == 3  # the step's fourth pass never ran
 
 
 def test_lora_starts_from_the_published_normal_init(fresh_model):

@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 
 from diffii_core.output.preview import archive_previews
 from diffii_core.sample_data import write_sample_archive
+from services.api.jobs_view import job_out, shards_of
 from services.common import dispatch, keys
 from services.common.db import dispose
 from services.common.lifecycle.jobs import request_cancel
@@ -44,18 +45,21 @@ def process(tmp_path: Path) -> Iterator[WorkerProcess]:
     dispose(p.sessions)
 
 
-def _job(p: WorkerProcess, tmp_path: Path, archive: Path | None = None, **params: Any) -> str:
+def _job(
+    p: WorkerProcess, tmp_path: Path, archive: Path | None = None, owner_name: str = "me", **params: Any
+) -> str:
     from diffii_core.params import JobParams
 
     archive = archive or write_sample_archive(tmp_path / "sample.zip")
-    p.storage.put_bytes("datasets/d1/source.zip", archive.read_bytes())
+    dataset = f"d-{owner_name}"
+    p.storage.put_bytes(f"datasets/{dataset}/source.zip", archive.read_bytes())
     with p.sessions() as s:
-        owner = Owner(name="me")
+        owner = Owner(name=owner_name)
         s.add(owner)
         s.flush()
-        s.add(Dataset(id="d1", owner_id=owner.id, object_key="datasets/d1/source.zip", filename="sample.zip",
-                      bytes=1, images=12, classes=[]))  # fmt: skip
-        job = Job(owner_id=owner.id, dataset_id="d1", status=JobStatus.queued,
+        s.add(Dataset(id=dataset, owner_id=owner.id, object_key=f"datasets/{dataset}/source.zip",
+                      filename="sample.zip", bytes=1, images=12, classes=[]))  # fmt: skip
+        job = Job(owner_id=owner.id, dataset_id=dataset, status=JobStatus.queued,
                   params=JobParams(**{**PARAMS, **params}).model_dump(mode="json"))  # fmt: skip
         s.add(job)
         s.flush()
@@ -163,3 +167,97 @@ def test_a_cancelling_job_closes_a_shard_whose_message_arrives_late(
     with p.sessions() as s:
         assert s.get(Shard, first.id).status == ShardStatus.cancelled
         assert s.get(Job, job_id).status == JobStatus.cancelling  # the other shard still runs
+
+
+def _archive_images(p: WorkerProcess, job_id: str) -> dict[str, bytes]:
+    job = _job_row(p, job_id)
+    assert job.status == JobStatus.succeeded, job.message
+    with zipfile.ZipFile(io.BytesIO(p.storage.get_bytes(job.archive_key))) as zf:
+        return {n: zf.read(n) for n in zf.namelist() if n.endswith(".png")}
+
+
+def _learn_shards(p: WorkerProcess, job_id: str) -> list[tuple[int, int, ShardStatus, int]]:
+    with p.sessions() as s:
+        rows = s.scalars(
+            select(Shard).where(Shard.job_id == job_id, Shard.kind == ShardKind.learn).order_by(Shard.seq)
+        )
+        return [(r.start, r.stop, r.status, r.images_done) for r in rows]
+
+
+def _run_all(p: WorkerProcess, job_id: str) -> None:
+    for kind in (ShardKind.prepare, ShardKind.learn, ShardKind.generate, ShardKind.package):
+        while {s.kind for s in _ready(p, job_id)} == {kind}:
+            assert set(_run_ready(p, job_id, kind)) == {"succeeded"}
+
+
+def test_learning_in_slices_hands_back_between_them_and_makes_the_same_images(
+    process: WorkerProcess, tmp_path: Path
+) -> None:
+    """Each slice is a learn shard of its own; the next one is pending for the admission pass while
+    the job stays `learning`; the archive is the one of a job learned in one slice, byte for byte."""
+    p = process
+    p.settings.learn_slice_steps = 2
+    sliced = _job(p, tmp_path, owner_name="sliced", concepts={"steps": 5, "checkpoint_every": 3})
+    assert _run_ready(p, sliced, ShardKind.prepare) == ["succeeded"]
+    assert _run_ready(p, sliced, ShardKind.learn) == ["succeeded"]
+    assert _job_row(p, sliced).status == JobStatus.learning
+    # Admitted again by the pass that ran when the slice ended (this test's admission has room for all).
+    assert _learn_shards(p, sliced) == [(0, 5, ShardStatus.succeeded, 2), (2, 5, ShardStatus.queued, 0)]
+    with p.sessions() as s:  # the job document the API answers: step 2 of 5
+        progress = job_out(s.get(Job, sliced), shards_of(s, [sliced])[sliced]).progress
+        assert progress.learning is not None and progress.learning.model_dump() == {"step": 2, "steps": 5}
+    _run_all(p, sliced)
+    assert _learn_shards(p, sliced) == [
+        (0, 5, ShardStatus.succeeded, 2), (2, 5, ShardStatus.succeeded, 2), (4, 5, ShardStatus.succeeded, 1),
+    ]  # fmt: skip
+
+    p.settings.learn_slice_steps = 0
+    p.settings.learn_slice_seconds = 0
+    whole = _job(p, tmp_path, owner_name="whole", concepts={"steps": 5, "checkpoint_every": 3})
+    _run_all(p, whole)
+    assert _learn_shards(p, whole) == [(0, 5, ShardStatus.succeeded, 5)]
+    images = _archive_images(p, sliced)
+    assert len(images) == 12 and images == _archive_images(p, whole)
+
+
+def test_a_cancel_between_slices_ends_the_job_at_once(process: WorkerProcess, tmp_path: Path) -> None:
+    p = process
+    p.settings.learn_slice_steps = 1
+    job_id = _job(p, tmp_path, concepts={"steps": 3})
+    _run_ready(p, job_id, ShardKind.prepare)
+    _run_ready(p, job_id, ShardKind.learn)
+    with p.sessions() as s:
+        assert request_cancel(s, job_id) == JobStatus.cancelled
+    assert [row[2] for row in _learn_shards(p, job_id)] == [ShardStatus.succeeded, ShardStatus.cancelled]
+
+
+def test_between_two_slices_the_worker_goes_to_another_owner_first(
+    process: WorkerProcess, tmp_path: Path
+) -> None:
+    """One slot: owner A's learning holds it, B's job arrives; when A's slice ends, the admission pass
+    gives the slot to B (who has used no worker time), not to A's next slice."""
+    p = process
+    p.settings.learn_slice_steps = 1
+    dispatch.configure(dispatch.DispatchSettings(**{**p.settings.model_dump(), "worker_slots": 1}))
+    a = _job(p, tmp_path, owner_name="a", concepts={"steps": 3})
+    _run_ready(p, a, ShardKind.prepare)
+    b = _job(p, tmp_path, owner_name="b")
+    assert [(s.kind, s.status) for s in _ready(p, b)] == [(ShardKind.prepare, ShardStatus.pending)]
+    (slice_1,) = _ready(p, a)
+    assert run_shard(slice_1.id, "learn", p) == "succeeded"
+    assert [(s.kind, s.status) for s in _ready(p, a)] == [(ShardKind.learn, ShardStatus.pending)]
+    assert [(s.kind, s.status) for s in _ready(p, b)] == [(ShardKind.prepare, ShardStatus.queued)]
+
+
+def test_a_time_slice_ends_at_the_first_optimiser_step_after_it(
+    process: WorkerProcess, tmp_path: Path
+) -> None:
+    """A slice of a microsecond: every slice ends after its first step (none can be shorter)."""
+    p = process
+    p.settings.learn_slice_seconds = 1e-6
+    job_id = _job(p, tmp_path, concepts={"steps": 3})
+    _run_all(p, job_id)
+    assert _learn_shards(p, job_id) == [
+        (0, 3, ShardStatus.succeeded, 1), (1, 3, ShardStatus.succeeded, 1), (2, 3, ShardStatus.succeeded, 1),
+    ]  # fmt: skip
+    assert _job_row(p, job_id).status == JobStatus.succeeded

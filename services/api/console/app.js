@@ -99,9 +99,26 @@ function signInPage() {
 
 // -- jobs ------------------------------------------------------------------------------------
 
+// While the job learns its concepts the bar counts learning's steps (progress.learning), then images.
+function learningNow(job) {
+  const p = job.progress;
+  return p.stage === "learning" && p.learning ? p.learning : null;
+}
+
 function progressOf(job) {
   const p = job.progress;
+  const learning = learningNow(job);
+  if (learning) {
+    return h("progress", { max: Math.max(learning.steps, 1), value: learning.step, title: `learning step ${learning.step} / ${learning.steps}` });
+  }
   return h("progress", { max: Math.max(p.images_total, 1), value: p.images_done, title: `${p.images_done} / ${p.images_total} images` });
+}
+
+function progressText(job) {
+  const p = job.progress;
+  const learning = learningNow(job);
+  const images = `${p.images_done} of ${p.images_total} images, ${p.shards_done} of ${p.shards_total} shards`;
+  return learning ? `learning step ${learning.step} of ${learning.steps}; ${images}` : images;
 }
 
 function statusBadge(status) {
@@ -399,7 +416,7 @@ function jobPage(jobId) {
         h("span", { class: "muted" }, `created ${when(job.created_at)}`),
         job.finished_at ? h("span", { class: "muted" }, `ended ${when(job.finished_at)}`) : null),
       progressOf(job),
-      h("div", { class: "muted" }, `${p.images_done} of ${p.images_total} images, ${p.shards_done} of ${p.shards_total} shards`),
+      h("div", { class: "muted", id: "progress-text" }, progressText(job)),
     );
     replace(timeline, stageItems(job));
     replace(shards, shardTable(job));

@@ -234,6 +234,29 @@ def finish_generate(session: Session, c: Claim, run_seconds: float) -> list[str]
     return []
 
 
+def next_slice(session: Session, c: Claim, reached: int, run_seconds: float) -> list[str] | None:
+    """A learn slice that ended at step `reached`, short of the last (its checkpoint stored): marked
+    done, fenced by the claim, and the next slice, steps [reached, stop), created pending in the same
+    transaction, so the admission pass may give the worker to another owner before it runs. The job
+    stays `learning`. Returns the new shard's id; None, writing nothing, if the job is no longer
+    learning (cancelled or ended meanwhile)."""
+    jobs.lock(session, c.job_id)
+    if session.scalar(select(Job.status).where(Job.id == c.job_id)) != JobStatus.learning:
+        return None
+    succeed(session, c, run_seconds, images_done=reached - c.start)
+    row = session.get(Shard, c.shard_id)
+    assert row is not None
+    last = session.scalar(select(func.max(Shard.seq)).where(Shard.job_id == c.job_id)) or 0
+    session.add(
+        new_shard(
+            Actor.worker, job_id=c.job_id, seq=last + 1, kind=ShardKind.learn, start=reached, stop=c.stop,
+            max_attempts=c.max_attempts, seed=row.seed,
+        )
+    )  # fmt: skip
+    session.flush()
+    return make_ready(session, c.job_id, (ShardKind.learn,))
+
+
 def unfinished(session: Session, job_id: str, kind: ShardKind) -> int:
     return (
         session.scalar(
