@@ -36,6 +36,21 @@ def test_a_key_over_its_rate_gets_429_with_retry_after_and_others_do_not(
     assert first.get("/healthz").status_code == 200  # probes are not rate limited
 
 
+def test_the_schema_says_every_v1_operation_may_be_rate_limited(
+    api_client_factory: Callable[..., Any],
+) -> None:
+    limited, _ = api_client_factory(rate_limit_per_second=5)
+    paths = limited.get("/openapi.json").json()["paths"]
+    operations = [(p, m, op) for p, ops in paths.items() if p.startswith("/v1/") for m, op in ops.items()]
+    assert operations
+    for path, method, op in operations:
+        answer = op["responses"].get("429")
+        assert answer is not None and "Retry-After" in answer.get("headers", {}), (method, path)
+    unlimited, _ = api_client_factory(rate_limit_per_second=0)
+    listing = unlimited.get("/openapi.json").json()["paths"]["/v1/jobs"]["get"]["responses"]
+    assert "429" not in listing  # off: no such answer
+
+
 def test_the_in_process_buckets_refill_at_their_rate() -> None:
     buckets = TokenBuckets(rate=1000, burst=2)
 

@@ -9,6 +9,8 @@
   validators apply.
 - The JobStatus enum names its terminal statuses (`x-terminal`), the ones a job never leaves: the
   console reads them there rather than keeping a list of its own.
+- Every /v1 operation may answer 429 with `Retry-After` when the per-key rate limit is on
+  (services/api/guards.py answers it before any route runs, so no route declares it).
 - Maps with constrained keys say so with `propertyNames` (pydantic writes `patternProperties`, which
   would let keys outside the pattern through with any value).
 """
@@ -33,6 +35,8 @@ def install(app: FastAPI, settings: ApiSettings) -> None:
             )
             _server_specific(doc, settings)
             _terminal_statuses(doc)
+            if settings.rate_limit_per_second > 0:
+                _rate_limited(doc)
             _plain_maps(doc)
             app.openapi_schema = doc
         return app.openapi_schema
@@ -62,6 +66,32 @@ def _terminal_statuses(doc: dict[str, Any]) -> None:
     status = doc.get("components", {}).get("schemas", {}).get("JobStatus")
     if status is not None:
         status["x-terminal"] = [s.value for s in TERMINAL_JOB_STATUSES]
+
+
+RETRY_AFTER = {
+    "description": "seconds to wait before the next request",
+    "schema": {"type": "integer", "minimum": 1},
+}
+
+
+def _rate_limited(doc: dict[str, Any]) -> None:
+    """A 429 with `Retry-After` on every /v1 operation; where the route already declares a 429 (a
+    quota), the one entry names both causes."""
+    for path, operations in doc.get("paths", {}).items():
+        if not path.startswith("/v1/"):
+            continue
+        for operation in operations.values():
+            answers = operation.setdefault("responses", {})
+            declared = answers.get("429")
+            if declared is None:
+                answers["429"] = {
+                    "description": "over the API key's request rate limit (rate_limit_per_second)",
+                    "headers": {"Retry-After": RETRY_AFTER},
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                }
+            else:
+                declared["description"] += "; or over the API key's request rate limit"
+                declared.setdefault("headers", {})["Retry-After"] = RETRY_AFTER
 
 
 def _object_of(schema: dict[str, Any]) -> dict[str, Any]:
