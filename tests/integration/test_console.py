@@ -71,6 +71,13 @@ def page(browser: Browser, service: Up) -> Iterator[Page]:
     assert not refused, refused
 
 
+def test_the_api_docs_render_under_the_console_policy(page: Page, service: Up) -> None:
+    page.goto(f"{service.url}/redoc")  # sent on to /docs
+    expect(page.locator(".opblock-summary-path", has_text="/v1/jobs/{job_id}").first).to_be_visible()
+    assert page.url == f"{service.url}/docs"
+    # The page fixture then checks: no request left the API, the policy refused nothing.
+
+
 def sign_in(page: Page, service: Up, key: str) -> None:
     page.goto(f"{service.url}/")
     page.fill("#api-key", key)
