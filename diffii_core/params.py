@@ -114,7 +114,8 @@ AUTO_SPEC = MethodSpec(
     sampler="ddim",
 )
 # Fields each candidate of "auto" sets for itself (from its recipe, else its method's and model's
-# defaults), and fields no candidate reads: a job with method "auto" leaves all of them at their default.
+# defaults), and fields the candidates do not take (fill_pool_to, which only Diff-II reads, would give
+# the shares borrowed images): a job with method "auto" leaves all of them at their default.
 AUTO_SETS = ("strength", "sampler", "guidance_scale")
 AUTO_UNUSED = ("fill_pool_to", "filter_attempts", "class_prompts")
 
@@ -316,7 +317,7 @@ class JobParams(BaseModel):
             raise ValueError(f"method auto sets {', '.join(given)} per candidate: leave it out")
         unused = [f for f in AUTO_UNUSED if getattr(self, f) != fields[f].default]
         if unused:
-            raise ValueError(f"no candidate of method auto uses {', '.join(unused)}: leave it out")
+            raise ValueError(f"method auto's candidates take no {', '.join(unused)}: leave it out")
         return self
 
     @model_validator(mode="after")

@@ -102,8 +102,8 @@ def test_the_choice_cost_follows_the_documented_formula() -> None:
         ({"strength": 0.7}, "method auto sets strength per candidate"),
         ({"guidance_scale": 4}, "method auto sets guidance_scale per candidate"),
         ({"sampler": "dpm-solver++"}, "method auto sets sampler per candidate"),
-        ({"fill_pool_to": 3}, "no candidate of method auto uses fill_pool_to"),
-        ({"filter_attempts": 2}, "no candidate of method auto uses filter_attempts"),
+        ({"fill_pool_to": 3}, "method auto.s candidates take no fill_pool_to"),
+        ({"filter_attempts": 2}, "method auto.s candidates take no filter_attempts"),
     ],
 )
 def test_auto_refuses_a_field_its_candidates_set_or_never_read(field, message) -> None:
