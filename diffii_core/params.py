@@ -115,20 +115,29 @@ AUTO_SPEC = MethodSpec(
 )
 # Fields each candidate of "auto" sets for itself (from its recipe, else its method's and model's
 # defaults), and fields the candidates do not take (fill_pool_to, which only Diff-II reads, would give
-# the shares borrowed images): a job with method "auto" leaves all of them at their default.
+# the shares borrowed images): a job with method "auto" leaves all of them at these, their defaults.
 AUTO_SETS = ("strength", "sampler", "guidance_scale")
 AUTO_UNUSED = ("fill_pool_to", "filter_attempts", "class_prompts")
+AUTO_DEFAULTS: dict[str, Any] = {
+    "strength": None,
+    "sampler": "ddim",
+    "guidance_scale": 7.5,
+    "fill_pool_to": 0,
+    "filter_attempts": 4,
+    "class_prompts": None,
+}
 
 
 # Rules across fields, stated in the JSON schema too (the REST API's OpenAPI document).
 # Methods that start from no real image (the default, diff-ii, among them) take no strength but 1;
-# methods without an inversion pool take no fill_pool_to but 0.
+# methods without an inversion pool take no fill_pool_to but 0; "auto" leaves AUTO_DEFAULTS' fields.
 NO_REFERENCE_METHODS = [name for name, spec in METHODS.items() if not spec.references]
+REFERENCE_METHODS = [name for name in METHODS if name not in NO_REFERENCE_METHODS]
 
 
 def _no_pool_to_fill(methods: list[str]) -> dict[str, Any]:
     """The fill_pool_to rule for the named methods (those of them without an inversion pool)."""
-    without = [m for m in methods if not METHODS.get(m, AUTO_SPEC).inversion]
+    without = [m for m in methods if not METHODS[m].inversion]
     if not without:
         return {}
     return {
@@ -141,16 +150,25 @@ CROSS_FIELD_SCHEMA: dict[str, Any] = {
     "if": {
         "anyOf": [
             {"not": {"required": ["method"]}},
-            {"properties": {"method": {"enum": [*NO_REFERENCE_METHODS, AUTO]}}, "required": ["method"]},
+            {"properties": {"method": {"enum": NO_REFERENCE_METHODS}}, "required": ["method"]},
         ]
     },
     "then": {
         "properties": {"strength": {"anyOf": [{"type": "array", "items": {"const": 1}}, {"type": "null"}]}},
-        **_no_pool_to_fill([*NO_REFERENCE_METHODS, AUTO]),
+        **_no_pool_to_fill(NO_REFERENCE_METHODS),
     },
     # One if/then/else, nested rather than two rules under allOf: client generators read a top-level
-    # allOf as a composed type, and they pass over if/then.
-    "else": _no_pool_to_fill([m for m in METHODS if m not in NO_REFERENCE_METHODS]),
+    # allOf as a composed type, and they pass over if/then. Past the reference methods, only "auto".
+    "else": {
+        "if": {"properties": {"method": {"enum": REFERENCE_METHODS}}, "required": ["method"]},
+        "then": _no_pool_to_fill(REFERENCE_METHODS),
+        "else": {
+            "properties": {
+                name: {"type": "null"} if value is None else {"const": value}
+                for name, value in AUTO_DEFAULTS.items()
+            }
+        },
+    },
 }
 # Text with no control character (NUL, newlines, escapes: they would reach prompts and
 # metadata.jsonl), holding at least one character that is not white space.
@@ -311,11 +329,10 @@ class JobParams(BaseModel):
     def _auto_leaves_the_candidates_fields(self) -> JobParams:
         if self.method != AUTO:
             return self
-        fields = type(self).model_fields
-        given = [f for f in AUTO_SETS if getattr(self, f) != fields[f].default]
+        given = [f for f in AUTO_SETS if getattr(self, f) != AUTO_DEFAULTS[f]]
         if given:
             raise ValueError(f"method auto sets {', '.join(given)} per candidate: leave it out")
-        unused = [f for f in AUTO_UNUSED if getattr(self, f) != fields[f].default]
+        unused = [f for f in AUTO_UNUSED if getattr(self, f) != AUTO_DEFAULTS[f]]
         if unused:
             raise ValueError(f"method auto's candidates take no {', '.join(unused)}: leave it out")
         return self

@@ -12,7 +12,7 @@ import torch
 from pydantic import ValidationError
 
 from diffii_core.candidates import CANDIDATES, candidate_params
-from diffii_core.params import JobParams
+from diffii_core.params import AUTO_DEFAULTS, AUTO_SETS, AUTO_UNUSED, JobParams
 from diffii_core.pipeline import choice
 from diffii_core.pipeline.choice import Scored, leave_one_out
 from diffii_core.planning import choice_cost, job_cost
@@ -107,6 +107,8 @@ def test_the_choice_cost_follows_the_documented_formula() -> None:
     ],
 )
 def test_auto_refuses_a_field_its_candidates_set_or_never_read(field, message) -> None:
+    assert {f: JobParams.model_fields[f].default for f in AUTO_DEFAULTS} == AUTO_DEFAULTS
+    assert set(AUTO_DEFAULTS) == {*AUTO_SETS, *AUTO_UNUSED}
     with pytest.raises(ValidationError, match=message):
         JobParams(method="auto", **field)
     stored = JobParams(method="auto").model_dump(mode="json")
