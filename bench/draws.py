@@ -209,6 +209,14 @@ def _race_rows() -> tuple[Variant, ...]:
 
 
 RACE_LEVERS = _race_rows()
+# diffii's recipe chosen per dataset (`--method auto`, docs/methods.md) beside the default and the
+# candidates it most often picks between; it learns its concepts like the others (shared).
+AUTO_ROWS = (
+    DIFF_II,
+    Variant("auto", "auto"),
+    Variant("diff-mix s=0.7", "diff-mix", ("--strength", "0.7")),
+    Variant("diff-gen", "diff-gen"),
+)
 
 
 # 10 classes from 20 images down to 1 (imbalance 20): two classes of one image, one of two.
@@ -222,6 +230,7 @@ TABLES = {
     "5-shot-levers": Table(classes=5, test_per_class=40, epochs=30, variants=LEVERS_5SHOT),
     # Dataset shape from --shape; development draws only.
     "race-levers": Table(classes=5, test_per_class=40, epochs=30, variants=RACE_LEVERS),
+    "auto": Table(classes=5, test_per_class=40, epochs=30, variants=AUTO_ROWS),
     # The harness end to end in minutes; its figures mean nothing.
     "smoke": Table(
         classes=2,

@@ -13,7 +13,9 @@ from diffii_core.dataset.names import control_character
 from diffii_core.methods import METHODS
 from diffii_core.methods.spec import SAMPLERS, MethodSpec
 
-Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]  # the registry's names, in the API schema too
+# "auto": diffii's own choice among candidate recipes per dataset (`diffii_core.pipeline.choice`).
+AUTO = "auto"
+Method = Literal[(*METHODS, AUTO)]  # type: ignore[valid-type]  # the registry's names, in the API schema too
 Preset = Literal["published", "quick"]
 # Models for trials and tests: the quick preset keeps them fast unless a job asks for "published".
 QUICK_MODELS: frozenset[str] = frozenset({"tiny", "tiny-v", "world"})
@@ -99,10 +101,38 @@ class ConceptParams(BaseModel):
     checkpoint_every: int = Field(500, ge=1, le=200_000, description="steps between resumable checkpoints")
 
 
+def _chosen_first(spec: MethodSpec, req: Any) -> Any:
+    raise ValueError("method 'auto' makes no image itself: its chosen candidate does (pipeline.choice)")
+
+
+# What `method: "auto"` is before its choice: it learns the concepts its candidates share (tokens and
+# one LoRA) and makes no image itself. Not in the registry: no job runs it as a method.
+AUTO_SPEC = MethodSpec(
+    name=AUTO,
+    summary="diffii's choice per dataset among recipes that share the learned concepts",
+    generate=_chosen_first,
+    sampler="ddim",
+)
+# Fields each candidate of "auto" sets for itself (from its recipe, else its method's and model's
+# defaults), and fields the candidates do not take (fill_pool_to, which only Diff-II reads, would give
+# the shares borrowed images): a job with method "auto" leaves all of them at these, their defaults.
+AUTO_SETS = ("strength", "sampler", "guidance_scale")
+AUTO_UNUSED = ("fill_pool_to", "filter_attempts", "class_prompts")
+AUTO_DEFAULTS: dict[str, Any] = {
+    "strength": None,
+    "sampler": "ddim",
+    "guidance_scale": 7.5,
+    "fill_pool_to": 0,
+    "filter_attempts": 4,
+    "class_prompts": None,
+}
+
+
 # Rules across fields, stated in the JSON schema too (the REST API's OpenAPI document).
 # Methods that start from no real image (the default, diff-ii, among them) take no strength but 1;
-# methods without an inversion pool take no fill_pool_to but 0.
+# methods without an inversion pool take no fill_pool_to but 0; "auto" leaves AUTO_DEFAULTS' fields.
 NO_REFERENCE_METHODS = [name for name, spec in METHODS.items() if not spec.references]
+REFERENCE_METHODS = [name for name in METHODS if name not in NO_REFERENCE_METHODS]
 
 
 def _no_pool_to_fill(methods: list[str]) -> dict[str, Any]:
@@ -128,8 +158,17 @@ CROSS_FIELD_SCHEMA: dict[str, Any] = {
         **_no_pool_to_fill(NO_REFERENCE_METHODS),
     },
     # One if/then/else, nested rather than two rules under allOf: client generators read a top-level
-    # allOf as a composed type, and they pass over if/then.
-    "else": _no_pool_to_fill([m for m in METHODS if m not in NO_REFERENCE_METHODS]),
+    # allOf as a composed type, and they pass over if/then. Past the reference methods, only "auto".
+    "else": {
+        "if": {"properties": {"method": {"enum": REFERENCE_METHODS}}, "required": ["method"]},
+        "then": _no_pool_to_fill(REFERENCE_METHODS),
+        "else": {
+            "properties": {
+                name: {"type": "null"} if value is None else {"const": value}
+                for name, value in AUTO_DEFAULTS.items()
+            }
+        },
+    },
 }
 # Text with no control character (NUL, newlines, escapes: they would reach prompts and
 # metadata.jsonl), holding at least one character that is not white space.
@@ -143,7 +182,11 @@ class JobParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=CROSS_FIELD_SCHEMA)
 
-    method: Method = Field("diff-ii", description="augmentation method")
+    method: Method = Field(
+        "diff-ii",
+        description="augmentation method, or auto: the recipe that scores best on the job's own real "
+        "images (docs/methods.md#auto-a-recipe-chosen-per-dataset)",
+    )
     preset: Preset = Field(
         "published",
         description="defaults for steps and schedules: published (the papers' recipe) or quick (trials); "
@@ -226,7 +269,11 @@ class JobParams(BaseModel):
         quick = isinstance(model, str) and model in QUICK_MODELS
         preset = data.setdefault("preset", "quick" if quick else "published")
         values = PRESETS.get(preset) if isinstance(preset, str) else None
-        method = METHODS.get(method_name) if isinstance(method_name, str) else None
+        method = (
+            (AUTO_SPEC if method_name == AUTO else METHODS.get(method_name))
+            if isinstance(method_name, str)
+            else None
+        )
         if values is None or method is None:
             return data  # the field validators name the bad value
         for key in ("inversion_steps", "inversion_schedule"):
@@ -279,22 +326,40 @@ class JobParams(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _auto_leaves_the_candidates_fields(self) -> JobParams:
+        if self.method != AUTO:
+            return self
+        given = [f for f in AUTO_SETS if getattr(self, f) != AUTO_DEFAULTS[f]]
+        if given:
+            raise ValueError(f"method auto sets {', '.join(given)} per candidate: leave it out")
+        unused = [f for f in AUTO_UNUSED if getattr(self, f) != AUTO_DEFAULTS[f]]
+        if unused:
+            raise ValueError(f"method auto's candidates take no {', '.join(unused)}: leave it out")
+        return self
+
+    @model_validator(mode="after")
     def _strength_fits_method(self) -> JobParams:
-        refs = METHODS[self.method].references
-        if self.strength is not None and not refs and any(s != 1.0 for s in self.strength):
+        refs = self.spec.references
+        if (
+            self.method != AUTO
+            and self.strength is not None
+            and not refs
+            and any(s != 1.0 for s in self.strength)
+        ):
             raise ValueError(f"{self.method} starts from no real image: strength must be 1 or left out")
         return self
 
     @model_validator(mode="after")
     def _fill_pool_fits_method(self) -> JobParams:
-        if self.fill_pool_to and not METHODS[self.method].inversion:
+        if self.fill_pool_to and not self.spec.inversion and self.method != AUTO:
             raise ValueError(f"{self.method} has no inversion pool: fill_pool_to must be 0 or left out")
         return self
 
     @property
     def spec(self) -> MethodSpec:
-        """The method's registry entry: what it needs before it runs, how it prompts, samples and labels."""
-        return METHODS[self.method]
+        """The method's registry entry: what it needs before it runs, how it prompts, samples and labels
+        (for "auto", `AUTO_SPEC`: the concepts its candidates share, and no image of its own)."""
+        return AUTO_SPEC if self.method == AUTO else METHODS[self.method]
 
     @field_validator("metaclass")
     @classmethod

@@ -18,6 +18,18 @@ steps only.
 
 The service learns concepts in time slices (a learn shard each, resuming the last one's checkpoint):
 the slices run exactly the concept steps of one uninterrupted run, so the cost is the same.
+
+`method: "auto"` (`diffii_core.pipeline.choice`) learns the concepts once, then adds its choice and
+counts the dearest candidate's share, as the choice is not known before it runs:
+
+    cost(auto) = (concept steps x batch x accumulation
+                  + sum over the K candidates of (N x denoising steps + N x inversion steps if it inverts)
+                  + (K + 1) x N                             (VAE encodings of the scored images)
+                  + max over the candidates of (images x denoising steps + inversions x inversion steps))
+                 x (resolution / 512)^2
+
+with N the real images (each candidate makes one image per real image to be scored) and K =
+len(`diffii_core.candidates.CANDIDATES`); `choice_cost` is the middle two lines.
 """
 
 from __future__ import annotations
@@ -26,7 +38,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from diffii_core.params import JobParams
+from diffii_core.candidates import CANDIDATES, candidate_params
+from diffii_core.params import AUTO, JobParams
 
 REFERENCE_RESOLUTION = 512
 
@@ -64,14 +77,35 @@ def class_counts(params: JobParams, class_images: Iterable[int]) -> list[ClassCo
     ]
 
 
+def _making(params: JobParams, class_images: Sequence[int]) -> int:
+    """Denoising and inversion passes of the method's share, at 512 px."""
+    plan = class_counts(params, class_images)
+    images = sum(c.generated for c in plan) * params.inference_steps
+    inversions = sum(c.images + c.borrowed for c in plan) * params.inversion_steps
+    return images + (inversions if params.spec.inversion else 0)
+
+
+def choice_cost(params: JobParams, class_images: Iterable[int]) -> float:
+    """What `method: "auto"`'s choice adds (above): every candidate's scored share, one image per real
+    image, and the VAE encodings of the images it scores; 0 for any other method."""
+    if params.method != AUTO:
+        return 0.0
+    counts = list(class_images)
+    shares = [candidate_params(params, c).model_copy(update={"expansion": 1.0}) for c in CANDIDATES]
+    units = sum(_making(p, counts) for p in shares) + (len(CANDIDATES) + 1) * sum(counts)
+    return units * _scale(params)
+
+
+def _scale(params: JobParams) -> float:
+    return ((params.resolution or REFERENCE_RESOLUTION) / REFERENCE_RESOLUTION) ** 2
+
+
 def job_cost(params: JobParams, class_images: Iterable[int]) -> float:
     """The estimate above; `class_images` is the real image count of each class (empty if unknown)."""
-    method = params.spec
-    plan = class_counts(params, class_images)
-    images = sum(c.generated for c in plan)
+    counts = list(class_images)
     c = params.concepts
-    learn = c.steps * c.batch_size * c.gradient_accumulation if method.needs_concepts else 0
-    inversions = sum(c.images + c.borrowed for c in plan)
-    invert = inversions * params.inversion_steps if method.inversion else 0
-    scale = ((params.resolution or REFERENCE_RESOLUTION) / REFERENCE_RESOLUTION) ** 2
-    return (learn + images * params.inference_steps + invert) * scale
+    learn = c.steps * c.batch_size * c.gradient_accumulation if params.spec.needs_concepts else 0
+    if params.method == AUTO:
+        making = max(_making(candidate_params(params, k), counts) for k in CANDIDATES)
+        return (learn + making) * _scale(params) + choice_cost(params, counts)
+    return (learn + _making(params, counts)) * _scale(params)

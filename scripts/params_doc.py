@@ -18,9 +18,18 @@ from typing import Any
 import click
 from pydantic import BaseModel
 
+from diffii_core.candidates import CANDIDATES
 from diffii_core.methods import METHODS
 from diffii_core.methods.spec import MethodSpec
-from diffii_core.params import MODEL_PRESETS, PRESETS, QUICK_MODELS, ConceptParams, JobParams
+from diffii_core.params import (
+    AUTO_SETS,
+    AUTO_UNUSED,
+    MODEL_PRESETS,
+    PRESETS,
+    QUICK_MODELS,
+    ConceptParams,
+    JobParams,
+)
 from services.cli.options import CONCEPT_FIELDS, job_options
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "parameters.md"
@@ -289,8 +298,42 @@ def render() -> str:
         "",
         *defaults_table(),
         "",
+        "## Method `auto`: a recipe chosen per dataset",
+        "",
+        *auto_section(),
+        "",
     ]
     return "\n".join(lines)
+
+
+def auto_section() -> list[str]:
+    """Method "auto": its candidates, the fields it refuses, what it costs."""
+    rows = [
+        f"| `{c.name}` | " + ", ".join(f"`{k}`: `{json.dumps(v)}`" for k, v in c.overrides.items()) + " |"
+        for c in CANDIDATES
+    ]
+    sets = ", ".join(f"`{f}`" for f in AUTO_SETS)
+    unused = ", ".join(f"`{f}`" for f in AUTO_UNUSED)
+    return [
+        "`method: auto` learns the concepts once, makes a share of one image per real image with each "
+        "candidate below (in this order; a tie goes to the earlier one), scores each by "
+        "leave-one-real-image-out accuracy of a classifier over the model's pooled VAE features, and makes "
+        "the job's share with the best; job.json's `choice` holds every score "
+        "([methods.md](methods.md#auto-a-recipe-chosen-per-dataset)). Each candidate is the job's "
+        f"parameters with its own overrides; it sets {sets} from them or from its method's and model's "
+        f"defaults, so an auto job leaves those out, and {unused}, which the candidates do not take "
+        "(Diff-II's pool filling would change what the others' shares are made from).",
+        "",
+        "| candidate | overrides |",
+        "|---|---|",
+        *rows,
+        "",
+        f"What it costs, in the units of the API's `max_job_cost` (`diffii_core.planning`), with N real "
+        f"images and K = {len(CANDIDATES)} candidates: concept learning once, plus for each candidate N x "
+        "denoising steps (and N x inversion steps for Diff-II), plus (K + 1) x N VAE encodings, plus the "
+        "dearest candidate's full share (its images x denoising steps, and its inversions x inversion "
+        "steps), all x (resolution / 512)^2.",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

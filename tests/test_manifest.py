@@ -56,3 +56,15 @@ def test_a_newer_version_is_refused_by_name() -> None:
 
 def test_no_manifest_before_the_prepare_stage() -> None:
     assert JobManifest.read(None) is None
+
+
+def test_an_auto_jobs_choice_is_kept_and_absent_for_every_other_job() -> None:
+    from services.common.manifest import ChoiceEntry
+
+    manifest = JobManifest(classes=[ClassEntry.from_plan(p) for p in PLANS], images=3, skipped=SKIPPED)
+    assert "choice" not in manifest.stored()
+    choice = ChoiceEntry(params={"method": "diff-mix", "strength": [0.7]}, record={"chosen": "diff-mix@0.7"})
+    chosen = manifest.model_copy(update={"choice": choice})
+    stored = chosen.stored()
+    assert stored["choice"] == {"params": choice.params, "record": choice.record} and stored["version"] == 1
+    assert JobManifest.read(stored) == chosen

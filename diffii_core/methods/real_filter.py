@@ -65,14 +65,24 @@ def fit_real_filter(
 ) -> FeatureClassifier:
     """Fit on every image of every class (class index = position in `classes`)."""
     import torch
-    import torch.nn.functional as F
 
     features = torch.cat([image_features(model, images, resolution, geometry) for images in classes])
     labels = torch.cat([torch.full((len(images),), c, dtype=torch.long) for c, images in enumerate(classes)])
+    return fit_features(features, labels, len(classes), resolution, geometry)
+
+
+def fit_features(
+    features: torch.Tensor, labels: torch.Tensor, classes: int, resolution: int, geometry: str
+) -> FeatureClassifier:
+    """The classifier of `features` ([N, d], float64) with class indices `labels` ([N]) over `classes`
+    classes, standardised by the features it is fitted on (`method: "auto"` fits one per held-out image)."""
+    import torch
+    import torch.nn.functional as F
+
     mean, std = features.mean(0), features.std(0, unbiased=False).clamp_min(1e-6)
     z = (features - mean) / std
-    weight = torch.zeros(len(classes), z.shape[1], dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(len(classes), dtype=torch.float64, requires_grad=True)
+    weight = torch.zeros(classes, z.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=STEPS, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:

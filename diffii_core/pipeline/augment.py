@@ -7,15 +7,18 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from diffii_core.atomic import atomic_write
+from diffii_core.candidates import CANDIDATES
 from diffii_core.dataset import DatasetLimits, load_dataset
 from diffii_core.learning.concepts import concepts_applied
 from diffii_core.models import load_model
 from diffii_core.output.archive import ArchiveWriter
 from diffii_core.output.preview import SYNTHETIC_PER_SHEET
-from diffii_core.params import JobParams
+from diffii_core.params import AUTO, JobParams
 from diffii_core.pipeline import steps
+from diffii_core.pipeline.choice import choose
 
 # progress(stage, total) opens that stage's bar and returns a function that advances it by n.
 StageBars = Callable[[str, int], Callable[[int], None]]
@@ -33,6 +36,7 @@ class AugmentSummary:
     images: int
     skipped: list[dict[str, str]]
     seconds: float
+    chosen: str | None = None  # method "auto": the candidate chosen for the dataset
 
 
 def augment(
@@ -66,6 +70,12 @@ def augment(
         spec, model, dataset, params, concepts_dir=concepts_dir, checkpoint_dir=work_dir,
         progress=_learning_bar(progress, params.concepts.steps),
     )  # fmt: skip
+    # Method "auto": score the candidates on the real images, then make the share with the chosen one
+    extra: dict[str, Any] = {}
+    if params.method == AUTO:
+        bar = progress("choosing a recipe", dataset.images * len(CANDIDATES))
+        choice = choose(model, concepts, dataset, params, plans, batch_size=batch_size, progress=bar)
+        params, spec, extra = choice.params, choice.params.spec, {"choice": choice.record}
     # Real-Filter's classifier: a baseline's preparation for step 5
     classifier = steps.fit_classifier(spec, model, dataset, params)
 
@@ -96,9 +106,8 @@ def augment(
             # 6. Package: the class's preview sheet, then the archive
             sheets[cls.name] = steps.render_preview(plan, [item.open() for item in cls.images], shown)
         skipped = dataset.manifest()["skipped"]
-        steps.package(
-            writer, sheets, metadata, params, {"name": model.name, "revision": model.revision}, plans, skipped
-        )
+        used = {"name": model.name, "revision": model.revision}
+        steps.package(writer, sheets, metadata, params, used, plans, skipped, **extra)
     return AugmentSummary(
         out=out,
         classes=len(class_names),
@@ -106,6 +115,7 @@ def augment(
         images=sum(p.generated for p in plans),
         skipped=skipped,
         seconds=time.monotonic() - began,
+        chosen=extra["choice"]["chosen"] if extra else None,
     )
 
 

@@ -121,5 +121,7 @@ def augment(
         f"wrote {summary.out}: {summary.images} images for {summary.classes} classes "
         f"from {summary.real_images} real images, seed {params.seed}, in {summary.seconds:.1f} s"
     )
+    if summary.chosen is not None:
+        click.echo(f"method auto chose {summary.chosen} (scores in the archive's job.json)")
     for skipped in summary.skipped:
         click.echo(f"skipped {skipped['path']}: {skipped['reason']}", err=True)

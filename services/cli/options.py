@@ -11,6 +11,7 @@ import click
 
 from diffii_core.methods import METHODS
 from diffii_core.methods.spec import SAMPLERS
+from diffii_core.params import AUTO
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,8 +47,8 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 JOB_OPTIONS: list[Callable[[F], F]] = [
     click.option(
         "--method",
-        type=click.Choice(tuple(METHODS)),
-        help="augmentation method [default: diff-ii]",
+        type=click.Choice((*METHODS, AUTO)),
+        help="augmentation method; auto: the recipe that scores best on the dataset [default: diff-ii]",
     ),
     click.option(
         "--preset",

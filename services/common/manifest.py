@@ -8,7 +8,8 @@ this code knows is refused with `ManifestVersionError` (a worker of the newer re
 shard is retried rather than the job failed).
 
 The API reads `classes` (names, image counts) and `skipped`; the worker turns each class back into the
-library's plan (`ClassEntry.to_plan`).
+library's plan (`ClassEntry.to_plan`). A job of method "auto" gains `choice` once its learn stage has
+chosen a recipe (optional: absent for every other job, and stored only when present).
 """
 
 from __future__ import annotations
@@ -64,11 +65,20 @@ class SkippedEntry(_Entry):
     reason: str
 
 
+class ChoiceEntry(_Entry):
+    """Method "auto"'s choice (`diffii_core.pipeline.choice`): the chosen candidate's whole parameters,
+    which the generate and package stages run, and the record job.json keeps (every score)."""
+
+    params: dict[str, Any]
+    record: dict[str, Any]
+
+
 class JobManifest(_Entry):
     version: int = VERSION
     classes: list[ClassEntry]
     images: int
     skipped: list[SkippedEntry] = Field(default_factory=list)
+    choice: ChoiceEntry | None = None
 
     @field_validator("version")
     @classmethod
@@ -90,7 +100,7 @@ class JobManifest(_Entry):
 
     def stored(self) -> dict[str, Any]:
         """What the job row's `manifest` column holds."""
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", exclude=None if self.choice else {"choice"})
 
     def plans(self) -> list[ClassPlan]:
         return [c.to_plan() for c in self.classes]

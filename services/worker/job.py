@@ -8,6 +8,11 @@ from services.common.models import Job
 
 
 def job_params(job: Job) -> JobParams:
+    """The parameters the job's images are made with: for method "auto", once its learn stage has
+    chosen (services/worker/choice.py), the chosen candidate's."""
+    manifest = JobManifest.read(job.manifest)
+    if manifest is not None and manifest.choice is not None:
+        return JobParams.model_validate(manifest.choice.params)
     return JobParams.model_validate(job.params)
 
 

@@ -15,6 +15,7 @@ from services.common import keys
 from services.common.models import Job
 from services.worker.caches import job_dataset
 from services.worker.context import ShardContext
+from services.worker.job import job_manifest
 
 
 class SizeCounter:
@@ -78,5 +79,9 @@ def write_archive(
                 metadata.append(meta)
                 written += 1
         model = {"name": params.model, "revision": job.model_revision or ""}
-        steps.package(writer, sheets, metadata, params, model, plans, skipped, job_id=job.id)
+        chosen = job_manifest(
+            job
+        ).choice  # method "auto": every candidate's score, as `diffii augment` writes
+        extra = {"choice": chosen.record} if chosen is not None else {}
+        steps.package(writer, sheets, metadata, params, model, plans, skipped, job_id=job.id, **extra)
     return written, handle.size

@@ -27,7 +27,7 @@ from services.common.lifecycle.shards import LeaseLost
 from services.common.lifecycle.table import Actor
 from services.common.manifest import ClassEntry, JobManifest
 from services.common.models import Job, JobStatus, ShardKind
-from services.worker import checkpoints
+from services.worker import checkpoints, choice
 from services.worker.caches import class_pool, job_classifier, job_concepts, job_dataset
 from services.worker.context import ShardContext, StopRequested
 from services.worker.job import job_manifest, job_params
@@ -113,6 +113,7 @@ def learn(ctx: ShardContext) -> list[str]:
     for path in concepts.save(ctx.process.job_dir(job.id) / "concepts"):
         ctx.storage.put_bytes(keys.concepts_prefix(job.id) + path.name, path.read_bytes())
     ctx.process.concepts[job.id] = concepts
+    choice.choose_recipe(ctx, job, params, model, dataset, concepts)  # method "auto" only
     ctx.images_done = params.concepts.steps - ctx.claim.start
     return finish_learning(ctx, job.id)
 
