@@ -34,6 +34,8 @@ SETTINGS_MODULES = ["services.common.settings", "services.api.settings", "servic
 TOOLS = ["docker-compose", "hadolint", "kubectl", "kubernetes-validate"]
 # Client-side settings, read by the CLI on the user's machine rather than by a service.
 CLIENT_SETTINGS = {"DIFFII_API_URL", "DIFFII_API_KEY"}
+# Read by the engine itself (diffii_core has no settings classes: it is a library).
+ENGINE_SETTINGS = {"DIFFII_THREADS": REPO / "diffii_core" / "threads.py"}
 SHARD_STATUSES_IN_FLIGHT = {"pending", "queued", "running"}
 SHARD_KINDS = {"prepare", "learn", "generate", "package"}
 
@@ -232,8 +234,10 @@ def test_infra_uses_only_settings_that_exist(compose_gpu, compose_cpu):
         used |= env_file_names(config, commented=False)
     used = {n for n in used if n.startswith("DIFFII_")}
     assert "DIFFII_DATABASE_URL" in used  # the parsing found the wiring at all
-    unknown = sorted(used - names - CLIENT_SETTINGS)
+    unknown = sorted(used - names - CLIENT_SETTINGS - set(ENGINE_SETTINGS))
     assert not unknown, f"no settings class defines {unknown}"
+    for name, reader in ENGINE_SETTINGS.items():
+        assert f'"{name}"' in reader.read_text(), f"{reader} no longer reads {name}"
 
 
 # ---------------------------------------------------------------------------------------- dockerfiles
