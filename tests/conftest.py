@@ -25,7 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service_helpers import free_port, s3_storage_kwargs, wait_until
+from tests.dataset_builders import good_members, zip_bytes
+from tests.service_helpers import auth, free_port, s3_storage_kwargs, stop_process, wait_until
 
 PG_ADMIN_URL = os.environ.get("DIFFII_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("DIFFII_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -140,12 +141,7 @@ def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             **S3_CREDENTIALS,
         }
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         log.close()
 
 
@@ -228,3 +224,14 @@ def api(api_client_factory: Callable[..., Any]) -> Any:
     """A TestClient on the default test settings (Postgres, Redis, local store in tmp_path)."""
     client, _settings = api_client_factory()
     return client
+
+
+@pytest.fixture
+def owner(api: Any, make_api_key: Any) -> dict[str, Any]:
+    """A fresh owner with one uploaded dataset: its key, headers and dataset id."""
+    key = make_api_key()
+    response = api.post(
+        "/v1/datasets", headers=auth(key), files={"file": ("b.zip", zip_bytes(good_members()))}
+    )
+    assert response.status_code == 201, response.text
+    return {"key": key, "headers": auth(key), "dataset_id": response.json()["id"]}

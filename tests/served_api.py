@@ -9,10 +9,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-
 from services.common.pdeathsig import die_with_parent
-from tests.service_helpers import free_port, wait_until
+from tests.service_helpers import answers, free_port, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = "from services.cli.main import main; main()"
@@ -38,22 +36,8 @@ def served_api(home: Path, **settings: str) -> Iterator[str]:
             preexec_fn=die_with_parent,
         )
     url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"diffii serve exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
     try:
-        wait_until(up, 60, "diffii serve start", interval=0.1)
+        wait_until(answers(f"{url}/healthz", process, log), 60, "diffii serve start", interval=0.1)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -22,6 +24,34 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
             return
         time.sleep(interval)
     raise TimeoutError(f"{what} did not happen within {timeout}s")
+
+
+def answers(
+    url: str, process: subprocess.Popen[bytes], log: Path, ok: Callable[[int], bool] = lambda s: s == 200
+) -> Callable[[], bool]:
+    """A `wait_until` predicate for a server process: raises with its log once the process has exited;
+    True once a GET of `url` gets a status that `ok` accepts."""
+    import httpx
+
+    def check() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            return ok(httpx.get(url, timeout=2).status_code)
+        except httpx.TransportError:
+            return False
+
+    return check
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `grace` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def s3_storage_kwargs(settings: dict[str, Any]) -> dict[str, Any]:

@@ -17,17 +17,6 @@ from tests.dataset_builders import good_members, zip_bytes
 from tests.service_helpers import auth
 
 
-@pytest.fixture
-def owner(api: Any, make_api_key: Any) -> dict[str, Any]:
-    """A fresh owner with one uploaded dataset."""
-    key = make_api_key()
-    response = api.post(
-        "/v1/datasets", headers=auth(key), files={"file": ("b.zip", zip_bytes(good_members()))}
-    )
-    assert response.status_code == 201, response.text
-    return {"key": key, "headers": auth(key), "dataset_id": response.json()["id"]}
-
-
 def test_create_job_stores_job_and_prepare_shard(
     api: Any, owner: dict[str, Any], pg_session_factory: Any
 ) -> None:
@@ -464,15 +453,44 @@ def _finish_with_archive(pg_session_factory: Any, storage: Any, job_id: str, dat
         job.status, job.archive_key, job.finished_at = JobStatus.succeeded, key, utcnow()
 
 
-def test_archive_is_409_until_it_exists_then_307_to_a_signed_local_link(
-    api_client_factory: Callable[..., Any], make_api_key: Any, pg_session_factory: Any
-) -> None:
+@pytest.fixture
+def queued(api_client_factory: Callable[..., Any], make_api_key: Any) -> tuple[Any, Any, dict[str, str], str]:
+    """(client, settings, an owner's headers, the id of its queued job)."""
     client, settings = api_client_factory()
     headers = auth(make_api_key())
     ds = client.post(
         "/v1/datasets", headers=headers, files={"file": ("b.zip", zip_bytes(good_members()))}
     ).json()
-    job_id = client.post("/v1/jobs", headers=headers, json={"dataset_id": ds["id"]}).json()["id"]
+    return (
+        client,
+        settings,
+        headers,
+        client.post("/v1/jobs", headers=headers, json={"dataset_id": ds["id"]}).json()["id"],
+    )
+
+
+def test_the_archive_link_is_the_redirects_target(
+    queued: tuple[Any, Any, dict[str, str], str], make_api_key: Any, pg_session_factory: Any
+) -> None:
+    """GET .../archive/link: the signed link as JSON, for a browser to navigate to (the console)."""
+    client, settings, headers, job_id = queued
+    early = client.get(f"/v1/jobs/{job_id}/archive/link", headers=headers)
+    assert early.status_code == 409 and "not ready" in early.json()["detail"]
+
+    _finish_with_archive(pg_session_factory, make_storage(settings), job_id, b"PK fake archive")
+    link = client.get(f"/v1/jobs/{job_id}/archive/link", headers=headers)
+    assert link.status_code == 200, link.text
+    assert link.json()["expires_in"] == settings.presign_ttl
+    url = link.json()["url"]
+    assert url.startswith(f"http://testserver/v1/objects/jobs/{job_id}/archive.zip?")
+    assert client.get(url).content == b"PK fake archive"  # no API key: the signature is the authorisation
+    assert client.get(f"/v1/jobs/{job_id}/archive/link", headers=auth(make_api_key())).status_code == 404
+
+
+def test_archive_is_409_until_it_exists_then_307_to_a_signed_local_link(
+    queued: tuple[Any, Any, dict[str, str], str], pg_session_factory: Any
+) -> None:
+    client, settings, headers, job_id = queued
 
     early = client.get(f"/v1/jobs/{job_id}/archive", headers=headers)
     assert early.status_code == 409

@@ -3,30 +3,15 @@ out as decimal digits (JSON numbers past 2**53 lose digits in a browser) and com
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from services.api.schemas import HealthOut, JobParamsOut, ReadyOut
 from services.client import _exact_seed
-from services.common.db import session_scope
-from services.common.models import Job, JobStatus, utcnow
-from services.common.storage import make_storage
-from tests.dataset_builders import good_members, zip_bytes
-from tests.service_helpers import auth
+from services.common.models import Job
 
 BIG_SEED = 7691863025641212835  # > 2**53: as a JavaScript number it reads 7691863025641213000
-
-
-@pytest.fixture
-def owner(api: Any, make_api_key: Any) -> dict[str, Any]:
-    key = make_api_key()
-    response = api.post(
-        "/v1/datasets", headers=auth(key), files={"file": ("b.zip", zip_bytes(good_members()))}
-    )
-    assert response.status_code == 201, response.text
-    return {"headers": auth(key), "dataset_id": response.json()["id"]}
 
 
 def test_every_success_answer_has_a_typed_body(api: Any) -> None:
@@ -104,29 +89,3 @@ def test_the_python_client_reads_the_seed_as_an_integer() -> None:
     job = _exact_seed({"id": "x", "params": {"seed": str(BIG_SEED), "model": "tiny"}})
     assert job["params"]["seed"] == BIG_SEED
     assert _exact_seed({"params": {"seed": 7}})["params"]["seed"] == 7  # an older server's integer
-
-
-def test_the_archive_link_is_the_redirects_target(
-    api_client_factory: Callable[..., Any], make_api_key: Any, pg_session_factory: Any
-) -> None:
-    client, settings = api_client_factory()
-    headers = auth(make_api_key())
-    ds = client.post(
-        "/v1/datasets", headers=headers, files={"file": ("b.zip", zip_bytes(good_members()))}
-    ).json()
-    job_id = client.post("/v1/jobs", headers=headers, json={"dataset_id": ds["id"]}).json()["id"]
-    early = client.get(f"/v1/jobs/{job_id}/archive/link", headers=headers)
-    assert early.status_code == 409 and "not ready" in early.json()["detail"]
-
-    key = f"jobs/{job_id}/archive.zip"
-    make_storage(settings).put_bytes(key, b"PK fake archive")
-    with session_scope(pg_session_factory) as session:
-        job = session.get(Job, job_id)
-        job.status, job.archive_key, job.finished_at = JobStatus.succeeded, key, utcnow()
-    link = client.get(f"/v1/jobs/{job_id}/archive/link", headers=headers)
-    assert link.status_code == 200, link.text
-    assert link.json()["expires_in"] == settings.presign_ttl
-    url = link.json()["url"]
-    assert url.startswith(f"http://testserver/v1/objects/jobs/{job_id}/archive.zip?")
-    assert client.get(url).content == b"PK fake archive"  # no API key: the signature is the authorisation
-    assert client.get(f"/v1/jobs/{job_id}/archive/link", headers=auth(make_api_key())).status_code == 404

@@ -21,6 +21,7 @@ Settings: services/api/settings.py (DIFFII_MAX_REQUEST_LINE_BYTES and the others
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 from dataclasses import dataclass
@@ -47,14 +48,8 @@ class HttpLimits:
 
 
 def limits_from(settings: ApiSettings) -> HttpLimits:
-    return HttpLimits(
-        max_request_line_bytes=settings.max_request_line_bytes,
-        max_header_bytes=settings.max_header_bytes,
-        max_headers=settings.max_headers,
-        header_timeout=settings.header_timeout,
-        body_timeout=settings.body_timeout,
-        min_body_rate=settings.min_body_rate,
-    )
+    """The settings of the same names."""
+    return HttpLimits(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(HttpLimits)})
 
 
 def uvicorn_options(settings: ApiSettings) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import pytest
 
 from services.common.pdeathsig import die_with_parent
 from services.common.statuses import TERMINAL_JOB_STATUSES
-from tests.service_helpers import auth, free_port, wait_until
+from tests.service_helpers import answers, auth, free_port, wait_until
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -410,15 +410,8 @@ def running_up(tmp_path: Path, **settings: str) -> Iterator[Up]:
         )  # fmt: skip
     u = Up(popen, home, f"http://127.0.0.1:{port}", log, env)
 
-    def ready() -> bool:
-        assert popen.poll() is None, u.text()
-        try:
-            return u.readyz()[0] == 200
-        except httpx.TransportError:
-            return False
-
     try:
-        wait_until(ready, 120, "diffii up readiness", interval=0.3)
+        wait_until(answers(f"{u.url}/readyz", popen, log), 120, "diffii up readiness", interval=0.3)
         yield u
     finally:
         if popen.poll() is None:

@@ -12,11 +12,10 @@ import sys
 import zipfile
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.integration.conftest import CLI, EXPECTED_IMAGES, ROOT, processes_with_home
-from tests.service_helpers import free_port, wait_until
+from tests.service_helpers import answers, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -35,15 +34,8 @@ def test_diffii_up_runs_a_job_end_to_end(tmp_path: Path) -> None:
         env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
 
-    def ready() -> bool:
-        assert up.poll() is None, (tmp_path / "up.log").read_text()
-        try:
-            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
     try:
-        wait_until(ready, 90, "diffii up readiness", interval=0.3)
+        wait_until(answers(f"{url}/readyz", up, tmp_path / "up.log"), 90, "diffii up readiness", interval=0.3)
         key = subprocess.run(
             [sys.executable, "-c", CLI, "admin", "create-key", "--owner", "me"],
             env=env, cwd=ROOT, check=True, capture_output=True, text=True,

@@ -26,7 +26,7 @@ from services.common.pdeathsig import die_with_parent
 from tests.chaos.components import PrivateRedis, TcpProxy
 from tests.integration.conftest import EXPECTED_IMAGES, Cluster, make_cluster
 from tests.integration.hosts import Host, Network, unavailable
-from tests.service_helpers import auth, free_port, s3_storage_kwargs, wait_until
+from tests.service_helpers import answers, auth, free_port, s3_storage_kwargs, wait_until
 
 # Fewer steps and one image per real one (12 in 6 shards of 2): what is shown is where the work runs.
 SMALL_JOB: dict[str, Any] = {
@@ -59,14 +59,9 @@ def _moto(address: str, log: Path) -> Iterator[str]:
         )  # fmt: skip
     endpoint = f"http://{address}:{port}"
 
-    def answers() -> bool:
-        try:
-            return httpx.get(f"{endpoint}/moto-api/", timeout=1).status_code < 500
-        except httpx.TransportError:
-            return False
-
     try:
-        wait_until(answers, 60, "moto start", interval=0.2)
+        up = answers(f"{endpoint}/moto-api/", moto, log, ok=lambda status: status < 500)
+        wait_until(up, 60, "moto start", interval=0.2)
         yield endpoint
     finally:
         moto.terminate()
