@@ -14,8 +14,7 @@ threads busy-wait between parallel regions. Beside one other busy process on two
   processes (a worker's task processes). An explicit DIFFII_THREADS=N, else OMP_NUM_THREADS, wins.
   With DIFFII_THREADS=fit-load it also leaves the cores other processes keep busy right now
   (runnable tasks in /proc/loadavg, the least of a few samples, scaled to the CPUs this process may
-  use); not the default, because on CPU the thread count changes the last bits of what concept
-  learning computes, and images would then depend on the machine's load at the time.
+  use), for everything but concept learning (below).
 - `configure_threads()` sets torch's intra-op threads to it; the worker calls it in each task
   process, and model loading calls `ensure_threads()` (once per process) for the CLI and library.
 - `learning_threads()` holds concept learning at the process's usable CPUs (or the explicit setting)
@@ -41,8 +40,8 @@ PROC_CGROUP = Path("/proc/self/cgroup")
 PROC_LOADAVG = Path("/proc/loadavg")
 # GNU OpenMP (torch's on Linux) and Intel's: no busy-waiting for the next parallel region.
 QUIET_OPENMP = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "0", "KMP_BLOCKTIME": "0"}
-# DIFFII_THREADS=fit-load: also leave the cores other processes keep busy. Off by default: the thread
-# count changes the last bits of learned concepts on CPU, so it would make the images depend on the load.
+# DIFFII_THREADS=fit-load: also leave the cores other processes keep busy (never in concept learning,
+# whose bytes depend on the thread count on CPU: see learning_threads).
 FIT_LOAD = "fit-load"
 
 _configured_pid: int | None = None

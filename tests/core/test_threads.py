@@ -155,3 +155,34 @@ def test_the_cli_and_the_worker_set_the_passive_wait_before_torch_loads(tmp_path
     probe = f"import os, atexit; atexit.register(lambda: print(os.environ['OMP_WAIT_POLICY'])); {cli}"
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert done.stdout.split()[-1] == "PASSIVE", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("method", ["diff-ii", "diff-mix"])
+def test_only_learning_depends_on_the_thread_count_and_it_holds_its_own(tmp_path: Path, method: str) -> None:
+    """Inversion and denoising give the same bytes at any thread count, and learning runs at its own
+    (`learning_threads`): so a job's images do not depend on the count its process was left with,
+    which is what lets DIFFII_THREADS=fit-load follow the load."""
+    import torch
+
+    from diffii_core import augment
+    from diffii_core.params import ConceptParams, JobParams
+    from diffii_core.sample_data import write_sample_archive
+
+    source = write_sample_archive(tmp_path / "sample.zip")
+    params = JobParams(
+        model="tiny", method=method, expansion=1, seed=5, inference_steps=4, inversion_steps=4,
+        concepts=ConceptParams(steps=3),
+    )  # fmt: skip
+    threads.ensure_threads()  # model loading configures once per process: done, it keeps what is set
+    before = torch.get_num_threads()
+    archives = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out = tmp_path / f"{n}.zip"
+            augment(source, out, params)
+            assert torch.get_num_threads() == n
+            archives.append(out.read_bytes())
+    finally:
+        torch.set_num_threads(before)
+    assert archives[0] == archives[1]
