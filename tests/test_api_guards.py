@@ -46,6 +46,9 @@ def test_the_schema_says_every_v1_operation_may_be_rate_limited(
     for path, method, op in operations:
         answer = op["responses"].get("429")
         assert answer is not None and "Retry-After" in answer.get("headers", {}), (method, path)
+    # A quota's 429 (job creation) keeps its own body and admits the rate limit's plain one too.
+    quota = paths["/v1/jobs"]["post"]["responses"]["429"]["content"]["application/json"]["schema"]
+    assert {"$ref": "#/components/schemas/Problem"} in quota["anyOf"] and len(quota["anyOf"]) == 2
     unlimited, _ = api_client_factory(rate_limit_per_second=0)
     listing = unlimited.get("/openapi.json").json()["paths"]["/v1/jobs"]["get"]["responses"]
     assert "429" not in listing  # off: no such answer

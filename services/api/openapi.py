@@ -68,6 +68,7 @@ def _terminal_statuses(doc: dict[str, Any]) -> None:
         status["x-terminal"] = [s.value for s in TERMINAL_JOB_STATUSES]
 
 
+PROBLEM = {"$ref": "#/components/schemas/Problem"}
 RETRY_AFTER = {
     "description": "seconds to wait before the next request",
     "schema": {"type": "integer", "minimum": 1},
@@ -87,11 +88,13 @@ def _rate_limited(doc: dict[str, Any]) -> None:
                 answers["429"] = {
                     "description": "over the API key's request rate limit (rate_limit_per_second)",
                     "headers": {"Retry-After": RETRY_AFTER},
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                    "content": {"application/json": {"schema": PROBLEM}},
                 }
-            else:
+            else:  # a quota's 429 has a body of its own; the rate limit's is a plain Problem
                 declared["description"] += "; or over the API key's request rate limit"
                 declared.setdefault("headers", {})["Retry-After"] = RETRY_AFTER
+                for media in declared.get("content", {}).values():
+                    media["schema"] = {"anyOf": [media["schema"], PROBLEM]}
 
 
 def _object_of(schema: dict[str, Any]) -> dict[str, Any]:
