@@ -15,7 +15,15 @@ from sqlalchemy import select, update
 
 from services.common import dispatch
 from services.common.lifecycle import admission, jobs
-from services.common.models import Owner, Shard, ShardStatus, WorkerPresence, utcnow
+from services.common.models import (
+    JobStatus,
+    Owner,
+    Shard,
+    ShardKind,
+    ShardStatus,
+    WorkerPresence,
+    utcnow,
+)
 from services.common.timeutil import as_utc
 from services.worker import presence
 from tests.worker.conftest import make_job
@@ -130,6 +138,69 @@ def test_with_no_window_the_owner_with_fewer_shards_in_flight_goes_first(session
     with sessions() as s:
         chosen = [x.shard_id for x in admission.admit(s, capacity=2, window=0)]
     assert chosen == [a_next[0]]  # a has none in flight, b one; one slot free
+
+
+def _short_stage(sessions: Any, owner: str, kind: ShardKind, steps: int = 0) -> tuple[str, str]:
+    """A preparing job of `owner`: (job id, its one shard of `kind`, admitted and running)."""
+    job_id, _ = make_job(sessions, generate=0, status=JobStatus.preparing, owner=owner)
+    with sessions() as s:
+        shard = Shard(
+            job_id=job_id, seq=0, kind=kind, start=0, stop=steps, status=ShardStatus.running,
+            started_at=utcnow(), max_attempts=3,
+        )  # fmt: skip
+        s.add(shard)
+        s.commit()
+        return job_id, shard.id
+
+
+def test_slots_are_kept_for_a_newcomer_whose_job_is_between_short_stages(sessions: Any) -> None:
+    """b's prepare runs while a's flood holds the other slots: the slot that frees is kept for b's
+    next stage (b's fair share: 4 slots over 2 owners, less its prepare), not given to a; a learn shard
+    that has optimiser steps to run keeps none, nor does an owner who has used the workers more."""
+    make_job(sessions, generate=2, owner="a")  # in flight
+    _, a_next = make_job(sessions, generate=3, shard_status=ShardStatus.pending, owner="a")
+    _, prepare = _short_stage(sessions, "b", ShardKind.prepare)
+    with sessions() as s:
+        assert admission.admit(s, capacity=4) == []  # 1 free, kept for b
+
+    with sessions() as s:  # b's prepare ended and its zero-step learn runs: still kept
+        s.execute(update(Shard).where(Shard.id == prepare).values(status=ShardStatus.succeeded))
+        s.commit()
+    job_b, _ = _short_stage(sessions, "b", ShardKind.learn, steps=0)
+    with sessions() as s:
+        assert admission.admit(s, capacity=4) == []
+
+    with sessions() as s:  # a learn slice with steps to run would hold the slot a whole slice
+        s.execute(update(Shard).where(Shard.job_id == job_b).values(stop=300))
+        s.commit()
+    with sessions() as s:
+        assert [x.shard_id for x in admission.admit(s, capacity=4)] == [a_next[0]]
+
+
+def test_no_slot_is_kept_for_a_prepare_waiting_out_a_retrys_backoff(sessions: Any) -> None:
+    make_job(sessions, generate=2, owner="a")  # in flight
+    _, a_next = make_job(sessions, generate=1, shard_status=ShardStatus.pending, owner="a")
+    _, prepare = _short_stage(sessions, "b", ShardKind.prepare)
+    with sessions() as s:
+        s.execute(
+            update(Shard)
+            .where(Shard.id == prepare)
+            .values(status=ShardStatus.pending, not_before=utcnow() + timedelta(minutes=5))
+        )
+        s.commit()
+    with sessions() as s:
+        assert [x.shard_id for x in admission.admit(s, capacity=3)] == [a_next[0]]
+
+
+def test_an_owner_who_used_more_keeps_no_slots_from_one_who_used_less(sessions: Any) -> None:
+    """a prepares, but has used 180 s of the window; b, with two shards in flight, has used less."""
+    _, a_done = make_job(sessions, generate=3, owner="a")
+    _ran(sessions, a_done, seconds=60)
+    _short_stage(sessions, "a", ShardKind.prepare)
+    make_job(sessions, generate=2, owner="b")  # in flight
+    _, b_next = make_job(sessions, generate=1, shard_status=ShardStatus.pending, owner="b")
+    with sessions() as s:
+        assert [x.shard_id for x in admission.admit(s, capacity=4, window=600)] == [b_next[0]]
 
 
 def test_only_admitted_shards_reach_the_broker_and_never_a_cancelled_jobs(

@@ -15,6 +15,16 @@ just arrived goes before one whose flood has kept every worker busy, until it ha
 recently (`owners.last_admitted_at`) goes first; within an owner the job of the highest `priority`,
 then the oldest job, then the shard's order in its job.
 
+Look-ahead: a job's generate shards can start only after its prepare shard (and its learn shard, for
+a method that learns) has run, so meanwhile its owner has nothing to admit, and the slots that free go
+to whoever has work queued: a newcomer behind a flood would start its first generate wave on the one
+slot its last short stage frees and wait a whole shard for the rest. So while an owner's shard of a
+short stage is in flight (`between_stages`: prepare, or learning with no optimiser step), a pass keeps
+up to its fair share of slots (capacity over the owners with work, less what it has in flight) free for
+it from owners who have used the workers more. Those stages only read and check the dataset, so the
+slots idle for seconds, not a shard's length; a learn slice that optimises, which runs up to a whole
+slice, holds none.
+
 Shards of a job that is cancelling or has ended are never admitted (cancel closes its pending and
 queued rows; a message already sent is dropped by the worker that claims it).
 """
@@ -22,10 +32,11 @@ queued rows; a message already sent is dropped by the worker that claims it).
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, text, update
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from services.common.lifecycle.moves import move_where
@@ -105,6 +116,22 @@ def recent_usage(
     return used, (sum(ended) / len(ended) if ended else 1.0)
 
 
+def between_stages(session: Session, now: datetime) -> set[str]:
+    """Owners with a short stage's shard admissible or in flight in an open job (prepare, or a learn
+    shard with no optimiser step to run): their job's generate shards may start within seconds."""
+    short = or_(
+        Shard.kind == ShardKind.prepare,
+        and_(Shard.kind == ShardKind.learn, func.coalesce(Shard.stop, 0) <= func.coalesce(Shard.start, 0)),
+    )
+    ready = or_(Shard.status.in_(IN_FLIGHT_SHARD), and_(*_admissible(now)))  # not a retry's backoff
+    return set(
+        session.scalars(
+            select(Job.owner_id).distinct().select_from(Shard).join(Job, Job.id == Shard.job_id)
+            .where(short, ready, Job.status.in_(OPEN_JOB))
+        )
+    )  # fmt: skip
+
+
 def _admissible(now: datetime) -> tuple[object, ...]:
     return (
         Shard.status == ShardStatus.pending,
@@ -152,18 +179,33 @@ def admit(
         return []
     last = dict(session.execute(select(Owner.id, Owner.last_admitted_at).where(Owner.id.in_(owners))).all())
     queues = {owner: _candidates(session, owner, now, free) for owner in owners}
-    used, quantum = recent_usage(session, owners, now, window)
-    heap = [
-        (used.get(owner, 0.0) + quantum * running.get(owner, 0), as_utc(last.get(owner)) or NEVER, owner)
-        for owner in owners
-        if queues[owner]
-    ]
+    preparing = between_stages(session, now)
+    used, quantum = recent_usage(session, list({*owners, *preparing}), now, window)
+
+    def charge(owner: str) -> float:
+        return used.get(owner, 0.0) + quantum * running.get(owner, 0)
+
+    share = math.ceil(capacity / len({*owners, *preparing, *running}))
+    admitted: dict[str, int] = {}
+
+    def kept_for_others(owner: str, charged: float) -> int:
+        """Slots kept free from `owner` for preparing owners who have used the workers less."""
+        return sum(
+            max(0, share - running.get(p, 0) - admitted.get(p, 0))
+            for p in preparing
+            if p != owner and charge(p) < charged
+        )
+
+    heap = [(charge(owner), as_utc(last.get(owner)) or NEVER, owner) for owner in owners if queues[owner]]
     heapq.heapify(heap)
     chosen: list[Admitted] = []
     stamp: dict[str, datetime] = {}
     while heap and len(chosen) < free:
         charged, _, owner = heapq.heappop(heap)
+        if len(chosen) + kept_for_others(owner, charged) >= free:
+            break
         chosen.append(queues[owner].pop(0))
+        admitted[owner] = admitted.get(owner, 0) + 1
         # Microseconds apart, so the order of this pass's admissions is the order they were made.
         stamp[owner] = now + timedelta(microseconds=len(chosen))
         if queues[owner]:
