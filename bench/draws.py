@@ -5,6 +5,8 @@
     python bench/draws.py --draws dev --out results/draws-dev --backbone scratch
     python bench/draws.py --draws dev --table long-tail --out results/draws-dev-long-tail
     python bench/draws.py --draws dev --table 5-shot --reference "diff-ii cfg=7.5"   # pair against a row
+    python bench/draws.py --draws dev --shape 5-shot-10 --table race-levers --stage 1 --out OUT   # the race
+    python bench/draws.py --draws dev --shape 5-shot-10 --table race-levers --stage 2 --out OUT
 
 A table's dataset shape (5-shot, 10-shot, long tail) is recorded in OUT/dataset.json: the same draw seed
 draws another dataset for another shape, so each shape has an OUT of its own.
@@ -183,28 +185,76 @@ LONG_TAIL_REPORT = (
 )
 
 
-def _race_rows() -> tuple[Variant, ...]:
-    """The fair race's lever sweep: every method gets the same budget on development draws, guidance 4
-    and 7.5 for all, crossed with its own lever at four settings (strength 0.5, 0.7, 0.9 and Diff-Mix's
-    uniform draw over the three for the img2img methods; split ratio 0.1, 0.3, 0.5, 0.7 for Diff-II;
-    DA-Fusion's own strength list and 0.5, 0.7, 0.9 uniform; Diff-Gen, which has no second lever, also
-    at guidance 2.5 and 5.5). Each method's world default becomes its best row here."""
-    strengths = {"0.5": ("0.5",), "0.7": ("0.7",), "0.9": ("0.9",), "u": ("0.5", "0.7", "0.9")}
+# The fair race's sweep: every method gets the same budget on development draws, in two stages. Stage 1:
+# its published setting of its own lever at guidance 4 and 7.5. Stage 2: at the guidance stage 1 favoured
+# (its best mean gain), its lever's three other settings. So each method is measured at five settings;
+# Diff-Gen, which has no lever but guidance, at five guidances. Each method's world default becomes its
+# best row. The lever settings: strength 0.5, 0.7, 0.9 and Diff-Mix's uniform draw over the three for
+# every img2img method (DA-Fusion: its own strength list first), split ratio 0.1, 0.3, 0.5, 0.7 for Diff-II.
+_STRENGTHS = {"0.7": ("0.7",), "0.5": ("0.5",), "0.9": ("0.9",), "u": ("0.5", "0.7", "0.9")}
+RACE_SETTINGS: dict[str, dict[str, tuple[str, ...]]] = {  # method: {setting: its arguments}, published first
+    "diff-ii": {f"split={r}": ("--split-ratio", r) for r in ("0.3", "0.1", "0.5", "0.7")},
+    **{
+        m: {
+            f"s={name}": tuple(a for v in values for a in ("--strength", v))
+            for name, values in _STRENGTHS.items()
+        }
+        for m in ("diff-mix", "diff-aug", "real-guidance")
+    },
+    "da-fusion": {
+        "s=own": (),
+        **{
+            f"s={n}": tuple(a for v in vs for a in ("--strength", v))
+            for n, vs in _STRENGTHS.items()
+            if n != "0.7"
+        },
+    },
+    "diff-gen": {},
+}
+RACE_GUIDANCES = ("4", "7.5")
+DIFF_GEN_GUIDANCES = ("2.5", "5.5", "10")  # Diff-Gen's stage 2
+
+
+def race_row(method: str, cfg: str, setting: str | None = None) -> Variant:
+    """The row of `method` at guidance `cfg` and its lever's `setting` (labels kept from the first sweep,
+    so the archives and evaluations measured under them are reused)."""
+    concepts = {"real-guidance": None, "da-fusion": "da-fusion"}.get(method, "shared")
+    if setting is None:
+        return Variant(f"{method} cfg={cfg}", method, ("--guidance-scale", cfg), concepts=concepts)
+    args = ("--guidance-scale", cfg, *RACE_SETTINGS[method][setting])
+    label = f"{method} cfg={cfg} {setting}" if method == "diff-ii" else f"{method} {setting} cfg={cfg}"
+    return Variant(label, method, args, concepts=concepts)
+
+
+def race_stage1() -> tuple[Variant, ...]:
+    return tuple(
+        race_row(method, cfg, next(iter(settings), None))
+        for method, settings in RACE_SETTINGS.items()
+        for cfg in RACE_GUIDANCES
+    )
+
+
+def race_stage2(gains: dict[str, float]) -> tuple[Variant, ...]:
+    """Stage 2's rows, from stage 1's mean gains by label: each method's other settings at its better
+    guidance (the published 7.5 on a tie)."""
     rows: list[Variant] = []
-    for cfg in ("4", "7.5"):
-        for split in ("0.1", "0.3", "0.5", "0.7"):
-            args = ("--guidance-scale", cfg, "--split-ratio", split)
-            rows.append(Variant(f"diff-ii cfg={cfg} split={split}", "diff-ii", args))
-        for method in ("diff-mix", "diff-aug", "real-guidance"):
-            for name, values in strengths.items():
-                args = ("--guidance-scale", cfg, *(a for v in values for a in ("--strength", v)))
-                concepts = None if method == "real-guidance" else "shared"
-                rows.append(Variant(f"{method} s={name} cfg={cfg}", method, args, concepts=concepts))
-        for name, values in {"own": (), "u": ("0.5", "0.7", "0.9")}.items():
-            args = ("--guidance-scale", cfg, *(a for v in values for a in ("--strength", v)))
-            rows.append(Variant(f"da-fusion s={name} cfg={cfg}", "da-fusion", args, concepts="da-fusion"))
-    for cfg in ("2.5", "4", "5.5", "7.5"):
-        rows.append(Variant(f"diff-gen cfg={cfg}", "diff-gen", ("--guidance-scale", cfg)))
+    for method, settings in RACE_SETTINGS.items():
+        first = next(iter(settings), None)
+        best = max(reversed(RACE_GUIDANCES), key=lambda cfg: gains[race_row(method, cfg, first).label])
+        if not settings:
+            rows += [race_row(method, cfg) for cfg in DIFF_GEN_GUIDANCES]
+        else:
+            rows += [race_row(method, best, setting) for setting in list(settings)[1:]]
+    return tuple(rows)
+
+
+def _race_rows() -> tuple[Variant, ...]:
+    """Every row either stage can ask for, stage 1's first (the first is the table's reference)."""
+    rows = list(race_stage1())
+    for method, settings in RACE_SETTINGS.items():
+        for cfg in RACE_GUIDANCES:
+            rows += [race_row(method, cfg, setting) for setting in list(settings)[1:]]
+    rows += [race_row("diff-gen", cfg) for cfg in DIFF_GEN_GUIDANCES]
     return tuple(rows)
 
 
@@ -257,10 +307,12 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def diffii(*args: str) -> str:
-    """Run the `diffii` command as a user would, in its own process; its stdout."""
+def diffii(*args: str, threads: int | None = None) -> str:
+    """Run the `diffii` command as a user would, in its own process (with `threads` torch threads, where
+    given); its stdout."""
     cmd = [sys.executable, "-m", "services.cli", *args]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    env = {**os.environ, "DIFFII_THREADS": str(threads)} if threads else None
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-4000:]}")
     return done.stdout
@@ -299,7 +351,9 @@ def archive_path(out: Path, draw: int, variant: Variant, seed: int) -> Path:
     return out / "work" / f"draw{draw}" / f"{variant.archive_stem}-seed{seed}.zip"
 
 
-def make_archive(path: Path, data: Path, draw: int, variant: Variant, seed: int, table: Table) -> None:
+def make_archive(
+    path: Path, data: Path, draw: int, variant: Variant, seed: int, table: Table, threads: int | None = None
+) -> None:
     work = path.parent
     work.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
@@ -316,8 +370,32 @@ def make_archive(path: Path, data: Path, draw: int, variant: Variant, seed: int,
             # reused by the others through --concepts-dir, as a user who learns once and generates
             # again would: the job seeds vary the generation, not the concepts.
             args += ["--concepts-dir", str(work / f"concepts-{variant.concepts}")]
-        diffii(*args)
+        diffii(*args, threads=threads)
     say(f"  draw {draw} {variant.label} seed {seed}: {time.monotonic() - began:.0f} s")
+
+
+def make_archives(
+    todo: list[tuple[Variant, int, Path]], data: Path, draw: int, table: Table, parallel: int
+) -> None:
+    """Make the archives, `parallel` commands at once. The first of each concept set learns it alone, with
+    every thread (learned bytes depend on the thread count on a CPU); the rest only generate, which gives
+    the same bytes at any thread count, so they share the CPUs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from diffii_core.pipeline.steps import holds_concepts
+    from diffii_core.threads import usable_cpus
+
+    learns = {}
+    for v, seed, path in todo:
+        learned = holds_concepts(path.parent / f"concepts-{v.concepts}")
+        if v.concepts is not None and v.concepts not in learns and not learned:
+            learns[v.concepts] = (v, seed, path)
+    for v, seed, path in learns.values():
+        make_archive(path, data, draw, v, seed, table)
+    rest = [item for item in todo if item not in learns.values()]
+    threads = max(1, usable_cpus() // parallel) if parallel > 1 else None
+    with ThreadPoolExecutor(max(1, parallel)) as pool:
+        list(pool.map(lambda item: make_archive(item[2], data, draw, item[0], item[1], table, threads), rest))
 
 
 def vae_round_trip(train: Path, path: Path) -> None:
@@ -402,6 +480,38 @@ def evaluations(out: Path, data: Path, draw: int, table: Table, archives: dict[s
     seconds = time.monotonic() - began
     say(f"  draw {draw}: evaluated {len(missing)} archives ({backbone} backbone), {seconds:.0f} s")
     return done
+
+
+SHAPE_FIELDS = ("classes", "shots", "test_per_class", "epochs", "imbalance")
+
+
+def draw_result(accs: dict[str, list[float]], table: Table, job_seeds: tuple[int, ...]) -> dict[str, Any]:
+    """{"real only": accuracy, label: {gain, by_seed, seed_spread}} for every row of `table` whose
+    archives of every job seed (one for a control) were evaluated on this draw."""
+    real = statistics.fmean(accs["real only"])
+    result: dict[str, Any] = {"real only": real}
+    for v in table.variants:
+        seeds = job_seeds[:1] if v.control else job_seeds
+        names = [f"{v.archive_stem}-seed{seed}.zip" for seed in seeds]
+        if not all(n in accs for n in names):
+            continue
+        by_seed = [statistics.fmean(accs[n]) for n in names]
+        result[v.label] = {
+            "gain": statistics.fmean(by_seed) - real,
+            "by_seed": [a - real for a in by_seed],
+            "seed_spread": max(by_seed) - min(by_seed),
+        }
+    return result
+
+
+def stage1_gains(out: Path, backbone: str, parser: argparse.ArgumentParser) -> dict[str, float]:
+    """Stage 1's mean gains by label from OUT's race-levers table; every stage-1 row must be in it."""
+    path = out / f"race-levers-{backbone}.json"
+    rows = json.loads(path.read_text())["rows"] if path.exists() else {}
+    missing = [v.label for v in race_stage1() if v.label not in rows]
+    if missing:
+        parser.error(f"stage 2 needs stage 1 measured first in {path}; missing rows {missing}")
+    return {label: row["mean"] for label, row in rows.items()}
 
 
 def interval(values: list[float]) -> tuple[float, float]:
@@ -513,8 +623,24 @@ def main() -> int:
     )
     parser.add_argument("--reference", help="the row the others are paired against (default: the first)")
     parser.add_argument("--generate-only", action="store_true", help="make the archives, evaluate later")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="generation commands at once, each with its share of the CPUs' threads (concepts are still "
+        "learned alone, on every thread, so the images are the same bytes as with 1)",
+    )
+    parser.add_argument(
+        "--stage", type=int, choices=(1, 2), help="race-levers: stage 1's rows, or stage 2's from stage 1's"
+    )
     args = parser.parse_args()
     table = TABLES[args.table]
+    if args.stage and args.table != "race-levers":
+        parser.error("--stage belongs to --table race-levers")
+    if args.stage == 1:
+        args.variants = [v.label for v in race_stage1()]
+    elif args.stage == 2:
+        args.variants = [v.label for v in race_stage2(stage1_gains(args.out, args.backbone, parser))]
     if args.variants:
         unknown = set(args.variants) - {v.label for v in table.variants}
         if unknown:
@@ -543,6 +669,14 @@ def main() -> int:
     draws = [int(d) for d in args.only] if args.only else list(pool)
     if set(draws) - set(pool):
         parser.error(f"draws {sorted(set(draws) - set(pool))} are not {args.draws} draws {pool}")
+    full = Table(**{**TABLES[args.table].__dict__, **{k: getattr(table, k) for k in SHAPE_FIELDS}})
+    if args.reference:
+        full = Table(
+            **{
+                **full.__dict__,
+                "variants": (table.variants[0], *(v for v in full.variants if v != table.variants[0])),
+            }
+        )
     check_dataset_shape(args.out, table, parser)
     os.environ.setdefault("TQDM_DISABLE", "1")
     began = time.monotonic()
@@ -554,29 +688,30 @@ def main() -> int:
             for v in table.variants:
                 if v.control and seed != table.job_seeds[0]:
                     continue  # a control is the world's, not the generation's: one seed says it
-                path = archive_path(args.out, draw, v, seed)
-                # OUT/evals is the record: an archive it already holds a figure for is not remade.
-                if path.name not in measured(args.out, draw, args.backbone) and not path.exists():
-                    make_archive(path, data, draw, v, seed, table)
-                archives[path.name] = (v, seed, path)
+                archives[archive_path(args.out, draw, v, seed).name] = (
+                    v,
+                    seed,
+                    archive_path(args.out, draw, v, seed),
+                )
+        # OUT/evals is the record: an archive it already holds a figure for is not remade.
+        done = measured(args.out, draw, args.backbone)
+        make_archives(
+            [(v, seed, p) for name, (v, seed, p) in archives.items() if name not in done and not p.exists()],
+            data, draw, table, args.parallel,
+        )  # fmt: skip
         if args.generate_only:
             continue
         accs = evaluations(
             args.out, data, draw, table, {k: p for k, (_, _, p) in archives.items()}, args.backbone
         )
-        real = statistics.fmean(accs["real only"])
-        result: dict[str, Any] = {"real only": real}
-        for v in table.variants:
-            by_seed = [statistics.fmean(accs[n]) for n, (w, _, _) in archives.items() if w == v]
-            result[v.label] = {
-                "gain": statistics.fmean(by_seed) - real,
-                "by_seed": [a - real for a in by_seed],
-                "seed_spread": max(by_seed) - min(by_seed),
-            }
-        per_draw[draw] = result
-        gains = ", ".join(f"{v.label} {100 * result[v.label]['gain']:+.2f}" for v in table.variants)
-        say(f"draw {draw}: real only {100 * real:.2f}; {gains}")
+        per_draw[draw] = draw_result(accs, full, table.job_seeds)
+        gains = ", ".join(f"{v.label} {100 * per_draw[draw][v.label]['gain']:+.2f}" for v in table.variants)
+        say(f"draw {draw}: real only {100 * per_draw[draw]['real only']:.2f}; {gains}")
     if per_draw:
+        # The table written holds every row of the full table measured on all these draws, so a run of
+        # a few rows (--variants, --stage) leaves the others' figures in it.
+        rows = tuple(v for v in full.variants if all(v.label in per_draw[d] for d in per_draw))
+        table = Table(**{**table.__dict__, "variants": rows})
         summary = summarise(per_draw, table)
         stem = f"{args.table}-{args.backbone}".replace(" ", "_")
         text = markdown(args.table, summary, table, args.backbone, args.draws)
