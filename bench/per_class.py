@@ -69,6 +69,7 @@ def main() -> int:
     archives = {stem: archive_by_class(work / f"{stem}.zip") for stem in wanted}
     print(f"draw {args.draw}: faithful = oracle share with all four attributes (weakest attribute);")
     print("spread and novelty in units of the class's real test-image spread")
+    totals: dict[str, list[tuple[float, float, float]]] = {stem: [] for stem in archives}
     for name in names:
         species = domain.species_by_name(name)
         real_f = features(real[name])
@@ -83,11 +84,17 @@ def main() -> int:
             weakest = min(right, key=right.get)
             f = features(images)
             novelty = float(torch.cdist(f, real_f).min(1).values.mean())
+            totals[stem].append((every, spread(f) / scale, novelty / scale))
             print(
                 f"  {stem:28s} n={len(images):3d} faithful {every:.2f} "
                 f"({weakest} {right[weakest]:.2f})  spread {spread(f) / scale:.2f}  "
                 f"novelty {novelty / scale:.2f}"
             )
+    print(f"\nmean over the {len(names)} classes")
+    for stem, rows in totals.items():
+        if rows:
+            faithful, spreads, novelty = (sum(column) / len(rows) for column in zip(*rows, strict=True))
+            print(f"  {stem:28s} faithful {faithful:.2f}  spread {spreads:.2f}  novelty {novelty:.2f}")
     return 0
 
 
