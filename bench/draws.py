@@ -455,26 +455,47 @@ def measured(out: Path, draw: int, backbone: str) -> dict[str, list[float]]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def evaluations(out: Path, data: Path, draw: int, table: Table, archives: dict[str, Path], backbone: str):
-    """Accuracies per classifier seed: {"real only": [...], archive name: [...]}; measures the missing."""
+def evaluations(
+    out: Path,
+    data: Path,
+    draw: int,
+    table: Table,
+    archives: dict[str, Path],
+    backbone: str,
+    parallel: int = 1,
+):
+    """Accuracies per classifier seed: {"real only": [...], archive name: [...]}; measures the missing,
+    in `parallel` commands at once, each with its share of the threads (an archive's accuracies do not
+    depend on the thread count, nor on the other archives of the call)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from diffii_core.threads import usable_cpus
+
     path = evals_path(out, draw, backbone)
     done = measured(out, draw, backbone)
     missing = [a for name, a in archives.items() if name not in done]
     if not missing and "real only" in done:
         return done
-    args = [
-        "evaluate", str(data / "train"), str(data / "test"), *map(str, missing), "--json",
-        "--seeds", str(table.classifier_seeds), "--epochs", str(table.epochs),
-    ]  # fmt: skip
-    if backbone != "world":
-        args += ["--backbone", str(scratch_backbone(out))]
+    extra = ["--backbone", str(scratch_backbone(out))] if backbone != "world" else []
+    chunks = [missing[i :: max(1, parallel)] for i in range(max(1, parallel))]
+    chunks = [chunk for chunk in chunks if chunk] or [[]]
+    threads = max(1, usable_cpus() // len(chunks)) if len(chunks) > 1 else None
+
+    def run(chunk: list[Path]) -> list[dict[str, Any]]:
+        args = [
+            "evaluate", str(data / "train"), str(data / "test"), *map(str, chunk), "--json",
+            "--seeds", str(table.classifier_seeds), "--epochs", str(table.epochs), *extra,
+        ]  # fmt: skip
+        return json.loads(diffii(*args, threads=threads))["entries"]
+
     began = time.monotonic()
-    report = json.loads(diffii(*args))
-    entries = report["entries"]
+    with ThreadPoolExecutor(len(chunks)) as pool:
+        reports = list(pool.map(run, chunks))
     # `evaluate` trains real only with the same classifier seeds each call: it is one row, kept once.
-    done.setdefault("real only", entries[0]["accuracies"])
-    for archive_path, entry in zip(missing, entries[1:], strict=True):
-        done[archive_path.name] = entry["accuracies"]
+    done.setdefault("real only", reports[0][0]["accuracies"])
+    for chunk, entries in zip(chunks, reports, strict=True):
+        for archive_path, entry in zip(chunk, entries[1:], strict=True):
+            done[archive_path.name] = entry["accuracies"]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(done, indent=1))
     seconds = time.monotonic() - began
@@ -627,8 +648,8 @@ def main() -> int:
         "--parallel",
         type=int,
         default=1,
-        help="generation commands at once, each with its share of the CPUs' threads (concepts are still "
-        "learned alone, on every thread, so the images are the same bytes as with 1)",
+        help="generation and evaluation commands at once, each with its share of the CPUs' threads "
+        "(concepts are still learned alone, on every thread, so images and accuracies are those of 1)",
     )
     parser.add_argument(
         "--stage", type=int, choices=(1, 2), help="race-levers: stage 1's rows, or stage 2's from stage 1's"
@@ -702,7 +723,13 @@ def main() -> int:
         if args.generate_only:
             continue
         accs = evaluations(
-            args.out, data, draw, table, {k: p for k, (_, _, p) in archives.items()}, args.backbone
+            args.out,
+            data,
+            draw,
+            table,
+            {k: p for k, (_, _, p) in archives.items()},
+            args.backbone,
+            args.parallel,
         )
         per_draw[draw] = draw_result(accs, full, table.job_seeds)
         gains = ", ".join(f"{v.label} {100 * per_draw[draw][v.label]['gain']:+.2f}" for v in table.variants)
