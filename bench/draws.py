@@ -259,6 +259,25 @@ def _race_rows() -> tuple[Variant, ...]:
 
 
 RACE_LEVERS = _race_rows()
+# The concept budget: the world preset learns 1000 steps of batch 8 whatever the dataset, 40 steps an
+# image at 5 species but 20 at 10 and 4 at 50. Each method that learns the shared concepts, at its stage-1
+# setting and guidance 4, with the preset's budget and with twice it (40 steps an image at 10 species),
+# on the same draws: whether the budget should grow with the images, and for which methods it matters.
+CONCEPT_BUDGET = tuple(
+    row
+    for v in (
+        race_row("diff-ii", "4", "split=0.3"),
+        race_row("diff-mix", "4", "s=0.7"),
+        race_row("diff-aug", "4", "s=0.7"),
+        race_row("diff-gen", "4"),
+    )
+    for row in (
+        v,
+        Variant(
+            f"{v.label} steps=2000", v.method, (*v.args, "--concept-steps", "2000"), concepts="steps2000"
+        ),
+    )
+)
 # diffii's recipe chosen per dataset (`--method auto`, docs/methods.md) beside the default and the
 # candidates it most often picks between; it learns its concepts like the others (shared).
 AUTO_ROWS = (
@@ -281,6 +300,7 @@ TABLES = {
     # Dataset shape from --shape; development draws only.
     "race-levers": Table(classes=5, test_per_class=40, epochs=30, variants=RACE_LEVERS),
     "auto": Table(classes=5, test_per_class=40, epochs=30, variants=AUTO_ROWS),
+    "concept-budget": Table(classes=5, test_per_class=40, epochs=30, variants=CONCEPT_BUDGET),
     # The harness end to end in minutes; its figures mean nothing.
     "smoke": Table(
         classes=2,
