@@ -367,8 +367,12 @@ def check_dataset_shape(out: Path, table: Table, parser: argparse.ArgumentParser
         path.write_text(json.dumps(shape, indent=1) + "\n")
 
 
+def archive_name(variant: Variant, seed: int) -> str:
+    return f"{variant.archive_stem}-seed{seed}.zip"
+
+
 def archive_path(out: Path, draw: int, variant: Variant, seed: int) -> Path:
-    return out / "work" / f"draw{draw}" / f"{variant.archive_stem}-seed{seed}.zip"
+    return out / "work" / f"draw{draw}" / archive_name(variant, seed)
 
 
 def make_archive(
@@ -523,9 +527,6 @@ def evaluations(
     return done
 
 
-SHAPE_FIELDS = ("classes", "shots", "test_per_class", "epochs", "imbalance")
-
-
 def draw_result(accs: dict[str, list[float]], table: Table, job_seeds: tuple[int, ...]) -> dict[str, Any]:
     """{"real only": accuracy, label: {gain, by_seed, seed_spread}} for every row of `table` whose
     archives of every job seed (one for a control) were evaluated on this draw."""
@@ -533,7 +534,7 @@ def draw_result(accs: dict[str, list[float]], table: Table, job_seeds: tuple[int
     result: dict[str, Any] = {"real only": real}
     for v in table.variants:
         seeds = job_seeds[:1] if v.control else job_seeds
-        names = [f"{v.archive_stem}-seed{seed}.zip" for seed in seeds]
+        names = [archive_name(v, seed) for seed in seeds]
         if not all(n in accs for n in names):
             continue
         by_seed = [statistics.fmean(accs[n]) for n in names]
@@ -710,14 +711,10 @@ def main() -> int:
     draws = [int(d) for d in args.only] if args.only else list(pool)
     if set(draws) - set(pool):
         parser.error(f"draws {sorted(set(draws) - set(pool))} are not {args.draws} draws {pool}")
-    full = Table(**{**TABLES[args.table].__dict__, **{k: getattr(table, k) for k in SHAPE_FIELDS}})
-    if args.reference:
-        full = Table(
-            **{
-                **full.__dict__,
-                "variants": (table.variants[0], *(v for v in full.variants if v != table.variants[0])),
-            }
-        )
+    # Every row of the table, in this run's shape and with its reference first: what the summary shows.
+    first = table.variants[0] if args.reference else None
+    rows = tuple(v for v in TABLES[args.table].variants if v != first)
+    full = Table(**{**table.__dict__, "variants": (first, *rows) if first else rows})
     check_dataset_shape(args.out, table, parser)
     os.environ.setdefault("TQDM_DISABLE", "1")
     began = time.monotonic()
@@ -729,11 +726,7 @@ def main() -> int:
             for v in table.variants:
                 if v.control and seed != table.job_seeds[0]:
                     continue  # a control is the world's, not the generation's: one seed says it
-                archives[archive_path(args.out, draw, v, seed).name] = (
-                    v,
-                    seed,
-                    archive_path(args.out, draw, v, seed),
-                )
+                archives[archive_name(v, seed)] = (v, seed, archive_path(args.out, draw, v, seed))
         # OUT/evals is the record: an archive it already holds a figure for is not remade.
         done = measured(args.out, draw, args.backbone)
         make_archives(
