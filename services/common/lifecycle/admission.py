@@ -19,11 +19,11 @@ Look-ahead: a job's generate shards can start only after its prepare shard (and 
 a method that learns) has run, so meanwhile its owner has nothing to admit, and the slots that free go
 to whoever has work queued: a newcomer behind a flood would start its first generate wave on the one
 slot its last short stage frees and wait a whole shard for the rest. So while an owner's shard of a
-short stage is in flight (`between_stages`: prepare, or learning with no optimiser step), a pass keeps
-up to its fair share of slots (capacity over the owners with work, less what it has in flight) free for
-it from owners who have used the workers more. Those stages only read and check the dataset, so the
-slots idle for seconds, not a shard's length; a learn slice that optimises, which runs up to a whole
-slice, holds none.
+short stage is admissible or in flight (`between_stages`: prepare, or learning with no optimiser
+step), a pass keeps up to its fair share of slots (capacity over the owners with work, less what
+it has in flight) free for it from owners who have used the workers more. Those stages only read
+and check the dataset, so the slots idle for seconds, not a shard's length; a learn slice that
+optimises, which runs up to a whole slice, holds none.
 
 Shards of a job that is cancelling or has ended are never admitted (cancel closes its pending and
 queued rows; a message already sent is dropped by the worker that claims it).
