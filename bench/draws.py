@@ -80,6 +80,20 @@ REPORT_DRAWS = tuple(d for shape in SHAPES.values() for d in shape.report)
 # The commit that froze every method's world defaults (diffii_core/params.py) before any report draw
 # was measured; None until then, and the bench refuses report draws while it is None.
 FROZEN_RECIPE: str | None = None
+# What the recipe is: every default of every method, the presets and the candidates `auto` scores. A
+# report run refuses a working tree whose recipe differs from FROZEN_RECIPE's.
+RECIPE_FILES = ("diffii_core/params.py", "diffii_core/candidates.py", "diffii_core/methods")
+
+
+def recipe_changes(commit: str) -> list[str]:
+    """The recipe files that differ between `commit` and the working tree (none: the frozen recipe)."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        ["git", "diff", "--name-only", commit, "--", *RECIPE_FILES], cwd=root, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"cannot compare the recipe with {commit}: {done.stderr.strip()}")
+    return done.stdout.split()
 
 
 @dataclass(frozen=True)
@@ -215,10 +229,15 @@ RACE_GUIDANCES = ("4", "7.5")
 DIFF_GEN_GUIDANCES = ("2.5", "5.5", "10")  # Diff-Gen's stage 2
 
 
+def race_concepts(method: str) -> str | None:
+    """The learned set a method reads: none for Real-Guidance, its own for DA-Fusion, else the shared."""
+    return {"real-guidance": None, "da-fusion": "da-fusion"}.get(method, "shared")
+
+
 def race_row(method: str, cfg: str, setting: str | None = None) -> Variant:
     """The row of `method` at guidance `cfg` and its lever's `setting` (labels kept from the first sweep,
     so the archives and evaluations measured under them are reused)."""
-    concepts = {"real-guidance": None, "da-fusion": "da-fusion"}.get(method, "shared")
+    concepts = race_concepts(method)
     if setting is None:
         return Variant(f"{method} cfg={cfg}", method, ("--guidance-scale", cfg), concepts=concepts)
     args = ("--guidance-scale", cfg, *RACE_SETTINGS[method][setting])
@@ -288,6 +307,14 @@ AUTO_ROWS = (
 )
 
 
+# The race's report: every method at its world default, with no argument, so the rows measure the frozen
+# recipe itself; and diffii's choice per dataset, which scores its candidates on the job's real images.
+RACE_REPORT = (
+    *(Variant(m, m, concepts=race_concepts(m)) for m in RACE_SETTINGS),
+    Variant("auto", "auto"),
+)
+
+
 # 10 classes from 20 images down to 1 (imbalance 20): two classes of one image, one of two.
 LONG_TAIL = {"classes": 10, "shots": 20, "imbalance": 20.0, "test_per_class": 40, "epochs": 30}
 TABLES = {
@@ -300,6 +327,7 @@ TABLES = {
     # Dataset shape from --shape; development draws only.
     "race-levers": Table(classes=5, test_per_class=40, epochs=30, variants=RACE_LEVERS),
     "auto": Table(classes=5, test_per_class=40, epochs=30, variants=AUTO_ROWS),
+    "race-report": Table(classes=5, test_per_class=40, epochs=30, variants=RACE_REPORT),
     "concept-budget": Table(classes=5, test_per_class=40, epochs=30, variants=CONCEPT_BUDGET),
     # The harness end to end in minutes; its figures mean nothing.
     "smoke": Table(
@@ -401,9 +429,11 @@ def make_archive(
 def make_archives(
     todo: list[tuple[Variant, int, Path]], data: Path, draw: int, table: Table, parallel: int
 ) -> None:
-    """Make the archives, `parallel` commands at once. The first of each concept set learns it alone, with
-    every thread (learned bytes depend on the thread count on a CPU); the rest only generate, which gives
-    the same bytes at any thread count, so they share the CPUs."""
+    """Make the archives, `parallel` commands at once. The first of each concept set learns it on every
+    thread, as a run alone would (learned bytes depend on the thread count on a CPU, not on what else
+    runs); with `parallel` above 1 the draw's learners run at once, since one keeps about one core busy
+    whatever its threads. The rest only generate, which gives the same bytes at any thread count, so they
+    share the CPUs."""
     from concurrent.futures import ThreadPoolExecutor
 
     from diffii_core.pipeline.steps import holds_concepts
@@ -414,8 +444,9 @@ def make_archives(
         learned = holds_concepts(path.parent / f"concepts-{v.concepts}")
         if v.concepts is not None and v.concepts not in learns and not learned:
             learns[v.concepts] = (v, seed, path)
-    for v, seed, path in learns.values():
-        make_archive(path, data, draw, v, seed, table)
+    learners = list(learns.values())
+    with ThreadPoolExecutor(len(learners) if parallel > 1 and learners else 1) as pool:
+        list(pool.map(lambda item: make_archive(item[2], data, draw, item[0], item[1], table), learners))
     rest = [item for item in todo if item not in learns.values()]
     threads = max(1, usable_cpus() // parallel) if parallel > 1 else None
     with ThreadPoolExecutor(max(1, parallel)) as pool:
@@ -556,6 +587,41 @@ def stage1_gains(out: Path, backbone: str, parser: argparse.ArgumentParser) -> d
     return {label: row["mean"] for label, row in rows.items()}
 
 
+def race_best(rows: dict[str, Any]) -> list[tuple[str, Variant | None, Variant | None, list[str]]]:
+    """Per method of the race: its published row (stage 1 at guidance 7.5) where measured, its
+    development best (the row of the highest mean gain among its five; on a tie the published, else the
+    earlier) once all five are in `rows`, and what is still missing."""
+    stage1 = race_stage1()
+    done1 = all(v.label in rows for v in stage1)
+    wanted = [*stage1, *race_stage2({v.label: rows[v.label]["mean"] for v in stage1})] if done1 else stage1
+    out = []
+    for method, settings in RACE_SETTINGS.items():
+        published = race_row(method, "7.5", next(iter(settings), None))
+        mine = [v for v in wanted if v.method == method]
+        missing = [v.label for v in mine if v.label not in rows] + ([] if done1 else ["stage 2"])
+        best = None if missing else max(mine, key=lambda v: (rows[v.label]["mean"], v == published))
+        out.append((method, published if published.label in rows else None, best, missing))
+    return out
+
+
+def print_best(out: Path, backbone: str) -> None:
+    path = out / f"race-levers-{backbone}.json"
+    if not path.exists():
+        raise SystemExit(f"no race table at {path}: measure stage 1 first")
+    summary = json.loads(path.read_text())
+    rows = summary["rows"]
+    say(f"development best per method, over draws {', '.join(map(str, summary['draws']))} ({backbone}):")
+    say("| method | published row | mean gain | development best | mean gain | its arguments |")
+    say("|---|---|---|---|---|---|")
+    for method, published, best, missing in race_best(rows):
+        pub = "" if published is None else f"{published.label} | {100 * rows[published.label]['mean']:+.2f}"
+        if best is None:
+            say(f"| {method} | {pub or ' | '} | missing: {', '.join(missing)} | | |")
+        else:
+            gain = 100 * rows[best.label]["mean"]
+            say(f"| {method} | {pub or ' | '} | {best.label} | {gain:+.2f} | {' '.join(best.args)} |")
+
+
 def interval(values: list[float]) -> tuple[float, float]:
     """(mean, half-width of the 95 % t-interval); no interval from a single draw."""
     from diffii_core.evaluate.run import ci95
@@ -670,13 +736,22 @@ def main() -> int:
         type=int,
         default=1,
         help="generation and evaluation commands at once, each with its share of the CPUs' threads "
-        "(concepts are still learned alone, on every thread, so images and accuracies are those of 1)",
+        "(concepts are still learned on every thread, the draw's learners at once, so images and "
+        "accuracies are those of 1)",
     )
     parser.add_argument(
         "--stage", type=int, choices=(1, 2), help="race-levers: stage 1's rows, or stage 2's from stage 1's"
     )
+    parser.add_argument(
+        "--best", action="store_true", help="race-levers: print each method's development best and stop"
+    )
     args = parser.parse_args()
     table = TABLES[args.table]
+    if args.best:
+        if args.table != "race-levers":
+            parser.error("--best belongs to --table race-levers")
+        print_best(args.out, args.backbone)
+        return 0
     if args.stage and args.table != "race-levers":
         parser.error("--stage belongs to --table race-levers")
     if args.stage == 1:
@@ -699,6 +774,8 @@ def main() -> int:
         parser.error("recipe levers are measured on development draws only")
     if args.draws == "report" and FROZEN_RECIPE is None:
         parser.error("report draws are measured only after a commit freezes the recipe (FROZEN_RECIPE)")
+    if args.draws == "report" and (changed := recipe_changes(FROZEN_RECIPE)):
+        parser.error(f"the recipe differs from the frozen one ({FROZEN_RECIPE}) in {', '.join(changed)}")
     if args.draws == "report" and not args.shape:
         parser.error("report draws belong to a dataset shape: name one with --shape")
     if args.shape:
