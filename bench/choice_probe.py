@@ -108,6 +108,8 @@ def main() -> int:
     parser.add_argument("--features", nargs="+", choices=("vae", "backbone"), default=["vae", "backbone"])
     parser.add_argument("--archives", nargs="*", help="archive names without .zip (default: seed 0's)")
     args = parser.parse_args()
+    # The fits are small: one thread is fastest, and the probe runs beside the benches it reads.
+    torch.set_num_threads(1)
     train = args.out / "data" / f"draw{args.draw}" / "train"
     work = args.out / "work" / f"draw{args.draw}"
     evals = json.loads((args.out / "evals" / f"draw{args.draw}-world.json").read_text())
