@@ -839,8 +839,10 @@ def main() -> int:
         rows = tuple(v for v in full.variants if all(v.label in per_draw[d] for d in per_draw))
         table = Table(**{**table.__dict__, "variants": rows})
         summary = summarise(per_draw, table)
-        # A run over some of the pool's draws keeps its own table, beside the whole pool's.
-        some = "" if set(summary["draws"]) == set(pool) else "-draws-" + "-".join(map(str, summary["draws"]))
+        # A run over some of a shape's draws keeps its own table, beside the whole pool's that stage 2
+        # reads (the older tables, without --shape, each name their draws in --only).
+        whole = not args.shape or set(summary["draws"]) == set(pool)
+        some = "" if whole else "-draws-" + "-".join(map(str, summary["draws"]))
         stem = f"{args.table}-{args.backbone}{some}".replace(" ", "_")
         text = markdown(args.table, summary, table, args.backbone, args.draws)
         args.out.mkdir(parents=True, exist_ok=True)
