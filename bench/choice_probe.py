@@ -25,24 +25,16 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from diffii_core.methods.real_filter import fit_features, image_features
-from diffii_core.pipeline.choice import Scored
+from diffii_core.methods.real_filter import image_features
+from diffii_core.pipeline.choice import Scored, held_out_probabilities
 
 
 def leave_one_out(real: Scored, synthetic: Scored | None, classes: int) -> tuple[int, float]:
-    """(held-out images right, their mean log-probability of the true class), as auto's rule fits."""
+    """(held-out images right, their mean log-probability of the true class), from auto's own folds."""
     correct, log_p = 0, 0.0
-    for i, names in enumerate(real.names):
-        keep_real = [j for j in range(len(real.names)) if j != i]
-        x, y = [real.features[keep_real]], [real.labels[j] for j in keep_real]
-        if synthetic is not None:
-            keep = [k for k, sources in enumerate(synthetic.names) if not sources & names]
-            x.append(synthetic.features[keep])
-            y += [synthetic.labels[k] for k in keep]
-        classifier = fit_features(torch.cat(x), torch.tensor(y, dtype=torch.long), classes, 0, "")
-        p = classifier.probabilities(real.features[i : i + 1])[0]
-        correct += int(p.argmax()) == real.labels[i]
-        log_p += float(torch.log(p[real.labels[i]].clamp_min(1e-12)))
+    for p, label in zip(held_out_probabilities(real, synthetic, classes), real.labels, strict=True):
+        correct += int(p.argmax()) == label
+        log_p += float(torch.log(p[label].clamp_min(1e-12)))
     return correct, log_p / len(real.names)
 
 

@@ -14,7 +14,7 @@ the real images alone give the reference score. The job's share is then made wit
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -57,12 +57,13 @@ class Choice:
         return str(self.record["chosen"])
 
 
-def leave_one_out(real: Scored, synthetic: Scored | None, classes: int, resolution: int = 0) -> int:
-    """How many real images a classifier fitted without them (and without every synthetic image whose
-    sources name them) predicts right."""
+def held_out_probabilities(
+    real: Scored, synthetic: Scored | None, classes: int, resolution: int = 0
+) -> Iterator[torch.Tensor]:
+    """For each real image in turn, the class probabilities ([C]) of a classifier fitted without it and
+    without every synthetic image whose sources name it: the one place that decides what a fold sees."""
     import torch
 
-    correct = 0
     for i, names in enumerate(real.names):
         keep_real = [j for j in range(len(real.names)) if j != i]
         x, y = [real.features[keep_real]], [real.labels[j] for j in keep_real]
@@ -71,9 +72,14 @@ def leave_one_out(real: Scored, synthetic: Scored | None, classes: int, resoluti
             x.append(synthetic.features[keep])
             y += [synthetic.labels[k] for k in keep]
         classifier = fit_features(torch.cat(x), torch.tensor(y, dtype=torch.long), classes, resolution, "")
-        guess = int(classifier.probabilities(real.features[i : i + 1])[0].argmax())
-        correct += guess == real.labels[i]
-    return correct
+        yield classifier.probabilities(real.features[i : i + 1])[0]
+
+
+def leave_one_out(real: Scored, synthetic: Scored | None, classes: int, resolution: int = 0) -> int:
+    """How many real images a classifier fitted without them (and without every synthetic image whose
+    sources name them) predicts right."""
+    held_out = held_out_probabilities(real, synthetic, classes, resolution)
+    return sum(int(p.argmax()) == label for p, label in zip(held_out, real.labels, strict=True))
 
 
 def _score(correct: int, total: int) -> dict[str, Any]:
